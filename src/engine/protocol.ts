@@ -1,0 +1,123 @@
+// The one seam between TypeScript and the engine (DESIGN.md "Shape"): TypeScript writes a plan.json, starts
+// `python -m tuna_engine <command> --plan plan.json`, and reads one JSON event per line from its stdout.
+// engine/tuna_engine/protocol.py is the other half of this file; test/protocol.test.ts checks they agree.
+import { z } from "zod";
+
+export const PROTOCOL_VERSION = 1;
+
+export const LoraSpec = z.object({
+  r: z.number().int().positive(),
+  alpha: z.number().positive(),
+  dropout: z.number().min(0).max(1),
+  /** Projection names (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or ["all-linear"]. */
+  target_modules: z.array(z.string()).min(1),
+  use_rslora: z.boolean(),
+  use_dora: z.boolean(),
+});
+
+export const TrainPlan = z.object({
+  version: z.literal(PROTOCOL_VERSION),
+  command: z.literal("train"),
+  run_dir: z.string(),
+  model: z.object({
+    path: z.string(),
+    /** Training dtype of the frozen weights and activations; norms, softmax and loss run in fp32. */
+    dtype: z.enum(["float32", "bfloat16", "float16"]),
+  }),
+  data: z.object({
+    /** Shard files (safetensors) in order; see docs/formats.md "Token shards". */
+    train: z.array(z.string()).min(1),
+    validation: z.array(z.string()),
+    manifest: z.string(),
+  }),
+  method: z.object({
+    type: z.enum(["lora", "qlora", "full"]),
+    lora: LoraSpec.optional(),
+  }),
+  train: z.object({
+    seed: z.number().int(),
+    /** Packs per micro-batch. */
+    micro_batch_size: z.number().int().positive(),
+    grad_accum: z.number().int().positive(),
+    /** Total optimizer steps (TypeScript computes it from epochs and the pack count). */
+    max_steps: z.number().int().positive(),
+    learning_rate: z.number().positive(),
+    weight_decay: z.number().min(0),
+    warmup_steps: z.number().int().min(0),
+    scheduler: z.enum(["cosine", "linear", "constant"]),
+    min_lr_ratio: z.number().min(0).max(1),
+    max_grad_norm: z.number().min(0),
+    optimizer: z.enum(["adamw", "adamw8bit"]),
+    adam_beta1: z.number(),
+    adam_beta2: z.number(),
+    adam_eps: z.number(),
+    gradient_checkpointing: z.boolean(),
+    log_every: z.number().int().positive(),
+    eval_every: z.number().int().min(0),
+    save_every: z.number().int().min(0),
+  }),
+  device: z.enum(["auto", "cpu", "cuda"]),
+  output: z.object({
+    adapter_dir: z.string(),
+    checkpoints_dir: z.string(),
+  }),
+  /** Written into adapter_config.json's base_model_name_or_path. */
+  base_model_name: z.string(),
+  resume_from: z.string().nullable(),
+});
+export type TrainPlan = z.infer<typeof TrainPlan>;
+
+// ---- events (engine → TypeScript, one JSON object per stdout line) ----------------------------------------
+
+export const StartEvent = z.object({
+  event: z.literal("start"),
+  device: z.string(),
+  dtype: z.string(),
+  params_total: z.number(),
+  params_trainable: z.number(),
+  total_steps: z.number(),
+  start_step: z.number(),
+});
+export const StepEvent = z.object({
+  event: z.literal("step"),
+  step: z.number(),
+  total_steps: z.number(),
+  loss: z.number(),
+  lr: z.number(),
+  grad_norm: z.number(),
+  /** Trained (loss-weighted) tokens in this optimizer step. */
+  trained_tokens: z.number(),
+  tokens_per_s: z.number(),
+  elapsed_s: z.number(),
+  eta_s: z.number(),
+  /** Peak accelerator memory in GiB (null on CPU). */
+  memory_gib: z.number().nullable(),
+});
+export const EvalEvent = z.object({ event: z.literal("eval"), step: z.number(), val_loss: z.number() });
+export const CheckpointEvent = z.object({ event: z.literal("checkpoint"), step: z.number(), path: z.string() });
+export const DoneEvent = z.object({
+  event: z.literal("done"),
+  steps: z.number(),
+  final_loss: z.number().nullable(),
+  adapter_dir: z.string(),
+  elapsed_s: z.number(),
+});
+export const ErrorEvent = z.object({
+  event: z.literal("error"),
+  code: z.string(),
+  message: z.string(),
+  hint: z.string().optional(),
+  step: z.number().optional(),
+});
+export const LogEvent = z.object({ event: z.literal("log"), message: z.string() });
+
+export const EngineEvent = z.discriminatedUnion("event", [
+  StartEvent,
+  StepEvent,
+  EvalEvent,
+  CheckpointEvent,
+  DoneEvent,
+  ErrorEvent,
+  LogEvent,
+]);
+export type EngineEvent = z.infer<typeof EngineEvent>;
