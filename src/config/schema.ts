@@ -1,0 +1,83 @@
+// The run config (`tuna train <config.yaml>`): one typed object with defaults; derived values are computed in
+// resolve.ts. docs/config.md documents every field; test/config.test.ts keeps the two in step.
+import { z } from "zod";
+import { DataConfig } from "../data/config.ts";
+
+const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
+
+export const TemplateConfig = z
+  .object({
+    /** Default thinking mode for samples that do not set one (a source or a record may override it). */
+    thinking: z.boolean().default(false),
+    /** Which assistant turns are trained: all, only the last, or per-message `weight` (0/1). */
+    loss_on: z.enum(["all", "last", "weighted"]).default("all"),
+  })
+  .strict();
+
+export const PackConfig = z
+  .object({
+    max_length: z.number().int().min(16).max(1_048_576).default(2048),
+    /** Samples longer than max_length: dropped and counted, or cut to max_length. */
+    over_length: z.enum(["drop", "truncate"]).default("drop"),
+  })
+  .strict();
+
+export const MethodConfig = z
+  .object({
+    type: z.enum(["lora", "qlora", "full"]).default("lora"),
+    r: z.number().int().positive().default(16),
+    alpha: z.number().positive().default(32),
+    dropout: z.number().min(0).max(0.9).default(0),
+    target_modules: z
+      .union([z.literal("all-linear"), z.array(z.enum(LORA_TARGETS)).min(1)])
+      .default("all-linear"),
+    use_rslora: z.boolean().default(false),
+    use_dora: z.boolean().default(false),
+  })
+  .strict();
+
+export const TrainConfig = z
+  .object({
+    seed: z.number().int().default(42),
+    /** Passes over the training packs; ignored when max_steps is set. */
+    epochs: z.number().positive().default(1),
+    max_steps: z.number().int().positive().optional(),
+    /** Packs (rows of max_length tokens) per micro-batch. */
+    micro_batch_size: z.number().int().positive().default(1),
+    grad_accum: z.number().int().positive().default(1),
+    learning_rate: z.number().positive().max(1).default(2e-4),
+    weight_decay: z.number().min(0).default(0),
+    warmup_steps: z.number().int().min(0).optional(),
+    warmup_ratio: z.number().min(0).max(1).default(0.03),
+    scheduler: z.enum(["cosine", "linear", "constant"]).default("cosine"),
+    min_lr_ratio: z.number().min(0).max(1).default(0),
+    max_grad_norm: z.number().min(0).default(1),
+    optimizer: z.enum(["adamw", "adamw8bit"]).default("adamw"),
+    gradient_checkpointing: z.boolean().default(true),
+    log_every: z.number().int().positive().default(1),
+    /** Validation loss every N steps (0 = only at the end). */
+    eval_every: z.number().int().min(0).default(0),
+    /** Checkpoint every N steps (0 = only at the end). */
+    save_every: z.number().int().min(0).default(0),
+  })
+  .strict();
+
+export const RunConfig = z
+  .object({
+    /** Model directory (Hugging Face layout: config.json, safetensors, tokenizer.json, chat template). */
+    model: z.string().min(1),
+    /** Name written to adapter_config.json base_model_name_or_path (default: the model directory). */
+    base_model_name: z.string().optional(),
+    data: DataConfig,
+    template: TemplateConfig.default(TemplateConfig.parse({})),
+    pack: PackConfig.default(PackConfig.parse({})),
+    method: MethodConfig.default(MethodConfig.parse({})),
+    train: TrainConfig.default(TrainConfig.parse({})),
+    device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
+    /** Weights/activations dtype; auto = bfloat16 on a GPU that has it, else float32. */
+    dtype: z.enum(["auto", "float32", "bfloat16", "float16"]).default("auto"),
+    /** Where run directories go. */
+    output_dir: z.string().default("runs"),
+  })
+  .strict();
+export type RunConfig = z.infer<typeof RunConfig>;

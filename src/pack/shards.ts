@@ -1,0 +1,213 @@
+// Token shards (docs/formats.md): tokenized samples in, packed safetensors shards + manifest.json out.
+//
+// Memory stays flat in the number of samples' tokens: samples are spilled to a temporary file as they arrive
+// (8 bytes a token), only their lengths stay in memory for packing, and each shard is assembled from the
+// spill with positioned reads.
+import { closeSync, mkdirSync, openSync, readSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { TunaError } from "../errors.ts";
+import { SafetensorsWriter, bytesOf } from "../util/safetensors.ts";
+import { packFirstFitDecreasing } from "./pack.ts";
+
+export interface TokenizedSample {
+  ids: Int32Array;
+  /** Weight of token t as a prediction target (docs/formats.md); lossWeight[0] is ignored and written as 0. */
+  lossWeight: Float32Array;
+  source: string;
+}
+
+export interface ShardSplitStats {
+  samples: number;
+  packs: number;
+  tokens: number;
+  trained_tokens: number;
+  padding_tokens: number;
+  /** usedTokens / (packs * maxLength). */
+  pack_efficiency: number;
+  dropped_too_long: number;
+  truncated: number;
+  dropped_no_trained_tokens: number;
+  shards: string[];
+  /** Histogram of sample lengths, bucket upper bounds → counts. */
+  length_histogram: { upper: number; count: number }[];
+}
+
+export interface SplitWriterOptions {
+  dir: string;
+  split: string;
+  maxLength: number;
+  /** Over-long samples: drop (default, counted) or keep their first maxLength tokens. */
+  overLength: "drop" | "truncate";
+  /** Tokens per shard file (packs are never split across files). */
+  shardTokens?: number;
+}
+
+/** Collects one split's samples, then packs and writes them. */
+export class SplitWriter {
+  private readonly spillPath: string;
+  private readonly spill: number;
+  private spillOffset = 0;
+  private readonly offsets: number[] = [];
+  private readonly lengths: number[] = [];
+  private readonly trained: number[] = [];
+  private droppedTooLong = 0;
+  private truncated = 0;
+  private droppedNoTrained = 0;
+  private lengthsAll: number[] = [];
+
+  constructor(private readonly opts: SplitWriterOptions) {
+    mkdirSync(opts.dir, { recursive: true });
+    this.spillPath = join(opts.dir, `.${opts.split}.spill`);
+    this.spill = openSync(this.spillPath, "w+");
+  }
+
+  add(sample: TokenizedSample): "kept" | "dropped_too_long" | "dropped_no_trained_tokens" {
+    let { ids, lossWeight } = sample;
+    if (ids.length !== lossWeight.length) {
+      throw new TunaError("PACK_MISMATCH", `${sample.source}: ${ids.length} tokens but ${lossWeight.length} loss weights`);
+    }
+    this.lengthsAll.push(ids.length);
+    if (ids.length > this.opts.maxLength) {
+      if (this.opts.overLength === "drop") {
+        this.droppedTooLong++;
+        return "dropped_too_long";
+      }
+      ids = ids.subarray(0, this.opts.maxLength);
+      lossWeight = lossWeight.subarray(0, this.opts.maxLength);
+      this.truncated++;
+    }
+    const w = new Float32Array(lossWeight);
+    w[0] = 0;
+    let trained = 0;
+    for (let i = 0; i < w.length; i++) trained += w[i];
+    if (trained === 0) {
+      this.droppedNoTrained++;
+      return "dropped_no_trained_tokens";
+    }
+    const ib = bytesOf(ids);
+    const wb = bytesOf(w);
+    writeSync(this.spill, ib, 0, ib.length, this.spillOffset);
+    writeSync(this.spill, wb, 0, wb.length, this.spillOffset + ib.length);
+    this.offsets.push(this.spillOffset);
+    this.lengths.push(ids.length);
+    this.trained.push(trained);
+    this.spillOffset += ib.length + wb.length;
+    return "kept";
+  }
+
+  get count(): number {
+    return this.lengths.length;
+  }
+
+  /** Packs and writes `<split>-00000.safetensors`, ...; removes the spill file. */
+  finish(): ShardSplitStats {
+    const { maxLength, dir, split } = this.opts;
+    const shardTokens = this.opts.shardTokens ?? 32 * 1024 * 1024;
+    const { packs, paddingTokens, usedTokens } = packFirstFitDecreasing(this.lengths, maxLength);
+    const shards: string[] = [];
+    let start = 0;
+    while (start < packs.length) {
+      let end = start;
+      let tokens = 0;
+      while (end < packs.length && (end === start || tokens + packTokens(packs[end], this.lengths) <= shardTokens)) {
+        tokens += packTokens(packs[end], this.lengths);
+        end++;
+      }
+      const name = `${split}-${String(shards.length).padStart(5, "0")}.safetensors`;
+      this.writeShard(join(dir, name), packs.slice(start, end), tokens);
+      shards.push(name);
+      start = end;
+    }
+    closeSync(this.spill);
+    rmSync(this.spillPath, { force: true });
+    return {
+      samples: this.lengths.length,
+      packs: packs.length,
+      tokens: usedTokens,
+      trained_tokens: this.trained.reduce((a, b) => a + b, 0),
+      padding_tokens: paddingTokens,
+      pack_efficiency: packs.length ? usedTokens / (packs.length * maxLength) : 0,
+      dropped_too_long: this.droppedTooLong,
+      truncated: this.truncated,
+      dropped_no_trained_tokens: this.droppedNoTrained,
+      shards,
+      length_histogram: histogram(this.lengthsAll, maxLength),
+    };
+  }
+
+  private writeShard(path: string, packs: number[][], tokens: number): void {
+    const nSeq = packs.reduce((a, p) => a + p.length, 0);
+    const seqOffsets = new BigInt64Array(nSeq + 1);
+    const packOffsets = new BigInt64Array(packs.length + 1);
+    let s = 0;
+    let t = 0;
+    for (let p = 0; p < packs.length; p++) {
+      for (const i of packs[p]) {
+        seqOffsets[s] = BigInt(t);
+        t += this.lengths[i];
+        s++;
+      }
+      packOffsets[p + 1] = BigInt(s);
+    }
+    seqOffsets[nSeq] = BigInt(t);
+    const w = new SafetensorsWriter(
+      path,
+      [
+        ["tokens", { dtype: "I32", shape: [tokens], byteLength: tokens * 4 }],
+        ["loss_weight", { dtype: "F32", shape: [tokens], byteLength: tokens * 4 }],
+        ["seq_offsets", { dtype: "I64", shape: [nSeq + 1], byteLength: (nSeq + 1) * 8 }],
+        ["pack_offsets", { dtype: "I64", shape: [packs.length + 1], byteLength: (packs.length + 1) * 8 }],
+      ],
+      { format: "tuna-shard", version: "1", max_length: String(this.opts.maxLength) },
+    );
+    // Two passes over the spill (ids, then weights) so the file is written strictly in header order.
+    for (const part of [0, 1] as const) {
+      for (const pack of packs) {
+        for (const i of pack) {
+          const n = this.lengths[i] * 4;
+          const buf = Buffer.allocUnsafe(n);
+          readSync(this.spill, buf, 0, n, this.offsets[i] + part * n);
+          w.write(buf);
+        }
+      }
+    }
+    w.write(bytesOf(seqOffsets));
+    w.write(bytesOf(packOffsets));
+    w.close();
+  }
+}
+
+function packTokens(pack: number[], lengths: number[]): number {
+  let t = 0;
+  for (const i of pack) t += lengths[i];
+  return t;
+}
+
+function histogram(lengths: number[], maxLength: number): { upper: number; count: number }[] {
+  const buckets: number[] = [];
+  for (let b = 64; b < maxLength; b *= 2) buckets.push(b);
+  buckets.push(maxLength, Number.POSITIVE_INFINITY);
+  const counts = new Array(buckets.length).fill(0);
+  for (const l of lengths) counts[buckets.findIndex((b) => l <= b)]++;
+  return buckets.map((upper, i) => ({ upper, count: counts[i] }));
+}
+
+export interface Manifest {
+  format: "tuna-shards";
+  version: 1;
+  created: string;
+  tokenizer_hash: string;
+  template_hash: string;
+  max_length: number;
+  splits: Record<string, ShardSplitStats>;
+  /** Samples that could not be rendered or masked, by reason (examples kept in the data report). */
+  rejected: Record<string, number>;
+  /** The resolved data/template/pack config that made these shards. */
+  config: unknown;
+}
+
+export function writeManifest(dir: string, manifest: Omit<Manifest, "format" | "version" | "created">): Manifest {
+  const full: Manifest = { format: "tuna-shards", version: 1, created: new Date().toISOString(), ...manifest };
+  writeFileSync(join(dir, "manifest.json"), `${JSON.stringify(full, null, 2)}\n`);
+  return full;
+}
