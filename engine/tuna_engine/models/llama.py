@@ -1,0 +1,282 @@
+"""The Llama family: Llama 3.x, Qwen2/2.5 and Qwen3 dense, one decoder with config-driven differences.
+
+What is notable, per family (all: pre-norm RMSNorm, SwiGLU MLP, rotary positions, grouped-query attention):
+  - Qwen3: RMSNorm on each head of q and k before rotary (`q_norm`, `k_norm`); explicit `head_dim`; tied
+    embeddings on the small models (0.6B–4B).
+  - Qwen2/2.5: bias on q, k and v (not o).
+  - Llama 3.x: "llama3" rotary scaling (long wavelengths divided by `factor`, a smooth ramp between).
+  - Any of them: YaRN rotary scaling (`rope_scaling: {rope_type: "yarn", factor, original_max_position_embeddings}`).
+Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`), so checkpoints load unchanged.
+Numerics follow transformers 5.x: RMSNorm and softmax in fp32, rotary cos/sin computed in fp32 and cast to the
+activation dtype. Packed rows: `position_ids` restart at 0 per sample and `sample_ids` confine attention to
+its own sample (the block-diagonal causal mask in `attention`, the one function a varlen kernel replaces).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..lora import Linear, resolve_targets
+from ..protocol import LoraSpec
+
+SUPPORTED = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+
+
+@dataclass(frozen=True)
+class Config:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None  # None = plain rotary
+    tie_word_embeddings: bool
+    qk_norm: bool  # Qwen3
+    qkv_bias: bool  # Qwen2, or attention_bias
+    o_bias: bool  # attention_bias (Llama, Qwen3)
+    mlp_bias: bool  # Llama's mlp_bias
+
+    @staticmethod
+    def from_hf(cfg: dict[str, Any]) -> Config:
+        """From a config.json dict (already checked for model_type by models/__init__.py)."""
+        mt = cfg["model_type"]
+        heads = cfg["num_attention_heads"]
+        # transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; older files rope_theta + rope_scaling.
+        rope = dict(cfg.get("rope_parameters") or {})
+        if not rope:
+            rope = dict(cfg.get("rope_scaling") or {})
+            rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        attention_bias = bool(cfg.get("attention_bias", False))
+        return Config(
+            model_type=mt,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope["rope_theta"]),
+            rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qk_norm=mt == "qwen3",
+            qkv_bias=mt == "qwen2" or attention_bias,
+            o_bias=mt != "qwen2" and attention_bias,
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+        )
+
+
+def rope_inv_freq(c: Config) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim/2] and the cos/sin scale, as transformers' modeling_rope_utils computes them."""
+    dim, base = c.head_dim, c.rope_theta
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    s = c.rope_scaling
+    if s is None:
+        return inv_freq, 1.0
+    kind = s["rope_type"]
+    if kind == "linear":
+        return inv_freq / s["factor"], 1.0
+    if kind == "llama3":
+        # Llama 3.1 report / transformers `_compute_llama3_parameters`: wavelengths above old_ctx/low_freq_factor
+        # are divided by `factor`, below old_ctx/high_freq_factor kept, a smooth interpolation between.
+        factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_ctx = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_ctx / lo, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old_ctx / hi) & ~(wavelen > old_ctx / lo)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if kind == "yarn":
+        # YaRN (Peng et al. 2023) §3.2-3.4 / transformers `_compute_yarn_parameters`.
+        factor = s["factor"]
+        orig = s["original_max_position_embeddings"]
+        attention_factor = s.get("attention_factor")
+        mscale, mscale_all_dim = s.get("mscale"), s.get("mscale_all_dim")
+
+        def get_mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        if attention_factor is None:
+            if mscale and mscale_all_dim:
+                attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+            else:
+                attention_factor = get_mscale(factor)
+        beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+        def correction_dim(rotations: float) -> float:
+            return (dim * math.log(orig / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if s.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        extrapolation = 1 - ramp
+        inv = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+        return inv, float(attention_factor)
+    raise ValueError(f"rope type {kind!r}")  # rejected earlier by models/__init__.py with a proper error
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """In fp32, cast back, then scaled (transformers' order: weight * normed.to(input_dtype))."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    """Causal attention confined to each packed sample.
+
+    q [B, H, T, D], k/v [B, KV, T, D], sample_ids [B, T] (padding is a sample of its own) → [B, H, T, D].
+    A block-diagonal causal mask over SDPA; the varlen (flash-attention) path replaces this function.
+    """
+    T = q.shape[2]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    mask = (sample_ids[:, :, None] == sample_ids[:, None, :]) & causal  # [B, T, T]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
+
+
+class Attention(nn.Module):
+    def __init__(self, c: Config, lora: LoraSpec | None, targets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.c = c
+        H, KV, D, C = c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size
+
+        def lin(name: str, i: int, o: int, bias: bool) -> Linear:
+            return Linear(i, o, bias, lora if name in targets else None)
+
+        self.q_proj = lin("q_proj", C, H * D, c.qkv_bias)
+        self.k_proj = lin("k_proj", C, KV * D, c.qkv_bias)
+        self.v_proj = lin("v_proj", C, KV * D, c.qkv_bias)
+        self.o_proj = lin("o_proj", H * D, C, c.o_bias)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(D, c.rms_norm_eps)
+            self.k_norm = RMSNorm(D, c.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        D = self.c.head_dim
+        q = self.q_proj(x).view(B, T, -1, D)
+        k = self.k_proj(x).view(B, T, -1, D)
+        v = self.v_proj(x).view(B, T, -1, D).transpose(1, 2)
+        if self.c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, T, D]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        y = attention(q, k, v, sample_ids)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, c: Config, lora: LoraSpec | None, targets: tuple[str, ...]) -> None:
+        super().__init__()
+
+        def lin(name: str, i: int, o: int) -> Linear:
+            return Linear(i, o, c.mlp_bias, lora if name in targets else None)
+
+        self.gate_proj = lin("gate_proj", c.hidden_size, c.intermediate_size)
+        self.up_proj = lin("up_proj", c.hidden_size, c.intermediate_size)
+        self.down_proj = lin("down_proj", c.intermediate_size, c.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: Config, lora: LoraSpec | None, targets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c, lora, targets)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MLP(c, lora, targets)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, sample_ids)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Body(nn.Module):
+    """Hugging Face's `model.` prefix: embeddings, decoder layers, final norm."""
+
+    def __init__(self, c: Config, lora: LoraSpec | None, lora_layers: tuple[int, ...] | None) -> None:
+        super().__init__()
+        targets = resolve_targets(lora) if lora is not None else ()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(c, lora if lora_layers is None or i in lora_layers else None, targets)
+            for i in range(c.num_layers)
+        )
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, c: Config, lora: LoraSpec | None = None, lora_layers: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.config = c
+        self.model = Body(c, lora, lora_layers)
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        inv_freq, self.rope_scale = rope_inv_freq(c)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.gradient_checkpointing = False
+
+    def reset_buffers(self) -> None:
+        """Recompute non-persistent buffers (after building on the meta device and `to_empty`)."""
+        self.inv_freq = rope_inv_freq(self.config)[0].to(self.inv_freq.device)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids/position_ids/sample_ids [B, T] → final hidden states [B, T, C] (after the last norm)."""
+        x = self.model.embed_tokens(input_ids)
+        # Rotary tables in fp32, scaled, then cast to the activation dtype (transformers does the same).
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(x.dtype)
+        sin = (emb.sin() * self.rope_scale).to(x.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, sample_ids, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, sample_ids)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.output_weight)

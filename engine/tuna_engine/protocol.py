@@ -1,0 +1,429 @@
+"""The Python half of the seam (DESIGN.md "Shape"); src/engine/protocol.ts is the reference.
+
+TypeScript writes plan.json and starts `python -m tuna_engine <command> --plan plan.json`; the engine answers
+with one JSON event per stdout line. Plans are parsed into frozen dataclasses by `parse_train_plan` /
+`parse_merge_plan`, which collect every problem and report them all at once, each naming its field
+("train.micro_batch_size: expected an integer >= 1, got 0").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from .errors import EngineError
+
+PROTOCOL_VERSION = 1
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]  # projection names or ("all-linear",)
+    use_rslora: bool
+    use_dora: bool
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    path: str
+    dtype: Dtype
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    manifest: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    type: Literal["lora", "qlora", "full"]
+    lora: LoraSpec | None
+    # Freezing. LoRA: adapters only on these decoder layers (peft's layers_to_transform). Full: only these
+    # layers' parameters train. None = all layers.
+    trainable_layers: tuple[int, ...] | None = None
+    # Full fine-tuning only: train only parameters whose dotted name contains one of these module names
+    # ("mlp", "self_attn", "q_proj", "embed_tokens", "norm", "lm_head"). None = all modules.
+    trainable_modules: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    seed: int
+    micro_batch_size: int
+    grad_accum: int
+    max_steps: int
+    learning_rate: float
+    weight_decay: float
+    warmup_steps: int
+    scheduler: Literal["cosine", "linear", "constant"]
+    min_lr_ratio: float
+    max_grad_norm: float
+    optimizer: Literal["adamw", "adamw8bit"]
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    gradient_checkpointing: bool
+    log_every: int
+    eval_every: int
+    save_every: int
+    # Stop after this many evaluations without a new best validation loss; None = never stop early.
+    early_stopping_patience: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    adapter_dir: str
+    checkpoints_dir: str
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    version: int
+    command: Literal["train"]
+    run_dir: str
+    model: ModelSpec
+    data: DataSpec
+    method: MethodSpec
+    train: TrainSpec
+    device: Literal["auto", "cpu", "cuda"]
+    output: OutputSpec
+    base_model_name: str
+    resume_from: str | None
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Fold a LoRA/DoRA adapter into its base model and write a full Hugging Face model directory."""
+
+    version: int
+    command: Literal["merge"]
+    model: ModelSpec
+    adapter_dir: str
+    output_dir: str
+    device: Literal["auto", "cpu", "cuda"]
+    # Largest safetensors shard, in bytes (a tensor larger than this gets a shard of its own).
+    max_shard_bytes: int = 5 * 2**30
+
+
+# ---- validation -------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads typed fields out of a JSON object, recording every problem with its dotted field path."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, field: str, expected: str, value: Any) -> None:
+        shown = "missing" if value is _MISSING else f"got {json.dumps(value)[:80]}"
+        self.problems.append(f"{field}: expected {expected}, {shown}")
+
+    def obj(self, d: Any, key: str, path: str) -> dict[str, Any]:
+        v = d.get(key, _MISSING) if isinstance(d, dict) else _MISSING
+        if not isinstance(v, dict):
+            self.bad(path, "an object", v)
+            return {}
+        return v
+
+    def get(self, d: dict[str, Any], key: str, path: str, kind: str, *, optional: bool = False, **lim: Any) -> Any:
+        v = d.get(key, _MISSING)
+        if optional and (v is _MISSING or v is None):
+            return None
+        ok = _check(v, kind, **lim)
+        if not ok:
+            self.bad(path, _describe(kind, **lim), v)
+            return None
+        if kind == "str[]" or kind == "int[]":
+            return tuple(v)
+        if kind == "number":
+            return float(v)
+        return v
+
+
+_MISSING: Any = object()
+
+
+def _check(v: Any, kind: str, **lim: Any) -> bool:
+    if kind == "str":
+        return isinstance(v, str) and (not lim.get("nonempty") or v != "")
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "int":
+        if not isinstance(v, int) or isinstance(v, bool):
+            return False
+        return v >= lim.get("min", -math.inf) and v <= lim.get("max", math.inf)
+    if kind == "number":
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        lo, hi = lim.get("min", -math.inf), lim.get("max", math.inf)
+        return (v > lo if lim.get("exclusive_min") else v >= lo) and v <= hi
+    if kind == "enum":
+        return v in lim["values"]
+    if kind == "str[]":
+        return isinstance(v, list) and all(isinstance(x, str) for x in v) and len(v) >= lim.get("min_len", 0)
+    if kind == "int[]":
+        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    if kind == "literal":
+        return v == lim["value"]
+    raise AssertionError(kind)
+
+
+def _describe(kind: str, **lim: Any) -> str:
+    if kind == "int":
+        if "min" in lim and "max" in lim:
+            return f"an integer in [{lim['min']}, {lim['max']}]"
+        return f"an integer >= {lim['min']}" if "min" in lim else "an integer"
+    if kind == "number":
+        if lim.get("exclusive_min"):
+            return f"a number > {lim['min']}"
+        if "min" in lim and "max" in lim:
+            return f"a number in [{lim['min']}, {lim['max']}]"
+        return f"a number >= {lim['min']}" if "min" in lim else "a finite number"
+    if kind == "enum":
+        return "one of " + ", ".join(json.dumps(x) for x in lim["values"])
+    if kind == "literal":
+        return json.dumps(lim["value"])
+    if kind == "str[]":
+        return "a list of strings" + (f" (at least {lim['min_len']})" if lim.get("min_len") else "")
+    if kind == "int[]":
+        return "a list of non-negative integers"
+    return {"str": "a non-empty string" if lim.get("nonempty") else "a string", "bool": "true or false"}[kind]
+
+
+def _load_json(path: str, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise EngineError("PLAN_NOT_FOUND", f"{path}: {what} file not found", hint="pass --plan <run>/plan.json")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise EngineError("PLAN_INVALID", f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+
+
+def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
+    r = _Reader()
+    if not isinstance(raw, dict):
+        raise EngineError("PLAN_INVALID", f"{source}: expected a JSON object at the top level")
+    version = r.get(raw, "version", "version", "literal", value=PROTOCOL_VERSION)
+    command = r.get(raw, "command", "command", "literal", value="train")
+    run_dir = r.get(raw, "run_dir", "run_dir", "str", nonempty=True)
+
+    m = r.obj(raw, "model", "model")
+    model = ModelSpec(
+        path=r.get(m, "path", "model.path", "str", nonempty=True),
+        dtype=r.get(m, "dtype", "model.dtype", "enum", values=("float32", "bfloat16", "float16")),
+    )
+    d = r.obj(raw, "data", "data")
+    data = DataSpec(
+        train=r.get(d, "train", "data.train", "str[]", min_len=1),
+        validation=r.get(d, "validation", "data.validation", "str[]"),
+        manifest=r.get(d, "manifest", "data.manifest", "str"),
+    )
+
+    me = r.obj(raw, "method", "method")
+    mtype = r.get(me, "type", "method.type", "enum", values=("lora", "qlora", "full"))
+    lora = None
+    if me.get("lora") is not None:
+        lo = r.obj(me, "lora", "method.lora")
+        targets = r.get(lo, "target_modules", "method.lora.target_modules", "str[]", min_len=1)
+        for t in targets or ():
+            if t not in LORA_PROJECTIONS and t != "all-linear":
+                r.problems.append(
+                    f"method.lora.target_modules: unknown module {json.dumps(t)}; expected some of "
+                    f"{', '.join(LORA_PROJECTIONS)} or [\"all-linear\"]"
+                )
+        lora = LoraSpec(
+            r=r.get(lo, "r", "method.lora.r", "int", min=1),
+            alpha=r.get(lo, "alpha", "method.lora.alpha", "number", min=0, exclusive_min=True),
+            dropout=r.get(lo, "dropout", "method.lora.dropout", "number", min=0, max=1),
+            target_modules=targets,
+            use_rslora=r.get(lo, "use_rslora", "method.lora.use_rslora", "bool"),
+            use_dora=r.get(lo, "use_dora", "method.lora.use_dora", "bool"),
+        )
+    elif mtype in ("lora", "qlora"):
+        r.problems.append(f"method.lora: required when method.type is {json.dumps(mtype)}, missing")
+    method = MethodSpec(
+        type=mtype,
+        lora=lora,
+        trainable_layers=r.get(me, "trainable_layers", "method.trainable_layers", "int[]", optional=True),
+        trainable_modules=r.get(me, "trainable_modules", "method.trainable_modules", "str[]", optional=True),
+    )
+    if method.trainable_modules is not None and mtype != "full":
+        r.problems.append("method.trainable_modules: only for method.type \"full\" (LoRA uses lora.target_modules)")
+
+    t = r.obj(raw, "train", "train")
+    train = TrainSpec(
+        seed=r.get(t, "seed", "train.seed", "int"),
+        micro_batch_size=r.get(t, "micro_batch_size", "train.micro_batch_size", "int", min=1),
+        grad_accum=r.get(t, "grad_accum", "train.grad_accum", "int", min=1),
+        max_steps=r.get(t, "max_steps", "train.max_steps", "int", min=1),
+        learning_rate=r.get(t, "learning_rate", "train.learning_rate", "number", min=0, exclusive_min=True),
+        weight_decay=r.get(t, "weight_decay", "train.weight_decay", "number", min=0),
+        warmup_steps=r.get(t, "warmup_steps", "train.warmup_steps", "int", min=0),
+        scheduler=r.get(t, "scheduler", "train.scheduler", "enum", values=("cosine", "linear", "constant")),
+        min_lr_ratio=r.get(t, "min_lr_ratio", "train.min_lr_ratio", "number", min=0, max=1),
+        max_grad_norm=r.get(t, "max_grad_norm", "train.max_grad_norm", "number", min=0),
+        optimizer=r.get(t, "optimizer", "train.optimizer", "enum", values=("adamw", "adamw8bit")),
+        adam_beta1=r.get(t, "adam_beta1", "train.adam_beta1", "number"),
+        adam_beta2=r.get(t, "adam_beta2", "train.adam_beta2", "number"),
+        adam_eps=r.get(t, "adam_eps", "train.adam_eps", "number"),
+        gradient_checkpointing=r.get(t, "gradient_checkpointing", "train.gradient_checkpointing", "bool"),
+        log_every=r.get(t, "log_every", "train.log_every", "int", min=1),
+        eval_every=r.get(t, "eval_every", "train.eval_every", "int", min=0),
+        save_every=r.get(t, "save_every", "train.save_every", "int", min=0),
+        early_stopping_patience=r.get(
+            t, "early_stopping_patience", "train.early_stopping_patience", "int", optional=True, min=1
+        ),
+    )
+    device = r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda"))
+    o = r.obj(raw, "output", "output")
+    output = OutputSpec(
+        adapter_dir=r.get(o, "adapter_dir", "output.adapter_dir", "str", nonempty=True),
+        checkpoints_dir=r.get(o, "checkpoints_dir", "output.checkpoints_dir", "str", nonempty=True),
+    )
+    base_model_name = r.get(raw, "base_model_name", "base_model_name", "str")
+    resume_from = r.get(raw, "resume_from", "resume_from", "str", optional=True)
+    if "resume_from" not in raw:
+        r.bad("resume_from", "a string or null", _MISSING)
+    if r.problems:
+        raise _plan_error(source, r.problems)
+    return TrainPlan(
+        version=version,
+        command=command,
+        run_dir=run_dir,
+        model=model,
+        data=data,
+        method=method,
+        train=train,
+        device=device,
+        output=output,
+        base_model_name=base_model_name,
+        resume_from=resume_from,
+    )
+
+
+def parse_merge_plan(raw: Any, source: str = "merge_plan.json") -> MergePlan:
+    r = _Reader()
+    if not isinstance(raw, dict):
+        raise EngineError("PLAN_INVALID", f"{source}: expected a JSON object at the top level")
+    m = r.obj(raw, "model", "model")
+    plan = MergePlan(
+        version=r.get(raw, "version", "version", "literal", value=PROTOCOL_VERSION),
+        command=r.get(raw, "command", "command", "literal", value="merge"),
+        model=ModelSpec(
+            path=r.get(m, "path", "model.path", "str", nonempty=True),
+            dtype=r.get(m, "dtype", "model.dtype", "enum", values=("float32", "bfloat16", "float16")),
+        ),
+        adapter_dir=r.get(raw, "adapter_dir", "adapter_dir", "str", nonempty=True),
+        output_dir=r.get(raw, "output_dir", "output_dir", "str", nonempty=True),
+        device=r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda")) or "cpu",
+        max_shard_bytes=r.get(raw, "max_shard_bytes", "max_shard_bytes", "int", optional=True, min=1)
+        or 5 * 2**30,
+    )
+    if r.problems:
+        raise _plan_error(source, r.problems)
+    return plan
+
+
+def _plan_error(source: str, problems: list[str]) -> EngineError:
+    first = problems[0].split(":", 1)[0]
+    return EngineError(
+        "PLAN_INVALID",
+        f"{source}: {len(problems)} invalid field(s):\n  " + "\n  ".join(problems),
+        hint="plan.json is written by `tuna train`; if you edited it by hand, fix the field(s) above",
+        field=first,
+    )
+
+
+def load_train_plan(path: str) -> TrainPlan:
+    return parse_train_plan(_load_json(path, "plan"), source=path)
+
+
+def load_merge_plan(path: str) -> MergePlan:
+    return parse_merge_plan(_load_json(path, "merge plan"), source=path)
+
+
+# ---- events -----------------------------------------------------------------------------------------------
+
+
+class StartEvent(TypedDict):
+    event: Literal["start"]
+    device: str
+    dtype: str
+    params_total: int
+    params_trainable: int
+    total_steps: int
+    start_step: int
+
+
+class StepEvent(TypedDict):
+    event: Literal["step"]
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    grad_norm: float
+    trained_tokens: float
+    tokens_per_s: float
+    elapsed_s: float
+    eta_s: float
+    memory_gib: float | None
+
+
+class EvalEvent(TypedDict):
+    event: Literal["eval"]
+    step: int
+    val_loss: float
+
+
+class CheckpointEvent(TypedDict):
+    event: Literal["checkpoint"]
+    step: int
+    path: str
+
+
+class DoneEvent(TypedDict, total=False):
+    event: Literal["done"]
+    steps: int
+    final_loss: float | None
+    adapter_dir: str
+    elapsed_s: float
+    best_step: int | None
+    best_val_loss: float | None
+
+
+class ErrorEvent(TypedDict, total=False):
+    event: Literal["error"]
+    code: str
+    message: str
+    hint: str
+    step: int
+
+
+class LogEvent(TypedDict):
+    event: Literal["log"]
+    message: str
+
+
+def emit(event: dict[str, Any]) -> None:
+    """One event per stdout line, flushed at once so TypeScript sees progress as it happens."""
+    sys.stdout.write(json.dumps(event, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    """Human log line (stderr)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()

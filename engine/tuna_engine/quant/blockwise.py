@@ -1,0 +1,82 @@
+"""Blockwise 8-bit quantization with bitsandbytes' dynamic code tables.
+
+Used twice: QLoRA's double quantization of the NF4 absmax values (blocks of 256, signed map) and the 8-bit
+AdamW optimizer states (signed map for exp_avg, unsigned for exp_avg_sq). The tables and the rounding follow
+bitsandbytes (`functional.create_dynamic_map`, the `quantize_blockwise` kernels) so that a `*-bnb-4bit`
+checkpoint's `nested_quant_map` equals `dynamic_map(signed=True)` and its absmax codes decode identically.
+
+A flat tensor of n values is cut into ceil(n / blocksize) blocks, the last one possibly short; each block is
+scaled by 1/absmax into [-1, 1] and each value replaced by the index of the nearest table entry.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+    """The 2**total_bits-entry dynamic-exponent code table, sorted ascending, float32.
+
+    Dettmers, "8-Bit Approximations for Parallelism in Deep Learning" (arXiv:1511.04561): for each decade
+    10^-6 .. 10^0 a linear run of fraction values, more of them in the larger decades; plus 0 and 1.0.
+    Products are taken in float32 like bitsandbytes, so the table matches its bytes exactly.
+    """
+    values: list[float] = []
+    non_sign_bits = total_bits - 1
+    additional_items = 2 ** (non_sign_bits - max_exponent_bits) - 1
+    for i in range(max_exponent_bits):
+        exp = i + non_sign_bits - max_exponent_bits
+        fraction_items = 2**exp + 1 if signed else 2 ** (exp + 1) + 1
+        boundaries = torch.linspace(0.1, 1, fraction_items, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        scale = 10 ** (-(max_exponent_bits - 1) + i)
+        values += (scale * means).tolist()
+        if signed:
+            values += (-scale * means).tolist()
+    if additional_items > 0:
+        boundaries = torch.linspace(0.1, 1, additional_items + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        scale = 10 ** (-(max_exponent_bits - 1) + max_exponent_bits - 1)
+        values += (scale * means).tolist()
+        if signed:
+            values += (-scale * means).tolist()
+    values += [0.0, 1.0]
+    if len(values) != 2**total_bits:
+        raise ValueError(f"dynamic map has {len(values)} entries, expected {2**total_bits}")
+    values.sort()
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest entry of a sorted `code` for each value (ties go to the lower entry, as the
+    bitsandbytes kernels' `x > midpoint` comparisons do)."""
+    midpoints = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, midpoints.to(scaled.device), out_int32=True)
+
+
+def quantize_blockwise(
+    x: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (any shape, float) -> (codes uint8 of x's shape, absmax float32 [ceil(n / blocksize)])."""
+    flat = x.reshape(-1).float()
+    n = flat.numel()
+    blocks = -(-n // blocksize)
+    padded = torch.nn.functional.pad(flat, (0, blocks * blocksize - n)).view(blocks, blocksize)
+    absmax = padded.abs().amax(dim=1)
+    # Multiply by the reciprocal (not divide) like the kernels; an all-zero block maps to code(0).
+    scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1)
+    q = _nearest_code(scaled.view(-1)[:n], code).to(torch.uint8)
+    return q.view(x.shape), absmax
+
+
+def dequantize_blockwise(
+    q: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int
+) -> torch.Tensor:
+    """Inverse of `quantize_blockwise`: code[q] * absmax[block], float32, q's shape."""
+    flat = code.to(q.device)[q.reshape(-1).long()]
+    n = flat.numel()
+    blocks = absmax.numel()
+    if blocks * blocksize < n:
+        raise ValueError(f"{blocks} absmax values cover {blocks * blocksize} values, but there are {n}")
+    padded = torch.nn.functional.pad(flat, (0, blocks * blocksize - n)).view(blocks, blocksize)
+    return (padded * absmax.float().unsqueeze(1)).view(-1)[:n].view(q.shape)
