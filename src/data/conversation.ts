@@ -43,3 +43,21 @@ export const Conversation = z.object({
   thinking: z.boolean().optional(),
 });
 export type Conversation = z.infer<typeof Conversation>;
+
+/** A preference pair (DPO/ORPO-style): shared prompt turns, then a chosen and a rejected assistant answer.
+ * Read and validated now; stored for training methods that come later. */
+export const PreferencePair = z.object({
+  prompt: z.array(Message).min(1),
+  chosen: Message,
+  rejected: Message,
+  tools: z.array(Tool).optional(),
+  source: z.string(),
+});
+export type PreferencePair = z.infer<typeof PreferencePair>;
+
+/** Plain text for continued pre-training (every token trained). */
+export const PlainText = z.object({
+  text: z.string().min(1),
+  source: z.string(),
+});
+export type PlainText = z.infer<typeof PlainText>;
