@@ -1,0 +1,140 @@
+// Byte-level BPE model: vocab, merges by rank on integer pairs, and the merge loop. A word's UTF-8 bytes start as
+// one symbol each; the adjacent pair with the lowest merge rank (leftmost on ties) is merged until none is left
+// (the same result as Hugging Face's heap over (rank, position)).
+import { BYTE_TO_CHAR, utf8Encode } from "./bytelevel.ts";
+
+/** Open-addressing hash map from an id pair (a, b) to its merge rank and the merged id. */
+export class MergeTable {
+  private readonly mask: number;
+  private readonly keyA: Int32Array;
+  private readonly keyB: Int32Array;
+  private readonly rank: Int32Array;
+  private readonly merged: Int32Array;
+
+  constructor(capacityHint: number) {
+    let cap = 1024;
+    while (cap < capacityHint * 3) cap <<= 1;
+    this.mask = cap - 1;
+    this.keyA = new Int32Array(cap).fill(-1);
+    this.keyB = new Int32Array(cap);
+    this.rank = new Int32Array(cap);
+    this.merged = new Int32Array(cap);
+  }
+
+  private slot(a: number, b: number): number {
+    let h = (Math.imul(a, 0x9e3779b1) ^ Math.imul(b + 0x7f4a7c15, 0x85ebca77)) >>> 0;
+    h ^= h >>> 15;
+    let i = h & this.mask;
+    const ka = this.keyA;
+    const kb = this.keyB;
+    while (ka[i] !== -1 && (ka[i] !== a || kb[i] !== b)) i = (i + 1) & this.mask;
+    return i;
+  }
+
+  /** First insertion of a pair wins (HF keeps the first rank when merges repeat). */
+  set(a: number, b: number, rank: number, merged: number): void {
+    const i = this.slot(a, b);
+    if (this.keyA[i] !== -1) return;
+    this.keyA[i] = a;
+    this.keyB[i] = b;
+    this.rank[i] = rank;
+    this.merged[i] = merged;
+  }
+
+  /** Slot index of (a, b), or -1. */
+  find(a: number, b: number): number {
+    const i = this.slot(a, b);
+    return this.keyA[i] === -1 ? -1 : i;
+  }
+
+  rankAt(slot: number): number {
+    return this.rank[slot];
+  }
+
+  mergedAt(slot: number): number {
+    return this.merged[slot];
+  }
+}
+
+const NO_MERGE = 0x7fffffff;
+
+export class BytePairModel {
+  /** Vocab id of each byte's symbol. */
+  readonly byteIds = new Int32Array(256);
+  private bytes = new Uint8Array(1024);
+  private syms = new Int32Array(1024);
+  private ranks = new Int32Array(1024);
+  private merged = new Int32Array(1024);
+
+  constructor(
+    readonly vocab: Map<string, number>,
+    readonly merges: MergeTable,
+    readonly ignoreMerges: boolean,
+  ) {
+    for (let b = 0; b < 256; b++) {
+      const id = vocab.get(BYTE_TO_CHAR[b]);
+      this.byteIds[b] = id === undefined ? -1 : id;
+    }
+  }
+
+  private grow(n: number): void {
+    let cap = this.bytes.length;
+    while (cap < n) cap *= 2;
+    this.bytes = new Uint8Array(cap);
+    this.syms = new Int32Array(cap);
+    this.ranks = new Int32Array(cap);
+    this.merged = new Int32Array(cap);
+  }
+
+  private pairAt(p: number): void {
+    const slot = this.merges.find(this.syms[p], this.syms[p + 1]);
+    if (slot < 0) {
+      this.ranks[p] = NO_MERGE;
+    } else {
+      this.ranks[p] = this.merges.rankAt(slot);
+      this.merged[p] = this.merges.mergedAt(slot);
+    }
+  }
+
+  /** Ids of word s[start, end): a single id as a number, several as an Int32Array. */
+  encodeWord(s: string, start: number, end: number, byteLevelKey: string | null): number | Int32Array {
+    if (this.ignoreMerges && byteLevelKey !== null) {
+      const id = this.vocab.get(byteLevelKey);
+      if (id !== undefined) return id;
+    }
+    if ((end - start) * 3 > this.bytes.length) this.grow((end - start) * 3);
+    const bytes = this.bytes;
+    const syms = this.syms;
+    const ranks = this.ranks;
+    let n = utf8Encode(s, start, end, bytes, 0);
+    const byteIds = this.byteIds;
+    let m = 0;
+    for (let k = 0; k < n; k++) {
+      const id = byteIds[bytes[k]];
+      if (id >= 0) syms[m++] = id; // a byte missing from the vocab (no unk in byte-level BPE) is dropped, as in HF
+    }
+    n = m;
+    if (n === 1) return syms[0];
+    for (let p = 0; p < n - 1; p++) this.pairAt(p);
+    while (n > 1) {
+      let best = NO_MERGE;
+      let at = -1;
+      for (let p = 0; p < n - 1; p++) {
+        if (ranks[p] < best) {
+          best = ranks[p];
+          at = p;
+        }
+      }
+      if (at < 0) break;
+      syms[at] = this.merged[at];
+      syms.copyWithin(at + 1, at + 2, n);
+      ranks.copyWithin(at + 1, at + 2, n - 1);
+      this.merged.copyWithin(at + 1, at + 2, n - 1);
+      n--;
+      if (at > 0) this.pairAt(at - 1);
+      if (at < n - 1) this.pairAt(at);
+    }
+    if (n === 1) return syms[0];
+    return syms.slice(0, n);
+  }
+}

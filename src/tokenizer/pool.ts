@@ -1,0 +1,104 @@
+// Encode many texts on several worker threads, each with its own tokenizer loaded from the same model directory.
+// Texts are cut into contiguous chunks of similar total length (more chunks than workers, handed out as workers
+// come free) and the ids come back as transferred Int32Arrays, in input order.
+import { Worker } from "node:worker_threads";
+import { TunaError } from "../errors.ts";
+import type { EncodeOptions } from "./types.ts";
+
+export interface TokenizerPool {
+  readonly size: number;
+  encodeBatch(texts: readonly string[], opts?: EncodeOptions): Promise<Int32Array[]>;
+  close(): Promise<void>;
+}
+
+interface Job {
+  texts: string[];
+  first: number;
+}
+
+const WORKER_URL = new URL("./worker.ts", import.meta.url);
+
+/** Starts `n` workers that each load `<modelDir>/tokenizer.json`; resolves when all are ready. */
+export async function createTokenizerPool(modelDir: string, n: number): Promise<TokenizerPool> {
+  if (!Number.isInteger(n) || n < 1) {
+    throw new TunaError("tokenizer.pool", `pool size ${n} is not a positive integer`, { hint: "pass n >= 1" });
+  }
+  // Workers run TypeScript through tsx, like the CLI does.
+  const workers = Array.from(
+    { length: n },
+    () => new Worker(WORKER_URL, { workerData: { modelDir }, execArgv: ["--import", "tsx"] }),
+  );
+  await Promise.all(
+    workers.map(
+      (w) =>
+        new Promise<void>((resolve, reject) => {
+          w.once("message", (m: { ready?: boolean; error?: { code: string; message: string; hint?: string } }) => {
+            if (m.ready) resolve();
+            else reject(new TunaError(m.error?.code ?? "tokenizer.pool", m.error?.message ?? "worker failed", { hint: m.error?.hint }));
+          });
+          w.once("error", reject);
+        }),
+    ),
+  ).catch(async (e) => {
+    await Promise.all(workers.map((w) => w.terminate()));
+    throw e;
+  });
+
+  let busy = false;
+  return {
+    size: n,
+    async encodeBatch(texts, opts) {
+      if (busy) throw new TunaError("tokenizer.pool", "encodeBatch called while another batch is running");
+      busy = true;
+      try {
+        const results: Int32Array[] = new Array(texts.length);
+        let total = 0;
+        for (const t of texts) total += t.length;
+        const target = Math.max(1, Math.ceil(total / (n * 8)));
+        const jobs: Job[] = [];
+        let cur: Job = { texts: [], first: 0 };
+        let len = 0;
+        texts.forEach((t, i) => {
+          if (cur.texts.length && len >= target) {
+            jobs.push(cur);
+            cur = { texts: [], first: i };
+            len = 0;
+          }
+          cur.texts.push(t);
+          len += t.length;
+        });
+        if (cur.texts.length) jobs.push(cur);
+        let nextJob = 0;
+        const splitSpecial = opts?.splitSpecial ?? false;
+        await Promise.all(
+          workers.map(async (w) => {
+            while (nextJob < jobs.length) {
+              const job = jobs[nextJob++];
+              const ids = await new Promise<Int32Array[]>((resolve, reject) => {
+                const onMsg = (m: { ids?: Int32Array[]; error?: { code: string; message: string } }) => {
+                  w.off("error", onErr);
+                  if (m.ids) resolve(m.ids);
+                  else reject(new TunaError(m.error?.code ?? "tokenizer.pool", m.error?.message ?? "worker failed"));
+                };
+                const onErr = (e: Error) => {
+                  w.off("message", onMsg);
+                  reject(e);
+                };
+                w.once("message", onMsg);
+                w.once("error", onErr);
+                w.postMessage({ texts: job.texts, splitSpecial });
+              });
+              for (let k = 0; k < ids.length; k++) results[job.first + k] = ids[k];
+            }
+          }),
+        );
+        return results;
+      } finally {
+        busy = false;
+      }
+    },
+    async close() {
+      await Promise.all(workers.map((w) => w.terminate()));
+    },
+  };
+}
