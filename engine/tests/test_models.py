@@ -16,7 +16,8 @@ CASES = {
     "qwen3": dict(family="qwen3"),
     "qwen3-tied": dict(family="qwen3", tie_word_embeddings=True),
     "qwen3-yarn": dict(family="qwen3", rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                                      "original_max_position_embeddings": 32}),
+                                                      "original_max_position_embeddings": 32},
+                       max_position_embeddings=128),
     "qwen2-bias": dict(family="qwen2"),
     "qwen2-tied": dict(family="qwen2", tie_word_embeddings=True),
     "llama3-rope": dict(family="llama", rope_theta=500000.0,
@@ -48,6 +49,22 @@ def test_logits_match_transformers(tmp_path: Path, case: str) -> None:
     assert rel_err(got, ref) < 1e-5
     if kw.get("tie_word_embeddings"):
         assert "lm_head" not in dict(ours.named_modules())
+
+
+def test_legacy_config_fields(tmp_path: Path) -> None:
+    """Real Qwen3/Llama config.json files (transformers 4.x) carry top-level rope_theta and rope_scaling."""
+    hf = make_hf_model(tmp_path, "qwen3", max_position_embeddings=128,
+                       rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rope.pop("rope_theta")
+    cfg["rope_scaling"] = {"type": rope.pop("rope_type"), **rope}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ours = load_model(str(tmp_path), "float32", torch.device("cpu")).eval()
+    assert ours.config.rope_scaling is not None and ours.config.rope_scaling["rope_type"] == "yarn"
+    ids = torch.randint(0, 256, (1, 100))
+    with torch.no_grad():
+        assert rel_err(ours_logits(ours, ids), hf(ids).logits) < 1e-5
 
 
 def test_sharded_checkpoint_loads(tmp_path: Path) -> None:

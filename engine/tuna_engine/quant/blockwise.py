@@ -47,11 +47,40 @@ def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _nearest_code(scaled: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest entry of a sorted `code` for each value (ties go to the lower entry, as the
-    bitsandbytes kernels' `x > midpoint` comparisons do)."""
-    midpoints = (code[:-1] + code[1:]) / 2
-    return torch.bucketize(scaled, midpoints.to(scaled.device), out_int32=True)
+def nearest_code(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """Index (int64) of the nearest entry of a sorted 256-entry `code` for each value of x (float32).
+
+    Written as bitsandbytes' CUDA `dQuantize<0>` does it: a 7-step binary search from index 127, then the
+    nearer of the two bracketing entries by a float32 midpoint. That equals plain nearest-value rounding
+    except, rarely, where a value sits on a midpoint; following the kernel keeps those cases identical too,
+    so codes match checkpoints quantized on GPUs.
+    """
+    if code.numel() != 256:
+        raise ValueError(f"code table must have 256 entries, got {code.numel()}")
+    code = code.to(x.device, torch.float32)
+    x = x.float()
+    pivot = torch.full_like(x, 127, dtype=torch.int64)
+    upper_pivot = torch.full_like(pivot, 255)
+    lower_pivot = torch.zeros_like(pivot)
+    lower = torch.full_like(x, -1.0)
+    upper = torch.full_like(x, 1.0)
+    val = code[pivot]
+    step = 64
+    while step > 0:
+        gt = x > val
+        lower_pivot = torch.where(gt, pivot, lower_pivot)
+        lower = torch.where(gt, val, lower)
+        upper_pivot = torch.where(gt, upper_pivot, pivot)
+        upper = torch.where(gt, upper, val)
+        pivot = pivot + torch.where(gt, step, -step)
+        val = code[pivot]
+        step >>= 1
+    upper = torch.where(upper_pivot == 255, code[255], upper)
+    lower = torch.where(lower_pivot == 0, code[0], lower)
+    gt = x > val
+    up = torch.where(x > (upper + val) * 0.5, upper_pivot, pivot)
+    down = torch.where(x < (lower + val) * 0.5, lower_pivot, pivot)
+    return torch.where(gt, up, down)
 
 
 def quantize_blockwise(
@@ -65,7 +94,7 @@ def quantize_blockwise(
     absmax = padded.abs().amax(dim=1)
     # Multiply by the reciprocal (not divide) like the kernels; an all-zero block maps to code(0).
     scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1)
-    q = _nearest_code(scaled.view(-1)[:n], code).to(torch.uint8)
+    q = nearest_code(scaled.view(-1)[:n], code).to(torch.uint8)
     return q.view(x.shape), absmax
 
 

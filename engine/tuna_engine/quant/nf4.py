@@ -48,6 +48,26 @@ NF4_LEVELS: tuple[float, ...] = (
     1.0,
 )
 
+# Decision thresholds between neighbouring levels, as the float literals of bitsandbytes' CUDA `dQuantizeNF4`
+# (a value x gets the number of thresholds it is strictly greater than). They are the midpoints of NF4_LEVELS.
+NF4_THRESHOLDS: tuple[float, ...] = (
+    -0.8480964004993439,
+    -0.6106329262256622,
+    -0.4599952697753906,
+    -0.33967943489551544,
+    -0.23460740596055984,
+    -0.13791173323988914,
+    -0.045525018125772476,
+    0.03979014977812767,
+    0.1202552504837513,
+    0.2035212516784668,
+    0.2920137718319893,
+    0.3893125355243683,
+    0.5016634166240692,
+    0.6427869200706482,
+    0.8614784181118011,
+)
+
 DEFAULT_BLOCKSIZE = 64
 DEFAULT_NESTED_BLOCKSIZE = 256
 QUANT_STATE_KEY = "quant_state.bitsandbytes__nf4"
@@ -83,11 +103,12 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = DEFAULT_BLOCKSIZE) -> tuple[t
     blocks = -(-n // blocksize)
     padded = torch.nn.functional.pad(flat, (0, blocks * blocksize - n)).view(blocks, blocksize)
     absmax = padded.abs().amax(dim=1)
-    scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1).view(-1)[:n]
-    code = nf4_code(w.device)
-    q = torch.bucketize(scaled, (code[:-1] + code[1:]) / 2, out_int32=True).to(torch.uint8)
-    if n % 2:
-        q = torch.nn.functional.pad(q, (0, 1))  # the spare low nibble of the last byte is code 0
+    scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1).view(-1)
+    # An odd count leaves a spare low nibble in the last byte: it holds the code of 0.0 (7), as the kernels
+    # pad a partial block with zeros.
+    scaled = scaled[: n + n % 2]
+    thresholds = torch.tensor(NF4_THRESHOLDS, dtype=torch.float32, device=w.device)
+    q = torch.bucketize(scaled, thresholds, out_int32=True).to(torch.uint8)  # x > t counts, like the kernel
     packed = (q[0::2] << 4) | q[1::2]
     return packed.unsqueeze(1), absmax
 

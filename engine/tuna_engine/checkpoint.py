@@ -1,0 +1,133 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+checkpoints_dir/step-N/ holds
+  adapter_model.safetensors + adapter_config.json   (LoRA; PEFT layout, loadable as is)  or  model.safetensors
+  optimizer.pt        optimizer state
+  rng.pt              torch CPU + CUDA, python `random` and numpy generator states
+  trainer_state.json  step, data position (packs consumed), schedule, best validation loss, patience count
+Atomic: everything is written to a hidden temp dir, fsynced, then renamed to step-N (rename is atomic on
+POSIX), so a crash while saving leaves no step-N at all and the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import EngineError
+from .export import adapter_tensors_for_model, fsync_dir, fsync_tree, full_state_dict, save_adapter
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+
+
+def save_checkpoint(final_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    trainer_state: dict[str, Any], lora_spec: Any, base_model_name: str,
+                    lora_layers: tuple[int, ...] | None) -> Path:
+    """Write a checkpoint to `final_dir` atomically (replacing an older one of the same name)."""
+    parent = final_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{final_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if lora_spec is not None:
+            save_adapter(model, lora_spec, base_model_name, lora_layers, tmp)
+        else:
+            state = {k: v.detach().contiguous() for k, v in full_state_dict(model).items()}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        fsync_tree(tmp)
+        old = parent / f".old-{final_dir.name}-{os.getpid()}"
+        if final_dir.exists():
+            os.rename(final_dir, old)
+        os.rename(tmp, final_dir)
+        fsync_dir(parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final_dir
+
+
+def latest_checkpoint(path: str) -> Path:
+    """`path` is a checkpoint dir (has trainer_state.json), a checkpoints dir, or a run dir (→ its checkpoints/)."""
+    p = Path(path)
+    if (p / "trainer_state.json").is_file():
+        return p
+    for d in (p, p / "checkpoints"):
+        steps = sorted(
+            (int(m.group(1)), c) for c in d.glob("step-*")
+            if (m := STEP_DIR.match(c.name)) and (c / "trainer_state.json").is_file()
+        ) if d.is_dir() else []
+        if steps:
+            return steps[-1][1]
+    raise EngineError(
+        "RESUME_NOT_FOUND",
+        f"resume_from: {path}: no checkpoint there (expected a step-N dir, or a run/checkpoints dir holding some)",
+        hint="set resume_from to null to start fresh, or to a directory from an earlier run",
+    )
+
+
+@torch.no_grad()
+def load_weights_into(model: nn.Module, ckpt: Path, lora: bool) -> None:
+    """Copy checkpointed trainable weights into `model`, checking the names match both ways."""
+    params = dict(model.named_parameters())
+    if lora:
+        f = ckpt / "adapter_model.safetensors"
+        tensors = adapter_tensors_for_model(load_file(str(f)), str(f))
+        expected = {n for n in params if ".lora_" in n}
+    else:
+        f = ckpt / "model.safetensors"
+        tensors = load_file(str(f))
+        expected = {n for n in params if ".lora_" not in n}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise EngineError(
+            "CHECKPOINT_MISMATCH",
+            f"{f}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})",
+            hint="resume with the same model and method (LoRA rank, targets, layers) as the checkpointed run",
+        )
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(params[name].shape):
+            raise EngineError("CHECKPOINT_MISMATCH", f"{f}: tensor {name} has shape {list(t.shape)}, the model "
+                              f"expects {list(params[name].shape)}")
+        params[name].copy_(t)
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def load_optimizer_and_rng(ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False))
+    return torch.load(ckpt / "rng.pt", weights_only=False)

@@ -1,0 +1,269 @@
+"""`python -m tuna_engine train --plan plan.json`: the training loop, top to bottom in `train()`.
+
+Loss of an optimizer step = Σ weight·CE / Σ weight over ALL its micro-batches (token-weighted across gradient
+accumulation, as torchtune does; never a mean of micro-batch means, which would over-weight short batches).
+Logits are computed only at positions that are trained targets, so the [tokens, vocab] tensor never exists
+for prompt tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .data import Batch, micro_batches, read_shards, take_packs
+from .errors import EngineError
+from .export import full_state_dict, save_adapter, save_hf_model
+from .models import load_model
+from .protocol import TrainPlan, emit, log
+
+
+def weighted_ce_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Σ_t w[t]·CE(logits[t-1], token[t]) over the batch, in fp32 (a 0-dim tensor)."""
+    hidden = model(batch.input_ids, batch.position_ids, batch.sample_ids)  # [B, T, C]
+    w = batch.loss_weight[:, 1:]
+    keep = w > 0
+    logits = model.logits(hidden[:, :-1][keep]).float()  # [N, V] only for trained targets
+    ce = F.cross_entropy(logits, batch.input_ids[:, 1:][keep], reduction="none")
+    return (ce * w[keep]).sum()
+
+
+def lr_at(step: int, plan: TrainPlan) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup to the peak, then decay to min_lr_ratio."""
+    t = plan.train
+    if step < t.warmup_steps:
+        return t.learning_rate * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    progress = min(progress, 1.0)
+    if t.scheduler == "constant":
+        factor = 1.0
+    elif t.scheduler == "linear":
+        factor = t.min_lr_ratio + (1 - t.min_lr_ratio) * (1 - progress)
+    else:
+        factor = t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return t.learning_rate * factor
+
+
+def pick_device(plan: TrainPlan) -> torch.device:
+    if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise EngineError("NO_CUDA", "device: \"cuda\" but torch sees no CUDA GPU",
+                              hint="set device to \"auto\" or \"cpu\", or install a CUDA build of torch")
+        if plan.model.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise EngineError("BF16_UNSUPPORTED", f"model.dtype: \"bfloat16\" but {torch.cuda.get_device_name()} "
+                              "has no bfloat16 support", hint="use dtype \"float16\" on this GPU (pre-Ampere)")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def set_trainable(model: torch.nn.Module, plan: TrainPlan) -> list[torch.nn.Parameter]:
+    """LoRA: only adapter tensors train. Full: every parameter, or those of the chosen layers/modules."""
+    m = plan.method
+    for name, p in model.named_parameters():
+        if m.type != "full":
+            p.requires_grad_(".lora_" in name)
+            continue
+        ok = True
+        if m.trainable_layers is not None:
+            parts = name.split(".")
+            ok = len(parts) > 2 and parts[1] == "layers" and int(parts[2]) in m.trainable_layers
+        if ok and m.trainable_modules is not None:
+            ok = any(mod in name.split(".") for mod in m.trainable_modules)
+        p.requires_grad_(ok)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise EngineError("PLAN_INVALID", "method.trainable_layers / method.trainable_modules select no parameter",
+                          hint="module names: embed_tokens, self_attn, q_proj.., mlp, gate_proj.., norm, lm_head")
+    return trainable
+
+
+def make_optimizer(model: torch.nn.Module, plan: TrainPlan, device: torch.device) -> torch.optim.Optimizer:
+    t = plan.train
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases, norms, magnitudes
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw: dict[str, Any] = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+    if t.optimizer == "adamw8bit":
+        try:
+            from .optim8bit import AdamW8bit  # type: ignore[attr-defined]
+        except ImportError as e:
+            raise EngineError("UNSUPPORTED", "train.optimizer: \"adamw8bit\" is not available in this build",
+                              hint="use \"adamw\"") from e
+        return AdamW8bit(groups, **kw)
+    return torch.optim.AdamW(groups, **kw, fused=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, val_batches: list[Batch], device: torch.device) -> float:
+    model.eval()
+    total, weight = 0.0, 0.0
+    for b in val_batches:
+        b = b.to(device)
+        total += float(weighted_ce_sum(model, b))
+        weight += b.trained_tokens
+    model.train()
+    return total / max(weight, 1e-9)
+
+
+def train(plan: TrainPlan) -> None:
+    t0 = time.time()
+    t = plan.train
+    if plan.method.type == "qlora":
+        raise EngineError("UNSUPPORTED", "method.type: \"qlora\" is not wired into the trainer yet",
+                          hint="use \"lora\" for now")
+    lora = plan.method.lora if plan.method.type == "lora" else None
+    lora_layers = plan.method.trainable_layers if lora is not None else None
+    device = pick_device(plan)
+    torch.manual_seed(t.seed)
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+
+    # ---- model, data, optimizer -------------------------------------------------------------------------
+    phase = "loading the model"
+    model = load_model(plan.model.path, plan.model.dtype, device, lora, lora_layers, seed=t.seed)
+    trainable = set_trainable(model, plan)
+    model.gradient_checkpointing = t.gradient_checkpointing
+    model.train()
+    train_packs = read_shards(plan.data.train)
+    if not train_packs:
+        raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
+    val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
+    optimizer = make_optimizer(model, plan, device)
+    packs_per_step = t.micro_batch_size * t.grad_accum
+    ckpt_root = Path(plan.output.checkpoints_dir)
+
+    state: dict[str, Any] = {"step": 0, "data_position": 0, "best_val_loss": None, "best_step": None,
+                             "evals_since_best": 0, "last_checkpoint": None}
+    rng = None
+    if plan.resume_from:
+        src = ckpt.latest_checkpoint(plan.resume_from)
+        ckpt.load_weights_into(model, src, lora is not None)
+        rng = ckpt.load_optimizer_and_rng(src, optimizer, device)
+        state = ckpt.load_trainer_state(src)
+        state["last_checkpoint"] = str(src)
+        log(f"resuming from {src} at step {state['step']}")
+
+    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in trainable)
+    emit({"event": "start", "device": str(device), "dtype": plan.model.dtype, "params_total": n_total,
+          "params_trainable": n_train, "total_steps": t.max_steps, "start_step": state["step"]})
+    log(f"{n_train:,} of {n_total:,} parameters train; {len(train_packs)} packs, {packs_per_step} per step")
+
+    def save(step: int, final_dir: Path, with_optimizer: bool = True) -> Path:
+        snapshot = {**state, "step": step, "schedule": {"kind": t.scheduler, "lr": lr_at(step - 1, plan)}}
+        snapshot.pop("last_checkpoint", None)
+        return ckpt.save_checkpoint(final_dir, model, optimizer if with_optimizer else None, snapshot, lora,
+                                    plan.base_model_name, lora_layers)
+
+    if rng is not None:
+        ckpt.set_rng_state(rng)  # last, so nothing above consumes random numbers after the restore
+
+    # ---- the loop -----------------------------------------------------------------------------------------
+    loss = None
+    run_start, start_step = time.time(), state["step"]
+    interval_start, interval_tokens = time.time(), 0
+    stopped_early = False
+    try:
+        while state["step"] < t.max_steps:
+            step = state["step"] + 1
+            lr = lr_at(step - 1, plan)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            packs = take_packs(train_packs, t.seed, state["data_position"], packs_per_step)
+            batches = micro_batches(packs, t.micro_batch_size)
+            weight = sum(b.trained_tokens for b in batches)
+            total = torch.zeros((), device=device)
+            for b in batches:
+                phase = f"forward/backward of step {step} (micro-batch of {list(b.input_ids.shape)} tokens)"
+                b = b.to(device)
+                ce_sum = weighted_ce_sum(model, b)
+                (ce_sum / max(weight, 1e-9)).backward()
+                total += ce_sum.detach()
+                interval_tokens += b.real_tokens
+            loss = float(total) / max(weight, 1e-9)
+            if not math.isfinite(loss):
+                last = state.get("last_checkpoint")
+                raise EngineError(
+                    "NAN_LOSS", f"loss is {loss} at step {step}; last good checkpoint: {last or 'none'}",
+                    hint="lower train.learning_rate or raise warmup_steps; check the model weights are finite; "
+                    + (f"resume_from {last}" if last else "no checkpoint to resume from"),
+                    step=step,
+                )
+            phase = f"optimizer step {step}"
+            max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step
+            state["data_position"] += packs_per_step
+
+            if step % t.log_every == 0 or step == t.max_steps:
+                now = time.time()
+                done = step - start_step
+                emit({
+                    "event": "step", "step": step, "total_steps": t.max_steps, "loss": loss, "lr": lr,
+                    "grad_norm": grad_norm if math.isfinite(grad_norm) else -1.0, "trained_tokens": weight,
+                    "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
+                    "elapsed_s": now - t0, "eta_s": (now - run_start) / done * (t.max_steps - step),
+                    "memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+                })
+                interval_start, interval_tokens = now, 0
+
+            if t.eval_every and val_batches and step % t.eval_every == 0:
+                phase = f"evaluation at step {step}"
+                val = evaluate(model, val_batches, device)
+                emit({"event": "eval", "step": step, "val_loss": val})
+                if state["best_val_loss"] is None or val < state["best_val_loss"]:
+                    state.update(best_val_loss=val, best_step=step, evals_since_best=0)
+                    save(step, ckpt_root / "best", with_optimizer=False)
+                else:
+                    state["evals_since_best"] += 1
+                    p = t.early_stopping_patience
+                    if p is not None and state["evals_since_best"] >= p:
+                        emit({"event": "log", "message": f"early stopping at step {step}: no better validation "
+                              f"loss for {p} evaluations (best {state['best_val_loss']:.4f} at step "
+                              f"{state['best_step']})"})
+                        stopped_early = True
+
+            if (t.save_every and step % t.save_every == 0) or stopped_early:
+                phase = f"saving the checkpoint of step {step}"
+                path = save(step, ckpt_root / f"step-{step}")
+                state["last_checkpoint"] = str(path)
+                emit({"event": "checkpoint", "step": step, "path": str(path)})
+            if stopped_early:
+                break
+    except torch.OutOfMemoryError as e:
+        raise oom_error(str(e), phase, plan, state["step"] + 1) from e
+
+    # ---- outputs ------------------------------------------------------------------------------------------
+    out = Path(plan.output.adapter_dir)
+    if t.early_stopping_patience is not None and state["best_step"] is not None:
+        # With early stopping on, the exported weights are the best ones (DESIGN: keep the best of a run).
+        ckpt.load_weights_into(model, ckpt_root / "best", lora is not None)
+        log(f"exporting the best weights (step {state['best_step']}, val loss {state['best_val_loss']:.4f})")
+    if lora is not None:
+        save_adapter(model, lora, plan.base_model_name, lora_layers, out)
+    else:
+        save_hf_model(full_state_dict(model), plan.model.path, out, model.model.embed_tokens.weight.dtype)
+    emit({"event": "done", "steps": state["step"], "final_loss": loss, "adapter_dir": str(out),
+          "elapsed_s": time.time() - t0, "best_step": state["best_step"], "best_val_loss": state["best_val_loss"]})
+
+
+def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineError:
+    t = plan.train
+    advice = [f"lower train.micro_batch_size (now {t.micro_batch_size}) and raise grad_accum to keep the batch"]
+    if not t.gradient_checkpointing:
+        advice.append("set train.gradient_checkpointing: true")
+    if plan.method.type != "qlora":
+        advice.append("use method qlora (4-bit base weights)")
+    advice.append("lower the data max length (shorter packs)")
+    first = detail.splitlines()[0] if detail else "out of memory"
+    return EngineError("OOM", f"out of GPU memory during {phase}: {first}", hint="; ".join(advice), step=step)
