@@ -248,6 +248,13 @@ function matchesOneOf(value: unknown, allowed: unknown[], schema: ParamSchema | 
   return false;
 }
 
+/** BFCL's live_simple 106 and 112 write `[]` (no allowed value at all, so no answer could pass) where the
+ * empty list is meant; for a list-typed parameter, `[]` is read as `[[]]`. */
+function allowedFor(schema: ParamSchema | undefined, allowed: unknown[] | undefined): unknown[] | undefined {
+  if (allowed?.length === 0 && (schema?.type === "array" || schema?.type === "tuple")) return [[]];
+  return allowed;
+}
+
 /** One call against one expected call of a function whose schema is `doc`. */
 export function checkCall(
   doc: FunctionDoc,
@@ -270,7 +277,7 @@ export function checkCall(
   }
   for (const [p, value] of Object.entries(args)) {
     const schema = props[p];
-    const allowed = allowedArgs[p];
+    const allowed = allowedFor(schema, allowedArgs[p]);
     if (schema === undefined || allowed === undefined) {
       return fail("unexpected_param", "simple", `${call.name}: unexpected parameter ${show(p)}`);
     }
