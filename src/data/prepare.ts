@@ -1,0 +1,148 @@
+// prepareConversations: the one call the training command makes. Sources are read and checked (streaming),
+// then per source: PII redaction → de-duplication (across all sources, first seen wins) → filters →
+// validation split; then the training parts are mixed to their ratios. Everything is counted in the report.
+//
+// The mix needs every source's size, so kept conversations are held in memory here (reading and checking
+// stay streaming: a skipped or filtered record costs nothing).
+import { TunaError } from "../errors.ts";
+import { Deduplicator, filterReason } from "./clean.ts";
+import { DataConfig, type DataConfigInput, type SourceConfig } from "./config.ts";
+import type { Conversation, PlainText, PreferencePair } from "./conversation.ts";
+import { mixSources, splitItems } from "./mix.ts";
+import { type PiiCounts, redactConversation, zeroCounts } from "./pii.ts";
+import { DataReport } from "./report.ts";
+import { validRecords } from "./validate.ts";
+
+export interface PrepareOptions {
+  /** Token counter (from src/tokenizer + src/template); needed for token filters and mixing by tokens. */
+  countTokens?: (conv: Conversation) => number;
+}
+
+export interface Prepared {
+  train: Conversation[];
+  validation: Conversation[];
+  /** Preference pairs and plain texts, kept for the training methods that use them (not mixed). */
+  preference: PreferencePair[];
+  text: PlainText[];
+  report: DataReport;
+  config: DataConfig;
+}
+
+/** Parse a data config, reporting every problem at once with its path. */
+export function parseDataConfig(input: unknown, where = "data"): DataConfig {
+  const r = DataConfig.safeParse(input);
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => `${[where, ...i.path.map(String)].join(".")}: ${i.message}`);
+    throw new TunaError("CONFIG_INVALID", `invalid data config:\n  ${lines.join("\n  ")}`, {
+      hint: "see docs/data.md for every field",
+    });
+  }
+  return r.data;
+}
+
+export function sourceName(s: SourceConfig, i: number): string {
+  return s.name ?? (Array.isArray(s.path) ? s.path.join("+") : s.path) ?? `source${i}`;
+}
+
+export async function prepareConversations(input: DataConfigInput | DataConfig, opts: PrepareOptions = {}): Promise<Prepared> {
+  const config = parseDataConfig(input);
+  const f = config.clean.filters;
+  if ((f.minTokens !== undefined || f.maxTokens !== undefined || config.mix.by === "tokens") && !opts.countTokens) {
+    throw new TunaError("CONFIG_INVALID", "token filters and mixing by tokens need a token counter", {
+      where: "data.clean.filters / data.mix.by",
+      hint: "the training command passes countTokens; in other callers drop minTokens/maxTokens or mix by samples",
+    });
+  }
+  const report = new DataReport({ strict: config.validation.strict, maxExamples: config.validation.maxExamples });
+  const dedup =
+    config.clean.dedup.exact || config.clean.dedup.near
+      ? new Deduplicator({ exact: config.clean.dedup.exact, near: config.clean.dedup.near, threshold: config.clean.dedup.threshold })
+      : null;
+  const pii: PiiCounts = zeroCounts();
+  const names = config.sources.map(sourceName);
+  if (new Set(names).size !== names.length) {
+    throw new TunaError("CONFIG_INVALID", `two sources have the same name (${names.join(", ")})`, {
+      where: "data.sources",
+      hint: "give each source a distinct name",
+    });
+  }
+  const perSource: Conversation[][] = [];
+  const preference: PreferencePair[] = [];
+  const text: PlainText[] = [];
+
+  for (const [i, src] of config.sources.entries()) {
+    const name = names[i];
+    const kept: Conversation[] = [];
+    let n = 0;
+    const records = validRecords(
+      Array.isArray(src.path) ? src.path : [src.path],
+      {
+        format: src.format,
+        columns: src.columns,
+        thinking: src.thinking,
+        field: src.field,
+        maxRecordBytes: config.validation.maxRecordBytes,
+      },
+      report,
+    );
+    for await (const r of records) {
+      if (r.kind === "preference") {
+        preference.push(r.value);
+        continue;
+      }
+      if (r.kind === "text") {
+        text.push(r.value);
+        continue;
+      }
+      let conv = r.value;
+      if (config.clean.pii.enabled) conv = redactConversation(conv, { types: config.clean.pii.types }, pii);
+      if (dedup) {
+        const d = dedup.check(conv);
+        if (d !== "new") {
+          report.drop("dedup", d);
+          continue;
+        }
+      }
+      const why = filterReason(conv, f, opts.countTokens);
+      if (why) {
+        report.drop("filter", why);
+        continue;
+      }
+      kept.push(conv);
+      n++;
+      if (src.limit !== undefined && n >= src.limit) {
+        await records.return(undefined);
+        break;
+      }
+    }
+    report.count("sources", `${name}.kept`, kept.length);
+    perSource.push(kept);
+  }
+  for (const [k, v] of Object.entries(pii)) if (v) report.count("pii", k, v);
+
+  const seed = String(config.seed);
+  const trainParts: { name: string; items: Conversation[]; ratio?: number }[] = [];
+  const validation: Conversation[] = [];
+  config.sources.forEach((src, i) => {
+    const { train, validation: val } = splitItems(perSource[i], src.validation ?? config.split, `${seed}:split:${names[i]}`);
+    validation.push(...val);
+    report.count("split", `${names[i]}.validation`, val.length);
+    trainParts.push({ name: names[i], items: train, ratio: src.ratio ?? src.weight });
+  });
+  let train: Conversation[] = [];
+  if (trainParts.some((p) => p.items.length > 0)) {
+    const mixed = mixSources(trainParts, {
+      seed,
+      by: config.mix.by,
+      total: config.mix.total,
+      upsample: config.mix.upsample,
+      size: opts.countTokens,
+    });
+    train = mixed.items;
+    for (const [name, s] of Object.entries(mixed.perSource)) {
+      report.count("mix", `${name}.taken`, s.taken);
+      if (config.mix.by === "tokens") report.count("mix", `${name}.tokens`, s.units);
+    }
+  }
+  return { train, validation, preference, text, report, config };
+}
