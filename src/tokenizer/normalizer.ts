@@ -73,9 +73,11 @@ class UnicodeNormalizer implements Normalizer {
     return { text, align: this.alignment(s, text) };
   }
 
-  // Normalize segment by segment (a segment starts at each stable code point) to know which input span every
-  // output unit came from. If the segments do not concatenate to the whole-string result (they should), fall
-  // back to mapping every output unit to the whole input.
+  // Alignment as Hugging Face computes it (the unicode-normalization-alignments crate): every character decomposes
+  // into its first char (change 0) and inserted ones (+1); canonical reordering moves chars with their changes;
+  // composition gives the composite the sum of its parts' changes minus the parts absorbed. Then, in output order,
+  // a char with change <= 0 takes the span of the next input char and skips -change more; an inserted one takes
+  // the previous span. Work goes segment by segment (a segment starts at each stable code point).
   private alignment(s: string, whole: string): Uint32Array {
     const align = new Uint32Array(whole.length * 2);
     let out = 0;
@@ -85,24 +87,9 @@ class UnicodeNormalizer implements Normalizer {
       const seg = s.slice(segStart, segEnd);
       const norm = seg.normalize(this.form);
       if (whole.slice(out, out + norm.length) !== norm) return false;
-      if (norm === seg) {
-        for (let k = 0; k < norm.length; k++) {
-          // Map a surrogate pair's units to the whole pair.
-          const a = segStart + k;
-          const c = s.charCodeAt(a);
-          let st = a;
-          let en = a + 1;
-          if (c >= 0xd800 && c < 0xdc00 && a + 1 < segEnd) en = a + 2;
-          else if (c >= 0xdc00 && c < 0xe000 && a > segStart) st = a - 1;
-          align[(out + k) * 2] = st;
-          align[(out + k) * 2 + 1] = en;
-        }
-      } else {
-        for (let k = 0; k < norm.length; k++) {
-          align[(out + k) * 2] = segStart;
-          align[(out + k) * 2 + 1] = segEnd;
-        }
-      }
+      const spans = norm === seg ? identitySpans(s, segStart, segEnd) : this.segmentSpans(s, segStart, segEnd, norm);
+      if (!spans) return false;
+      align.set(spans, out * 2);
       out += norm.length;
       segStart = segEnd;
       return true;
@@ -118,6 +105,114 @@ class UnicodeNormalizer implements Normalizer {
     if (!flush(s.length) || out !== whole.length) return coarse(whole.length, s.length);
     return align;
   }
+
+  private segmentSpans(s: string, a: number, b: number, norm: string): Uint32Array | null {
+    const compat = this.form === "NFKC" || this.form === "NFKD";
+    const decompForm = compat ? "NFKD" : "NFD";
+    // Decompose each input char, remembering changes.
+    const spans: number[] = [];
+    const dChars: string[] = [];
+    const dChange: number[] = [];
+    for (let i = a; i < b; ) {
+      const cp = s.codePointAt(i)!;
+      const w = cp > 0xffff ? 2 : 1;
+      spans.push(i, i + w);
+      let first = true;
+      for (const d of String.fromCodePoint(cp).normalize(decompForm)) {
+        dChars.push(d);
+        dChange.push(first ? 0 : 1);
+        first = false;
+      }
+      i += w;
+    }
+    // Canonical order: the k-th occurrence of a char in the reordered text is its k-th occurrence before.
+    const queues = new Map<string, number[]>();
+    dChars.forEach((d, k) => {
+      let q = queues.get(d);
+      if (!q) queues.set(d, (q = []));
+      q.push(k);
+    });
+    const order: number[] = [];
+    for (const d of s.slice(a, b).normalize(decompForm)) {
+      const k = queues.get(d)?.shift();
+      if (k === undefined) return null;
+      order.push(k);
+    }
+    const chars = order.map((k) => dChars[k]);
+    const changes = order.map((k) => dChange[k]);
+    let outChars: string[];
+    let outChanges: number[];
+    if (this.form === "NFD" || this.form === "NFKD") {
+      outChars = chars;
+      outChanges = changes;
+    } else {
+      outChars = [];
+      outChanges = [];
+      const used = new Uint8Array(chars.length);
+      let q = 0;
+      for (const o of norm) {
+        while (q < chars.length && used[q]) q++;
+        if (q >= chars.length) return null;
+        used[q] = 1;
+        if (o === chars[q]) {
+          outChars.push(o);
+          outChanges.push(changes[q]);
+          continue;
+        }
+        const parts = [...o.normalize("NFD")];
+        if (parts[0] !== chars[q]) return null;
+        let change = changes[q];
+        for (let p = 1; p < parts.length; p++) {
+          let k = q + 1;
+          while (k < chars.length && (used[k] || chars[k] !== parts[p])) k++;
+          if (k >= chars.length) return null;
+          used[k] = 1;
+          change += changes[k] - 1;
+        }
+        outChars.push(o);
+        outChanges.push(change);
+      }
+    }
+    const res = new Uint32Array(norm.length * 2);
+    let u = 0;
+    let p = 0; // next input char
+    let prevSt = a;
+    let prevEn = a;
+    for (let k = 0; k < outChars.length; k++) {
+      const ch = outChanges[k];
+      let st = prevSt;
+      let en = prevEn;
+      if (ch <= 0) {
+        if (p >= spans.length / 2) return null;
+        st = spans[p * 2];
+        en = spans[p * 2 + 1];
+        p += 1 - ch;
+      }
+      for (let r = 0; r < outChars[k].length; r++) {
+        res[u * 2] = st;
+        res[u * 2 + 1] = en;
+        u++;
+      }
+      prevSt = st;
+      prevEn = en;
+    }
+    return u === norm.length ? res : null;
+  }
+}
+
+/** Spans of an unchanged stretch: each unit maps to its own character (a surrogate pair to the pair). */
+function identitySpans(s: string, a: number, b: number): Uint32Array {
+  const res = new Uint32Array((b - a) * 2);
+  for (let i = a; i < b; i++) {
+    const c = s.charCodeAt(i);
+    let st = i;
+    let en = i + 1;
+    if (c >= 0xd800 && c < 0xdc00 && i + 1 < b) en = i + 2;
+    else if (c >= 0xdc00 && c < 0xe000 && i > a) st = i - 1;
+    res[(i - a) * 2] = st;
+    res[(i - a) * 2 + 1] = en;
+  }
+  return res;
 }
 
 function coarse(n: number, len: number): Uint32Array {
