@@ -433,14 +433,15 @@ export async function* readCsv(
         continue;
       }
       if (b === 0x0a) {
-        let end = i;
-        if (segStart >= 0 && end > segStart && chunk[end - 1] === 0x0d) end--;
-        else if (segStart < 0 && cur.length) {
-          // \r at the end of an earlier chunk's segment
-          const last = cur[cur.length - 1];
-          if (last.length && last[last.length - 1] === 0x0d) cur[cur.length - 1] = last.subarray(0, last.length - 1);
+        flushSeg(i);
+        // Drop the \r of a CRLF, which may sit at the end of a piece from an earlier chunk.
+        for (let k = cur.length - 1; k >= 0; k--) {
+          const piece = cur[k];
+          if (piece.length === 0) continue;
+          if (piece[piece.length - 1] === 0x0d) cur[k] = piece.subarray(0, piece.length - 1);
+          break;
         }
-        if (state !== 0 || fields.length > 0 || segStart >= 0 || cur.length) endField(end);
+        if (state !== 0 || fields.length > 0 || cur.length) endField(i);
         const item = finishRow();
         if (item) out.push(item);
         line++;
