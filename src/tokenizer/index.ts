@@ -18,8 +18,8 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new TunaError(
-      "tokenizer.missing",
-      code === "ENOENT" ? `no tokenizer.json at ${path}` : `cannot read ${path}: ${(e as Error).message}`,
+      "TOKENIZER_MISSING",
+      code === "ENOENT" ? "no such file" : `cannot read: ${(e as Error).message}`,
       { where: path, hint: "pass a Hugging Face model directory that contains tokenizer.json", cause: e },
     );
   }

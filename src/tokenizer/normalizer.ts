@@ -261,7 +261,7 @@ export function buildNormalizer(cfg: any, where: string): Normalizer | null {
       return new SequenceNormalizer(steps.filter((x: Normalizer | null): x is Normalizer => x !== null));
     }
     default:
-      throw new TunaError("tokenizer.unsupported", `unsupported normalizer type ${JSON.stringify(cfg.type)}`, {
+      throw new TunaError("TOKENIZER_UNSUPPORTED", `unsupported normalizer type ${JSON.stringify(cfg.type)}`, {
         where,
         hint: "supported normalizer types: NFC, NFD, NFKC, NFKD, Sequence",
       });

@@ -21,7 +21,7 @@ const WORKER_URL = new URL("./worker.ts", import.meta.url);
 /** Starts `n` workers that each load `<modelDir>/tokenizer.json`; resolves when all are ready. */
 export async function createTokenizerPool(modelDir: string, n: number): Promise<TokenizerPool> {
   if (!Number.isInteger(n) || n < 1) {
-    throw new TunaError("tokenizer.pool", `pool size ${n} is not a positive integer`, { hint: "pass n >= 1" });
+    throw new TunaError("TOKENIZER_POOL", `pool size ${n} is not a positive integer`, { hint: "pass n >= 1" });
   }
   // Workers run TypeScript through tsx, like the CLI does.
   const workers = Array.from(
@@ -34,7 +34,7 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
         new Promise<void>((resolve, reject) => {
           w.once("message", (m: { ready?: boolean; error?: { code: string; message: string; hint?: string } }) => {
             if (m.ready) resolve();
-            else reject(new TunaError(m.error?.code ?? "tokenizer.pool", m.error?.message ?? "worker failed", { hint: m.error?.hint }));
+            else reject(new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed", { hint: m.error?.hint }));
           });
           w.once("error", reject);
         }),
@@ -48,7 +48,7 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
   return {
     size: n,
     async encodeBatch(texts, opts) {
-      if (busy) throw new TunaError("tokenizer.pool", "encodeBatch called while another batch is running");
+      if (busy) throw new TunaError("TOKENIZER_POOL", "encodeBatch called while another batch is running");
       busy = true;
       try {
         const results: Int32Array[] = new Array(texts.length);
@@ -78,7 +78,7 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
                 const onMsg = (m: { ids?: Int32Array[]; error?: { code: string; message: string } }) => {
                   w.off("error", onErr);
                   if (m.ids) resolve(m.ids);
-                  else reject(new TunaError(m.error?.code ?? "tokenizer.pool", m.error?.message ?? "worker failed"));
+                  else reject(new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed"));
                 };
                 const onErr = (e: Error) => {
                   w.off("message", onMsg);

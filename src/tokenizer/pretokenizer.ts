@@ -141,7 +141,7 @@ function gpt2Scanner(): NextWord {
 export function translateRegex(pattern: string, where: string): RegExp {
   let p = pattern.replace("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "(?:'[sSſ]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])");
   if (p.includes("(?i")) {
-    throw new TunaError("tokenizer.unsupported", `pre_tokenizer Split pattern uses an inline flag group: ${pattern}`, {
+    throw new TunaError("TOKENIZER_UNSUPPORTED", `pre_tokenizer Split pattern uses an inline flag group: ${pattern}`, {
       where,
       hint: "only the Qwen2/Qwen3, Llama 3 and GPT-2 family patterns and plain regexes are supported",
     });
@@ -151,7 +151,7 @@ export function translateRegex(pattern: string, where: string): RegExp {
   try {
     return new RegExp(p, "gu");
   } catch (e) {
-    throw new TunaError("tokenizer.unsupported", `pre_tokenizer Split pattern is not a valid regex here: ${pattern}`, {
+    throw new TunaError("TOKENIZER_UNSUPPORTED", `pre_tokenizer Split pattern is not a valid regex here: ${pattern}`, {
       where,
       cause: e,
     });

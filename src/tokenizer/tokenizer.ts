@@ -50,7 +50,7 @@ const TokenizerJsonSchema = z.object({
 type TokenizerJson = z.infer<typeof TokenizerJsonSchema>;
 
 function unsupported(what: string, type: unknown, where: string, supported: string): TunaError {
-  return new TunaError("tokenizer.unsupported", `unsupported ${what} type ${JSON.stringify(type)}`, {
+  return new TunaError("TOKENIZER_UNSUPPORTED", `unsupported ${what} type ${JSON.stringify(type)}`, {
     where,
     hint: `Tuna implements byte-level BPE tokenizers (Qwen2/Qwen3, Llama 3, GPT-2 family); supported ${what} types: ${supported}`,
   });
@@ -68,7 +68,7 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
     const w = cfg?.type === "Sequence" ? `${where}.pretokenizers[${i}]` : where;
     const setSplitter = (s: NextWord) => {
       if (splitter) {
-        throw new TunaError("tokenizer.unsupported", "more than one regex-splitting pre-tokenizer stage", { where: w });
+        throw new TunaError("TOKENIZER_UNSUPPORTED", "more than one regex-splitting pre-tokenizer stage", { where: w });
       }
       splitter = s;
     };
@@ -76,13 +76,13 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
       case "Split": {
         const pattern = step.pattern?.Regex ?? step.pattern?.String;
         if (typeof pattern !== "string") {
-          throw new TunaError("tokenizer.invalid", "Split pre-tokenizer has no pattern.Regex or pattern.String", {
+          throw new TunaError("TOKENIZER_INVALID", "Split pre-tokenizer has no pattern.Regex or pattern.String", {
             where: w,
           });
         }
         if (step.behavior !== "Isolated" || step.invert) {
           throw new TunaError(
-            "tokenizer.unsupported",
+            "TOKENIZER_UNSUPPORTED",
             `Split behavior ${JSON.stringify(step.behavior)} with invert=${step.invert} is not supported`,
             { where: w, hint: "supported: behavior Isolated, invert false" },
           );
@@ -93,7 +93,7 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
       }
       case "ByteLevel":
         if (step.add_prefix_space) {
-          throw new TunaError("tokenizer.unsupported", "ByteLevel add_prefix_space=true is not supported", {
+          throw new TunaError("TOKENIZER_UNSUPPORTED", "ByteLevel add_prefix_space=true is not supported", {
             where: w,
           });
         }
@@ -105,7 +105,7 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
     }
   });
   if (!byteLevel) {
-    throw new TunaError("tokenizer.unsupported", "the pre_tokenizer has no ByteLevel stage", {
+    throw new TunaError("TOKENIZER_UNSUPPORTED", "the pre_tokenizer has no ByteLevel stage", {
       where,
       hint: "only byte-level BPE tokenizers (Qwen, Llama 3, GPT-2 family) are supported",
     });
@@ -166,7 +166,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     }
     if (m.continuing_subword_prefix || m.end_of_word_suffix || m.byte_fallback || (m.dropout ?? 0) > 0) {
       throw new TunaError(
-        "tokenizer.unsupported",
+        "TOKENIZER_UNSUPPORTED",
         "BPE with continuing_subword_prefix, end_of_word_suffix, byte_fallback or dropout is not supported",
         { where: `${where}: model` },
       );
@@ -176,7 +176,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     for (const tok in m.vocab) {
       const id = m.vocab[tok];
       if (!Number.isInteger(id) || id < 0) {
-        throw new TunaError("tokenizer.invalid", `vocab entry ${JSON.stringify(tok)} has id ${id}`, {
+        throw new TunaError("TOKENIZER_INVALID", `vocab entry ${JSON.stringify(tok)} has id ${id}`, {
           where: `${where}: model.vocab`,
           hint: "expected a non-negative integer id",
         });
@@ -198,7 +198,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
         a = e[0];
         b = e[1];
       } else {
-        throw new TunaError("tokenizer.invalid", `merge ${r} is ${JSON.stringify(e)}`, {
+        throw new TunaError("TOKENIZER_INVALID", `merge ${r} is ${JSON.stringify(e)}`, {
           where: `${where}: model.merges[${r}]`,
           hint: 'expected "a b" or ["a", "b"]',
         });
@@ -207,7 +207,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       const ib = vocab.get(b);
       const im = vocab.get(a + b);
       if (ia === undefined || ib === undefined || im === undefined) {
-        throw new TunaError("tokenizer.invalid", `merge ${r} ${JSON.stringify(e)} uses a token missing from the vocab`, {
+        throw new TunaError("TOKENIZER_INVALID", `merge ${r} ${JSON.stringify(e)} uses a token missing from the vocab`, {
           where: `${where}: model.merges[${r}]`,
         });
       }
@@ -216,7 +216,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     this.model = new BytePairModel(vocab, merges, m.ignore_merges ?? false);
     for (let b = 0; b < 256; b++) {
       if (this.model.byteIds[b] < 0) {
-        throw new TunaError("tokenizer.unsupported", `byte 0x${b.toString(16)} has no token in the vocab`, {
+        throw new TunaError("TOKENIZER_UNSUPPORTED", `byte 0x${b.toString(16)} has no token in the vocab`, {
           where: `${where}: model.vocab`,
           hint: "byte-level BPE needs all 256 byte symbols",
         });
@@ -257,7 +257,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       throw unsupported("post_processor", pp.type, `${where}: post_processor`, "ByteLevel, TemplateProcessing, Sequence");
     }
     if (pp?.type === "ByteLevel" && pp.trim_offsets) {
-      throw new TunaError("tokenizer.unsupported", "ByteLevel post_processor with trim_offsets=true", {
+      throw new TunaError("TOKENIZER_UNSUPPORTED", "ByteLevel post_processor with trim_offsets=true", {
         where: `${where}: post_processor`,
       });
     }
@@ -485,7 +485,7 @@ export function tokenizerFromJson(json: string | Uint8Array | object, where = "t
     try {
       obj = JSON.parse(text);
     } catch (e) {
-      throw new TunaError("tokenizer.invalid", `not valid JSON: ${(e as Error).message}`, { where, cause: e });
+      throw new TunaError("TOKENIZER_INVALID", `not valid JSON: ${(e as Error).message}`, { where, cause: e });
     }
   } else {
     hash = createHash("sha256").update(JSON.stringify(json)).digest("hex");
@@ -494,7 +494,7 @@ export function tokenizerFromJson(json: string | Uint8Array | object, where = "t
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw new TunaError(
-      "tokenizer.invalid",
+      "TOKENIZER_INVALID",
       `field ${issue.path.join(".") || "(root)"}: ${issue.message} (${parsed.error.issues.length} problem(s))`,
       { where, hint: "expected a Hugging Face tokenizers tokenizer.json" },
     );

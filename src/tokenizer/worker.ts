@@ -5,7 +5,7 @@ import { loadTokenizer } from "./index.ts";
 
 const port = parentPort!;
 const errorOf = (e: unknown) =>
-  isTunaError(e) ? { code: e.code, message: e.message, hint: e.hint } : { code: "tokenizer.pool", message: String(e) };
+  isTunaError(e) ? { code: e.code, message: e.message, hint: e.hint } : { code: "TOKENIZER_POOL", message: String(e) };
 
 try {
   const tok = await loadTokenizer((workerData as { modelDir: string }).modelDir);
