@@ -124,7 +124,9 @@ def dequantize_nf4(
     """The PyTorch reference dequantizer (quant/triton_nf4.py is the fast CUDA one): NF4[q] * absmax."""
     n = math.prod(shape)
     if packed.numel() * 2 < n:
-        raise ValueError(f"{packed.numel()} packed bytes hold {packed.numel() * 2} codes, shape {tuple(shape)} needs {n}")
+        raise ValueError(
+            f"{packed.numel()} packed bytes hold {packed.numel() * 2} codes, shape {tuple(shape)} needs {n}"
+        )
     code = nf4_code(packed.device) if code is None else code.to(packed.device, torch.float32)
     bytes_ = packed.reshape(-1)
     q = torch.stack([bytes_ >> 4, bytes_ & 0xF], dim=1).view(-1)[:n]
@@ -172,7 +174,9 @@ class NF4Weight:
         }
         if self.double_quant:
             d.update(
-                nested_blocksize=self.nested_blocksize, nested_dtype="float32", nested_offset=self.nested_offset
+                nested_blocksize=self.nested_blocksize,
+                nested_dtype="float32",
+                nested_offset=self.nested_offset,
             )
         return d
 
@@ -225,7 +229,9 @@ def quantize_weight(
     if double_quant:
         offset = absmax.mean()
         nested_map = dynamic_map(signed=True).to(w.device)
-        weight.absmax, weight.nested_absmax = quantize_blockwise(absmax - offset, nested_map, nested_blocksize)
+        weight.absmax, weight.nested_absmax = quantize_blockwise(
+            absmax - offset, nested_map, nested_blocksize
+        )
         weight.nested_quant_map = nested_map
         weight.nested_offset = offset.item()
     return weight
@@ -270,7 +276,9 @@ def nf4_weight_from_bnb(tensors: dict[str, torch.Tensor], where: str = "weight")
     blocks = -(-n // blocksize)
     absmax = need("absmax")
     if absmax.numel() != blocks:
-        raise ValueError(f"{where}: absmax has {absmax.numel()} values, expected {blocks} (blocksize {blocksize})")
+        raise ValueError(
+            f"{where}: absmax has {absmax.numel()} values, expected {blocks} (blocksize {blocksize})"
+        )
     weight = NF4Weight(
         packed=packed.view(-1, 1),
         absmax=absmax,
@@ -288,7 +296,9 @@ def nf4_weight_from_bnb(tensors: dict[str, torch.Tensor], where: str = "weight")
         weight.nested_offset = float(state["nested_offset"])  # type: ignore[arg-type]
         want = -(-blocks // weight.nested_blocksize)
         if weight.nested_absmax.numel() != want:
-            raise ValueError(f"{where}: nested_absmax has {weight.nested_absmax.numel()} values, expected {want}")
+            raise ValueError(
+                f"{where}: nested_absmax has {weight.nested_absmax.numel()} values, expected {want}"
+            )
     else:
         weight.absmax = absmax.float()
     return weight

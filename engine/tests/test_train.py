@@ -1,0 +1,296 @@
+"""The `train` and `merge` commands end to end, run as TypeScript runs them (a subprocess reading events)."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import (
+    REPO_ROOT,
+    engine_env,
+    greedy_packs,
+    make_hf_model,
+    make_plan,
+    random_samples,
+    run_engine,
+    write_plan,
+    write_shard,
+)
+
+from tuna_engine.checkpoint import load_weights_into
+from tuna_engine.data import micro_batches, read_shards
+from tuna_engine.models import load_model
+from tuna_engine.protocol import parse_train_plan
+from tuna_engine.train import weighted_ce_sum
+
+
+def steps(events):
+    return [e for e in events if e["event"] == "step"]
+
+
+def only(events, kind):
+    found = [e for e in events if e["event"] == kind]
+    assert len(found) == 1, events
+    return found[0]
+
+
+def test_grad_accum_is_token_weighted(tmp_path: Path) -> None:
+    """Two micro-batches with very different trained-token counts: the step loss (and its gradient, seen
+    through grad_norm) is Σw·CE/Σw over both, which a mean of micro-batch means would not give."""
+    model_dir = tmp_path / "model"
+    make_hf_model(model_dir, "qwen3")
+    short = random_samples(1, min_len=6, max_len=6, seed=1)
+    long = random_samples(1, min_len=60, max_len=60, seed=2, prompt_frac=0.1)
+    shard = write_shard(tmp_path / "train.safetensors", short + long)
+    plan = make_plan(tmp_path, model_dir, [shard], micro_batch_size=1, grad_accum=2, max_steps=1,
+                     max_grad_norm=0.0)
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err
+    step = steps(events)[0]
+
+    p = parse_train_plan(plan)
+    model = load_model(str(model_dir), "float32", torch.device("cpu"), p.method.lora, seed=p.train.seed)
+    for n, prm in model.named_parameters():
+        prm.requires_grad_(".lora_" in n)
+    batches = micro_batches(read_shards([str(shard)]), 1)
+    sums = [weighted_ce_sum(model, b) for b in batches]
+    weights = [b.trained_tokens for b in batches]
+    token_weighted = sum(sums) / sum(weights)
+    token_weighted.backward()
+    grad_norm = math.sqrt(sum(float(q.grad.pow(2).sum()) for q in model.parameters() if q.grad is not None))
+    mean_of_means = float(sum(s / w for s, w in zip(sums, weights, strict=True))) / 2
+
+    assert step["trained_tokens"] == sum(weights)
+    assert step["loss"] == pytest.approx(float(token_weighted), rel=1e-5)
+    assert abs(step["loss"] - mean_of_means) > 1e-3  # the two definitions really differ on this data
+    assert step["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)
+
+
+def small_run(tmp_path: Path, **train):
+    model_dir = tmp_path / "model"
+    make_hf_model(model_dir, "qwen3")
+    samples = random_samples(24, seed=7)
+    shard = write_shard(tmp_path / "train.safetensors", samples, greedy_packs(samples, 40))
+    val = write_shard(tmp_path / "val.safetensors", random_samples(4, seed=8))
+    return model_dir, shard, val
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_adapter_loads_in_peft_and_merge_matches(tmp_path: Path, dora: bool) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model_dir, shard, _ = small_run(tmp_path)
+    method = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"],
+                                       "use_rslora": True, "use_dora": dora}}
+    plan = make_plan(tmp_path, model_dir, [shard], method=method, max_steps=3, learning_rate=2e-2)
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err
+    adapter = Path(only(events, "done")["adapter_dir"])
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["use_dora"] is dora and cfg["use_rslora"] is True
+    assert cfg["base_model_name_or_path"] == "tiny-test-model"
+
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(0))
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    pm = PeftModel.from_pretrained(base, adapter).eval()
+    ours = load_model(str(model_dir), "float32", torch.device("cpu"), parse_train_plan(plan).method.lora).eval()
+    load_weights_into(ours, adapter, lora=True)
+    with torch.no_grad():
+        ref = pm(ids).logits
+        pos = torch.arange(20).expand(2, 20)
+        got = ours.logits(ours(ids, pos, torch.zeros_like(ids)))
+    assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
+
+    # The trained adapter changed the model (otherwise the comparison above proves little).
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert float((fresh(ids).logits - ref).abs().max()) > 1e-3
+
+    # merge → a full HF directory whose logits equal base + adapter.
+    (model_dir / "chat_template.jinja").write_text("{{ messages }}")
+    merge_plan = {"version": 1, "command": "merge", "model": {"path": str(model_dir), "dtype": "float32"},
+                  "adapter_dir": str(adapter), "output_dir": str(tmp_path / "merged"), "device": "cpu",
+                  "max_shard_bytes": 40_000}
+    mp = tmp_path / "merge_plan.json"
+    mp.write_text(json.dumps(merge_plan))
+    code, events, err = run_engine("merge", mp)
+    assert code == 0, err
+    merged_dir = tmp_path / "merged"
+    assert (merged_dir / "model.safetensors.index.json").is_file()
+    assert len(list(merged_dir.glob("model-*-of-*.safetensors"))) > 1
+    assert (merged_dir / "chat_template.jinja").read_text() == "{{ messages }}"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        m = merged(ids).logits
+    assert float((m - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def read_events(proc: subprocess.Popen, until) -> list[dict]:
+    events = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if until(events[-1]):
+            break
+    return events
+
+
+def test_resume_after_sigkill_reproduces_loss_curve(tmp_path: Path) -> None:
+    """Kill -9 a run right after a checkpoint, resume it, and get bit-identical step losses (LoRA dropout on,
+    so RNG state matters, and more steps than one epoch, so the data position matters)."""
+    model_dir, shard, val = small_run(tmp_path)
+    method = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["all-linear"],
+                                       "use_rslora": False, "use_dora": False}}
+    kw = dict(method=method, max_steps=40, save_every=4, eval_every=4, micro_batch_size=2, grad_accum=2)
+    full = make_plan(tmp_path / "a", model_dir, [shard], [val], **kw)
+    code, ref_events, err = run_engine("train", write_plan(full))
+    assert code == 0, err
+    ref_losses = {e["step"]: e["loss"] for e in steps(ref_events)}
+    assert len(ref_losses) == 40
+
+    plan = make_plan(tmp_path / "b", model_dir, [shard], [val], **kw)
+    path = write_plan(plan)
+    proc = subprocess.Popen([sys.executable, "-m", "tuna_engine", "train", "--plan", str(path)], cwd=REPO_ROOT,
+                            env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = read_events(proc, lambda e: e["event"] == "checkpoint" and e["step"] == 12)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = max(e["step"] for e in steps(first))
+    assert killed_at < 40
+
+    resumed = dict(plan, resume_from=plan["run_dir"])
+    code, events, err = run_engine("train", write_plan(resumed))
+    assert code == 0, err
+    start = only(events, "start")["start_step"]
+    assert 12 <= start < 40
+    got = {e["step"]: e["loss"] for e in steps(events)}
+    assert sorted(got) == list(range(start + 1, 41))
+    for s, loss in got.items():
+        assert loss == ref_losses[s], (s, loss, ref_losses[s])  # exact, not approximate
+    ref_val = {e["step"]: e["val_loss"] for e in ref_events if e["event"] == "eval"}
+    for e in events:
+        if e["event"] == "eval":
+            assert e["val_loss"] == ref_val[e["step"]]
+
+
+def test_crash_while_saving_leaves_previous_checkpoint(tmp_path: Path) -> None:
+    """A half-written checkpoint (temp dir, never renamed) is ignored by resume."""
+    model_dir, shard, _ = small_run(tmp_path)
+    plan = make_plan(tmp_path, model_dir, [shard], max_steps=4, save_every=2)
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err
+    ck = Path(plan["output"]["checkpoints_dir"])
+    partial = ck / ".tmp-step-6-12345"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+    code, events, err = run_engine("train", write_plan(dict(plan, resume_from=plan["run_dir"],
+                                                            train=dict(plan["train"], max_steps=6))))
+    assert code == 0, err
+    assert only(events, "start")["start_step"] == 4
+
+
+def test_full_finetune_with_frozen_layers_writes_hf_model(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model_dir, shard, _ = small_run(tmp_path)
+    method = {"type": "full", "trainable_layers": [1], "trainable_modules": ["mlp"]}
+    plan = make_plan(tmp_path, model_dir, [shard], method=method, max_steps=2, learning_rate=1e-2)
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err
+    start = only(events, "start")
+    assert start["params_trainable"] == 3 * 64 * 128
+    out = Path(only(events, "done")["adapter_dir"])
+    before = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"model.layers.1.mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")}
+
+
+def test_early_stopping_keeps_best(tmp_path: Path) -> None:
+    """A learning rate high enough to make validation loss worsen: training stops after `patience` evals
+    without improvement and the exported adapter is the best checkpoint's."""
+    model_dir, shard, val = small_run(tmp_path)
+    plan = make_plan(tmp_path, model_dir, [shard], [val], max_steps=30, eval_every=1, learning_rate=0.3,
+                     warmup_steps=0, scheduler="constant", early_stopping_patience=2, max_grad_norm=0.0)
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err
+    evals = [e for e in events if e["event"] == "eval"]
+    done = only(events, "done")
+    assert done["steps"] < 30
+    best = min(evals, key=lambda e: e["val_loss"])
+    assert done["best_step"] == best["step"] and done["best_val_loss"] == best["val_loss"]
+    assert [e["step"] for e in evals][-1] == best["step"] + 2
+    exported = Path(done["adapter_dir"]) / "adapter_model.safetensors"
+    best_file = Path(plan["output"]["checkpoints_dir"]) / "best" / "adapter_model.safetensors"
+    assert exported.read_bytes() == best_file.read_bytes()
+
+
+# ---- error events -----------------------------------------------------------------------------------------
+
+
+def test_bad_plan_field_is_named(tmp_path: Path) -> None:
+    model_dir, shard, _ = small_run(tmp_path)
+    plan = make_plan(tmp_path, model_dir, [shard], micro_batch_size=0)
+    plan["method"]["lora"]["target_modules"] = ["qkv"]
+    code, events, _ = run_engine("train", write_plan(plan))
+    err = only(events, "error")
+    assert code != 0 and err["code"] == "PLAN_INVALID"
+    assert "train.micro_batch_size: expected an integer >= 1, got 0" in err["message"]
+    assert 'method.lora.target_modules: unknown module "qkv"' in err["message"]
+
+
+def test_missing_model_file(tmp_path: Path) -> None:
+    model_dir, shard, _ = small_run(tmp_path)
+    (model_dir / "model.safetensors").unlink()
+    code, events, _ = run_engine("train", write_plan(make_plan(tmp_path, model_dir, [shard])))
+    assert code != 0 and only(events, "error")["code"] == "MODEL_FILE_MISSING"
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    model_dir, shard, _ = small_run(tmp_path)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg.update(model_type="gemma3", architectures=["Gemma3ForCausalLM"])
+    (model_dir / "config.json").write_text(json.dumps(cfg))
+    code, events, _ = run_engine("train", write_plan(make_plan(tmp_path, model_dir, [shard])))
+    err = only(events, "error")
+    assert code != 0 and err["code"] == "UNSUPPORTED_ARCHITECTURE"
+    assert "config.json: model_type: 'gemma3'" in err["message"] and "Gemma3ForCausalLM" in err["message"]
+
+
+def test_nan_loss_names_step_and_last_checkpoint(tmp_path: Path) -> None:
+    """A NaN in the weights makes the first step's loss NaN → NAN_LOSS naming the step, before any update."""
+    from safetensors.torch import load_file, save_file
+
+    model_dir, shard, _ = small_run(tmp_path)
+    w = load_file(str(model_dir / "model.safetensors"))
+    w["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(w, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    code, events, _ = run_engine("train", write_plan(make_plan(tmp_path, model_dir, [shard])))
+    err = only(events, "error")
+    assert code != 0 and err["code"] == "NAN_LOSS" and err["step"] == 1
+    assert "last good checkpoint: none" in err["message"]
+    assert not steps(events)
+
+
+def test_sigterm_saves_nothing_and_reports_interrupted(tmp_path: Path) -> None:
+    model_dir, shard, _ = small_run(tmp_path)
+    plan = make_plan(tmp_path, model_dir, [shard], max_steps=100000, save_every=50000)
+    path = write_plan(plan)
+    proc = subprocess.Popen([sys.executable, "-m", "tuna_engine", "train", "--plan", str(path)], cwd=REPO_ROOT,
+                            env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    read_events(proc, lambda e: e["event"] == "step" and e["step"] == 3)
+    proc.send_signal(signal.SIGTERM)
+    rest = [json.loads(line) for line in proc.stdout]  # type: ignore[union-attr]
+    proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert rest[-1]["event"] == "error" and rest[-1]["code"] == "INTERRUPTED"
+    assert not Path(plan["output"]["checkpoints_dir"]).exists()
+    assert not Path(plan["output"]["adapter_dir"]).exists()
