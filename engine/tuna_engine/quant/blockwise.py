@@ -92,8 +92,9 @@ def quantize_blockwise(
     blocks = -(-n // blocksize)
     padded = torch.nn.functional.pad(flat, (0, blocks * blocksize - n)).view(blocks, blocksize)
     absmax = padded.abs().amax(dim=1)
-    # Multiply by the reciprocal (not divide) like the kernels; an all-zero block maps to code(0).
-    scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1)
+    # Multiply by the reciprocal like the CUDA kernel; an all-zero block gives NaN, which the kernel's
+    # binary search (and `nearest_code`) sends to index 0. It decodes to 0 either way.
+    scaled = (padded * (1.0 / absmax).unsqueeze(1)).clamp(-1, 1)
     q = nearest_code(scaled.view(-1)[:n], code).to(torch.uint8)
     return q.view(x.shape), absmax
 

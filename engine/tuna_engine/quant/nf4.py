@@ -103,12 +103,17 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = DEFAULT_BLOCKSIZE) -> tuple[t
     blocks = -(-n // blocksize)
     padded = torch.nn.functional.pad(flat, (0, blocks * blocksize - n)).view(blocks, blocksize)
     absmax = padded.abs().amax(dim=1)
-    scaled = (padded * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1, 1).view(-1)
+    # x * (1 / absmax) like the CUDA kernel; an all-zero block gives NaN there, which its comparison tree
+    # sends to code 0 (we do the same, so such blocks match GPU-made checkpoints byte for byte).
+    scaled = (padded * (1.0 / absmax).unsqueeze(1)).clamp(-1, 1).view(-1)
     # An odd count leaves a spare low nibble in the last byte: it holds the code of 0.0 (7), as the kernels
     # pad a partial block with zeros.
     scaled = scaled[: n + n % 2]
     thresholds = torch.tensor(NF4_THRESHOLDS, dtype=torch.float32, device=w.device)
-    q = torch.bucketize(scaled, thresholds, out_int32=True).to(torch.uint8)  # x > t counts, like the kernel
+    q = torch.bucketize(
+        scaled, thresholds, out_int32=True
+    )  # counts the thresholds x is > than, like the kernel
+    q = torch.where(scaled.isnan(), 0, q).to(torch.uint8)
     packed = (q[0::2] << 4) | q[1::2]
     return packed.unsqueeze(1), absmax
 
