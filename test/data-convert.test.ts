@@ -15,7 +15,10 @@ async function convert(fn: typeof convertBfcl, input: string, name: string) {
   const report = newConvertReport();
   const out = path.join(tmp, `${name}.jsonl`);
   await writeJsonl(out, fn(input, report), report);
-  const records = (await readFile(out, "utf8")).trim().split("\n").map((l) => JSON.parse(l) as OpenAIRecord);
+  const records = (await readFile(out, "utf8"))
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as OpenAIRecord);
   return { report, out, records };
 }
 
@@ -59,14 +62,20 @@ describe("bfcl", () => {
       name: "calculate_triangle_area",
       arguments: JSON.stringify({ base: 10, height: 5, unit: "units" }),
     });
-    expect(tri?.tools?.[0].function.parameters).toMatchObject({ type: "object", required: ["base", "height"] });
+    expect(tri?.tools?.[0].function.parameters).toMatchObject({
+      type: "object",
+      required: ["base", "height"],
+    });
     // "" first among the allowed values: the argument is omitted.
     const hyp = byId.get("simple_python_2")?.messages[1];
-    expect(hyp?.role === "assistant" && JSON.parse(hyp.tool_calls?.[0].function.arguments ?? "")).toEqual({ x: 4, y: 5 });
+    expect(hyp?.role === "assistant" && JSON.parse(hyp.tool_calls?.[0].function.arguments ?? "")).toEqual({
+      x: 4,
+      y: 5,
+    });
     const irr = byId.get("irrelevance_0");
     expect(irr?.messages.at(-1)).toMatchObject({ role: "assistant" });
     expect(irr?.messages.at(-1)?.content).toMatch(/none of the tools/);
-    expect((irr?.messages.at(-1) as { tool_calls?: unknown }).tool_calls).toBeUndefined();
+    expect(irr?.messages.at(-1)).not.toHaveProperty("tool_calls");
     // No Python type survives.
     expect(JSON.stringify(records)).not.toMatch(/"type":"(dict|float|tuple|any|list)"/);
     const v = await validateFiles([out]);
@@ -80,13 +89,22 @@ describe("sgd", () => {
     const { report, out, records } = await convert(convertSgd, "../shared/data/sgd", "sgd");
     expect(report.written).toBe(128);
     const balance = records.flatMap((r) =>
-      r.messages.flatMap((m) => (m.role === "assistant" && m.tool_calls ? m.tool_calls.filter((c) => c.function.name === "CheckBalance") : [])),
+      r.messages.flatMap((m) =>
+        m.role === "assistant" && m.tool_calls
+          ? m.tool_calls.filter((c) => c.function.name === "CheckBalance")
+          : [],
+      ),
     );
     expect(balance.length).toBe(194); // every Banks_1 service_call of the file
     expect(Object.keys(JSON.parse(balance[0].function.arguments))).toEqual(["account_type"]);
     // The result follows as a tool message answering that call's id.
-    const withCall = records.find((r) => r.messages.some((m) => m.role === "assistant" && m.tool_calls?.[0].function.name === "CheckBalance"));
-    const i = withCall?.messages.findIndex((m) => m.role === "assistant" && m.tool_calls?.[0].function.name === "CheckBalance") ?? -1;
+    const withCall = records.find((r) =>
+      r.messages.some((m) => m.role === "assistant" && m.tool_calls?.[0].function.name === "CheckBalance"),
+    );
+    const i =
+      withCall?.messages.findIndex(
+        (m) => m.role === "assistant" && m.tool_calls?.[0].function.name === "CheckBalance",
+      ) ?? -1;
     const callMsg = withCall?.messages[i];
     expect(withCall?.messages[i + 1]).toMatchObject({
       role: "tool",
@@ -98,7 +116,10 @@ describe("sgd", () => {
     expect(tool?.function.parameters).toMatchObject({
       type: "object",
       required: ["account_type", "amount", "recipient_account_name"],
-      properties: { account_type: { type: "string", enum: ["checking", "savings"] }, recipient_account_type: { default: "checking" } },
+      properties: {
+        account_type: { type: "string", enum: ["checking", "savings"] },
+        recipient_account_type: { default: "checking" },
+      },
     });
     // Every call is answered by a tool message with its id, and the dialogue ends with the assistant.
     for await (const r of validRecords([out])) {
@@ -118,11 +139,15 @@ describe("banking77", () => {
     expect(cats).toHaveLength(77);
     expect(records[0].messages[0]).toEqual({ role: "user", content: "I am still waiting on my card?" });
     const a = records[0].messages[1];
-    expect(a.role === "assistant" && JSON.parse(a.tool_calls?.[0].function.arguments ?? "")).toEqual({ intent: "card_arrival" });
-    const intents = new Set(records.map((r) => {
-      const m = r.messages[1];
-      return m.role === "assistant" ? JSON.parse(m.tool_calls?.[0].function.arguments ?? "").intent : null;
-    }));
+    expect(a.role === "assistant" && JSON.parse(a.tool_calls?.[0].function.arguments ?? "")).toEqual({
+      intent: "card_arrival",
+    });
+    const intents = new Set(
+      records.map((r) => {
+        const m = r.messages[1];
+        return m.role === "assistant" ? JSON.parse(m.tool_calls?.[0].function.arguments ?? "").intent : null;
+      }),
+    );
     expect(intents.size).toBe(77);
     const v = await validateFiles([out]);
     expect(v.valid).toBe(13083);

@@ -1,5 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { cnIdValid, ibanValid, luhnValid, redactConversation, redactText, zeroCounts } from "../src/data/pii.ts";
+import {
+  cnIdValid,
+  ibanValid,
+  luhnValid,
+  redactConversation,
+  redactText,
+  zeroCounts,
+} from "../src/data/pii.ts";
 
 // Test-side generators, written independently of src/data/pii.ts.
 function withLuhn(body: string): string {

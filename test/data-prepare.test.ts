@@ -22,11 +22,21 @@ describe("dedup", () => {
     const base =
       "My card was charged twice for the same order yesterday evening and I would like one of the two payments refunded to my account please.";
     expect(d.check(conv(base, "We will refund the second charge within 3 days."))).toBe("new");
-    expect(d.check(conv(base.toUpperCase(), "We will refund the second charge, within 3 days!"))).toBe("exact");
-    expect(d.check(conv(base.replace("yesterday", "last"), "We will refund the second charge within 3 days."))).toBe("near");
-    expect(d.check(conv("How do I change the PIN of my card?", "Open the app, go to Card, then Change PIN."))).toBe("new");
-    expect(d.check(conv("我的银行卡被重复扣款了，请帮我退款。", "好的，我们会在三个工作日内退回重复的款项。"))).toBe("new");
-    expect(d.check(conv("我的银行卡被重复扣款了，请帮我退款！", "好的，我们会在三个工作日内退回重复的款项。"))).toBe("exact");
+    expect(d.check(conv(base.toUpperCase(), "We will refund the second charge, within 3 days!"))).toBe(
+      "exact",
+    );
+    expect(
+      d.check(conv(base.replace("yesterday", "last"), "We will refund the second charge within 3 days.")),
+    ).toBe("near");
+    expect(
+      d.check(conv("How do I change the PIN of my card?", "Open the app, go to Card, then Change PIN.")),
+    ).toBe("new");
+    expect(
+      d.check(conv("我的银行卡被重复扣款了，请帮我退款。", "好的，我们会在三个工作日内退回重复的款项。")),
+    ).toBe("new");
+    expect(
+      d.check(conv("我的银行卡被重复扣款了，请帮我退款！", "好的，我们会在三个工作日内退回重复的款项。")),
+    ).toBe("exact");
     const nearOff = new Deduplicator({ near: false });
     nearOff.check(conv(base, "x"));
     expect(nearOff.check(conv(base.replace("yesterday", "last"), "x"))).toBe("new");
@@ -45,8 +55,12 @@ describe("filters", () => {
     expect(filterReason(c, { languages: ["zh"] })).toBe(null);
     expect(filterReason(c, { languages: ["latin"] })).toBe("language");
     expect(filterReason(c, { minTurns: 2 })).toBe("too_few_turns");
-    expect(filterReason(c, { maxTokens: 5 }, (x) => x.messages.map((m) => m.content).join("").length)).toBe("too_many_tokens");
-    expect(filterReason(c, { maxTokens: 50 }, (x) => x.messages.map((m) => m.content).join("").length)).toBe(null);
+    expect(filterReason(c, { maxTokens: 5 }, (x) => x.messages.map((m) => m.content).join("").length)).toBe(
+      "too_many_tokens",
+    );
+    expect(filterReason(c, { maxTokens: 50 }, (x) => x.messages.map((m) => m.content).join("").length)).toBe(
+      null,
+    );
   });
 });
 
@@ -75,25 +89,55 @@ describe("split and mix", () => {
   it("mixes to ratios by samples (down-sampling) and by tokens, up-sampling when allowed", () => {
     const a = Array.from({ length: 300 }, (_, i) => `a${i}`);
     const b = Array.from({ length: 400 }, (_, i) => `b${i}`);
-    const m = mixSources([{ name: "a", items: a, ratio: 0.75 }, { name: "b", items: b, ratio: 0.25 }], { seed: "1", by: "samples" });
+    const m = mixSources(
+      [
+        { name: "a", items: a, ratio: 0.75 },
+        { name: "b", items: b, ratio: 0.25 },
+      ],
+      { seed: "1", by: "samples" },
+    );
     // Largest mix with no up-sampling: a limits it to 300 / 0.75 = 400 → 300 a + 100 b.
     expect(m.items).toHaveLength(400);
     expect(m.items.filter((x) => x.startsWith("a"))).toHaveLength(300);
     expect(new Set(m.items).size).toBe(400);
-    const again = mixSources([{ name: "a", items: a, ratio: 0.75 }, { name: "b", items: b, ratio: 0.25 }], { seed: "1", by: "samples" });
-    expect(again.items).toEqual(m.items);
-    expect(() => mixSources([{ name: "a", items: a, ratio: 3 }, { name: "b", items: b, ratio: 1 }], { seed: "1", by: "samples", total: 1000 })).toThrow(
-      /needs 750/,
+    const again = mixSources(
+      [
+        { name: "a", items: a, ratio: 0.75 },
+        { name: "b", items: b, ratio: 0.25 },
+      ],
+      { seed: "1", by: "samples" },
     );
-    const up = mixSources([{ name: "a", items: a, ratio: 3 }, { name: "b", items: b, ratio: 1 }], { seed: "1", by: "samples", total: 1000, upsample: true });
+    expect(again.items).toEqual(m.items);
+    expect(() =>
+      mixSources(
+        [
+          { name: "a", items: a, ratio: 3 },
+          { name: "b", items: b, ratio: 1 },
+        ],
+        { seed: "1", by: "samples", total: 1000 },
+      ),
+    ).toThrow(/needs 750/);
+    const up = mixSources(
+      [
+        { name: "a", items: a, ratio: 3 },
+        { name: "b", items: b, ratio: 1 },
+      ],
+      { seed: "1", by: "samples", total: 1000, upsample: true },
+    );
     expect(up.items.filter((x) => x.startsWith("a"))).toHaveLength(750);
     expect(new Set(up.items.filter((x) => x.startsWith("a"))).size).toBe(300);
     // By tokens: a items are 10 tokens, b items 1 token; 50/50 by tokens.
-    const t = mixSources([{ name: "a", items: a, ratio: 1 }, { name: "b", items: b, ratio: 1 }], {
-      seed: "1",
-      by: "tokens",
-      size: (x) => (x.startsWith("a") ? 10 : 1),
-    });
+    const t = mixSources(
+      [
+        { name: "a", items: a, ratio: 1 },
+        { name: "b", items: b, ratio: 1 },
+      ],
+      {
+        seed: "1",
+        by: "tokens",
+        size: (x) => (x.startsWith("a") ? 10 : 1),
+      },
+    );
     expect(t.perSource.b.units).toBe(400);
     expect(t.perSource.a.units).toBe(400);
     expect(t.perSource.a.taken).toBe(40);
@@ -104,21 +148,46 @@ describe("prepareConversations", () => {
   it("reads, redacts, de-duplicates, filters, splits and mixes, deterministically", async () => {
     const reasoning = path.join(tmp, "math.csv");
     const rows = ["problem,generated_solution,expected_answer"];
-    for (let i = 0; i < 60; i++) rows.push(`"What is ${i} + ${i}?","<think>\nAdd ${i} and ${i}.\n</think>\nIt is ${2 * i}.",${2 * i}`);
+    for (let i = 0; i < 60; i++)
+      rows.push(`"What is ${i} + ${i}?","<think>\nAdd ${i} and ${i}.\n</think>\nIt is ${2 * i}.",${2 * i}`);
     rows.push('"What is 0 + 0?","<think>\nAdd 0 and 0.\n</think>\nIt is 0.",0'); // exact duplicate
     writeFileSync(reasoning, `${rows.join("\n")}\n`);
     const chat = path.join(tmp, "chat.jsonl");
     const lines: string[] = [];
     for (let i = 0; i < 40; i++) {
-      lines.push(JSON.stringify({ conversations: [{ from: "human", value: `Hi, my phone is 1391234${String(1000 + i)} and I need help with case ${i}` }, { from: "gpt", value: `Sure, looking at case ${i}.` }] }));
+      lines.push(
+        JSON.stringify({
+          conversations: [
+            {
+              from: "human",
+              value: `Hi, my phone is 1391234${String(1000 + i)} and I need help with case ${i}`,
+            },
+            { from: "gpt", value: `Sure, looking at case ${i}.` },
+          ],
+        }),
+      );
     }
     lines.push("{broken");
-    lines.push(JSON.stringify({ conversations: [{ from: "human", value: "Привет, где моя карта?" }, { from: "gpt", value: "Карта в пути." }] }));
+    lines.push(
+      JSON.stringify({
+        conversations: [
+          { from: "human", value: "Привет, где моя карта?" },
+          { from: "gpt", value: "Карта в пути." },
+        ],
+      }),
+    );
     writeFileSync(chat, `${lines.join("\n")}\n`);
     const config = {
       seed: 7,
       sources: [
-        { path: reasoning, name: "reasoning", columns: { user: "problem", assistant: "generated_solution" }, ratio: 0.75, thinking: true, validation: { count: 5 } },
+        {
+          path: reasoning,
+          name: "reasoning",
+          columns: { user: "problem", assistant: "generated_solution" },
+          ratio: 0.75,
+          thinking: true,
+          validation: { count: 5 },
+        },
         { path: chat, name: "chat", ratio: 0.25, validation: { fraction: 0.1 } },
       ],
       // Near-dedup off: the templated chat lines below are (rightly) near-duplicates of each other.
@@ -150,8 +219,13 @@ describe("prepareConversations", () => {
 
   it("rejects bad configs with every problem named", async () => {
     await expect(
-      prepareConversations({ sources: [{ path: "x.jsonl", ratio: -1, format: "columns" }], mix: { by: "bytes" } } as never),
+      prepareConversations({
+        sources: [{ path: "x.jsonl", ratio: -1, format: "columns" }],
+        mix: { by: "bytes" },
+      } as never),
     ).rejects.toThrow(/data\.sources\.0\.ratio[\s\S]*data\.mix\.by/);
-    await expect(prepareConversations({ sources: [{ path: "x.jsonl" }], mix: { by: "tokens" } })).rejects.toThrow(/token counter/);
+    await expect(
+      prepareConversations({ sources: [{ path: "x.jsonl" }], mix: { by: "tokens" } }),
+    ).rejects.toThrow(/token counter/);
   });
 });

@@ -32,7 +32,14 @@ describe("JSONL", () => {
 
   it("reports oversize lines and invalid UTF-8 without throwing", async () => {
     const big = `{"x":"${"a".repeat(2000)}"}`;
-    const f = write("b.jsonl", Buffer.concat([Buffer.from(`${big}\n{"ok":1}\n{"bad":"`), Buffer.from([0xc3, 0x28]), Buffer.from('"}\n')]));
+    const f = write(
+      "b.jsonl",
+      Buffer.concat([
+        Buffer.from(`${big}\n{"ok":1}\n{"bad":"`),
+        Buffer.from([0xc3, 0x28]),
+        Buffer.from('"}\n'),
+      ]),
+    );
     const items = await collect(readFile(f, { maxRecordBytes: 1000, chunkBytes: 64 }));
     expect(items).toHaveLength(3);
     expect(items[0].kind === "error" && items[0].error.reason).toBe("oversize_line");
@@ -53,7 +60,10 @@ describe("JSON", () => {
   });
 
   it("finds the array under a key, or the one --field names", async () => {
-    const f = write("obj.json", '{"version": 2, "meta": {"k": [1]}, "data": [{"i": 0}, {"i": 1}], "extra": [9]}');
+    const f = write(
+      "obj.json",
+      '{"version": 2, "meta": {"k": [1]}, "data": [{"i": 0}, {"i": 1}], "extra": [9]}',
+    );
     const picked = await collect(readFile(f, { field: "data" }));
     expect(picked.map((i) => i.kind === "record" && i.record)).toEqual([{ i: 0 }, { i: 1 }]);
     const extra = await collect(readFile(f, { field: "extra" }));
@@ -76,7 +86,9 @@ describe("CSV/TSV", () => {
       { kind: "record", record: { text: "last", category: "c" }, source: `${f}:6` },
     ]);
     const t = write("t.tsv", "user\tassistant\nhi, there\thello\n");
-    expect(await collect(readFile(t))).toEqual([{ kind: "record", record: { user: "hi, there", assistant: "hello" }, source: `${t}:2` }]);
+    expect(await collect(readFile(t))).toEqual([
+      { kind: "record", record: { user: "hi, there", assistant: "hello" }, source: `${t}:2` },
+    ]);
   });
 
   it("reads the real banking77 CSV (13,083 rows in two files)", async () => {
@@ -100,7 +112,12 @@ describe("Parquet", () => {
       expect(items[12]).toMatchObject({
         kind: "record",
         source: `${f}#13`,
-        record: { conversations: [{ from: "human", value: "question 12 你好" }, { from: "gpt", value: "answer 12" }] },
+        record: {
+          conversations: [
+            { from: "human", value: "question 12 你好" },
+            { from: "gpt", value: "answer 12" },
+          ],
+        },
       });
       const report = await validateFiles([f]);
       expect(report.valid).toBe(25);
@@ -118,9 +135,19 @@ describe("paths", () => {
     writeFileSync(path.join(d, "a.csv"), "");
     writeFileSync(path.join(d, "sub", "c.jsonl"), "");
     writeFileSync(path.join(d, "notes.txt"), "");
-    expect(await expandPaths([d])).toEqual([path.join(d, "a.csv"), path.join(d, "b.jsonl"), path.join(d, "sub", "c.jsonl")]);
-    expect(await expandPaths([`${d}/**/*.jsonl`])).toEqual([path.join(d, "b.jsonl"), path.join(d, "sub", "c.jsonl")]);
-    expect(await expandPaths([`${d}/*.{csv,txt}`])).toEqual([path.join(d, "a.csv"), path.join(d, "notes.txt")]);
+    expect(await expandPaths([d])).toEqual([
+      path.join(d, "a.csv"),
+      path.join(d, "b.jsonl"),
+      path.join(d, "sub", "c.jsonl"),
+    ]);
+    expect(await expandPaths([`${d}/**/*.jsonl`])).toEqual([
+      path.join(d, "b.jsonl"),
+      path.join(d, "sub", "c.jsonl"),
+    ]);
+    expect(await expandPaths([`${d}/*.{csv,txt}`])).toEqual([
+      path.join(d, "a.csv"),
+      path.join(d, "notes.txt"),
+    ]);
     await expect(expandPaths([`${d}/*.parquet`])).rejects.toThrow(/matches no file/);
     expect(globToRegExp("a/**/x?.json").test("a/b/c/x1.json")).toBe(true);
     expect(globToRegExp("a/**/x?.json").test("a/x1.json")).toBe(true);

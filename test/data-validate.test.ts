@@ -17,11 +17,20 @@ const tools = [
     },
   },
 ];
-const ok = { messages: [{ role: "user", content: "hi" }, { role: "assistant", content: "hello" }] };
+const ok = {
+  messages: [
+    { role: "user", content: "hi" },
+    { role: "assistant", content: "hello" },
+  ],
+};
 const call = (args: unknown) => ({
   messages: [
     { role: "user", content: "refund 42" },
-    { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "refund", arguments: args } }] },
+    {
+      role: "assistant",
+      content: null,
+      tool_calls: [{ id: "c1", type: "function", function: { name: "refund", arguments: args } }],
+    },
     { role: "tool", tool_call_id: "c1", content: "done" },
     { role: "assistant", content: "Refunded." },
   ],
@@ -32,19 +41,59 @@ const call = (args: unknown) => ({
 const broken: [string, string][] = [
   ['{"messages": [{"role": "user", "content": "hi"}, {"role": "assist', "invalid_json"],
   ['{"messages": "hello"}', "wrong_type"],
-  ['{"messages": [{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "x"}]}', "unknown_role"],
+  [
+    '{"messages": [{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "x"}]}',
+    "unknown_role",
+  ],
   ['{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}', "wrong_type"],
   ['{"messages": [{"role": "user", "content": "hi"}]}', "no_final_assistant"],
   ['{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]}', "empty_content"],
-  ['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null}]}', "empty_content"],
+  [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null}]}',
+    "empty_content",
+  ],
   [JSON.stringify(call("{not json")), "tool_arguments"],
   [JSON.stringify(call("[1, 2]")), "tool_arguments"],
-  [JSON.stringify({ ...call({ order_id: "1" }), tools: [{ type: "function", function: { name: "refund", parameters: { type: "object", properties: {}, required: ["order_id"] } } }] }), "tools_schema"],
-  [JSON.stringify({ ...call({ order_id: "1" }), tools: [{ type: "function", function: { name: "cancel", parameters: { type: "object", properties: {} } } }] }), "unknown_tool"],
-  ['{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "r"}, {"role": "assistant", "content": "x"}]}', "role_order"],
-  ['{"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}, {"role": "assistant", "content": "x"}]}', "role_order"],
-  ['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 0}]}', "nothing_to_train"],
-  ['{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 2}]}', "wrong_type"],
+  [
+    JSON.stringify({
+      ...call({ order_id: "1" }),
+      tools: [
+        {
+          type: "function",
+          function: {
+            name: "refund",
+            parameters: { type: "object", properties: {}, required: ["order_id"] },
+          },
+        },
+      ],
+    }),
+    "tools_schema",
+  ],
+  [
+    JSON.stringify({
+      ...call({ order_id: "1" }),
+      tools: [
+        { type: "function", function: { name: "cancel", parameters: { type: "object", properties: {} } } },
+      ],
+    }),
+    "unknown_tool",
+  ],
+  [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "r"}, {"role": "assistant", "content": "x"}]}',
+    "role_order",
+  ],
+  [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}, {"role": "assistant", "content": "x"}]}',
+    "role_order",
+  ],
+  [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 0}]}',
+    "nothing_to_train",
+  ],
+  [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 2}]}',
+    "wrong_type",
+  ],
   ['{"conversations": [{"from": "alien", "value": "hi"}]}', "unknown_role"],
   ['{"instruction": 7, "output": "x"}', "wrong_type"],
   ['{"foo": 1}', "unknown_format"],
@@ -79,7 +128,9 @@ describe("validation over a corpus of broken records", () => {
     expect(json.skippedByReason.invalid_utf8.count).toBe(1);
     const expected: Record<string, number> = { oversize_line: 1, invalid_utf8: 1 };
     for (const [, reason] of broken) expected[reason] = (expected[reason] ?? 0) + 1;
-    expect(Object.fromEntries(Object.entries(json.skippedByReason).map(([k, v]) => [k, v.count]))).toEqual(expected);
+    expect(Object.fromEntries(Object.entries(json.skippedByReason).map(([k, v]) => [k, v.count]))).toEqual(
+      expected,
+    );
     // Examples name file:line, field path and what was expected.
     const args = json.skippedByReason.tool_arguments.examples[0];
     expect(args.source).toBe(`${f}:9`);
@@ -94,7 +145,9 @@ describe("validation over a corpus of broken records", () => {
     const err = await validateFiles([f], { strict: true }).catch((e) => e);
     expect(isTunaError(err)).toBe(true);
     expect(err.code).toBe("DATA_INVALID");
-    expect(err.message).toContain(`${f}:2: messages[1].tool_calls[0].function.arguments: arguments string is not valid JSON`);
+    expect(err.message).toContain(
+      `${f}:2: messages[1].tool_calls[0].function.arguments: arguments string is not valid JSON`,
+    );
   });
 });
 
@@ -105,7 +158,11 @@ describe("formats", () => {
         messages: [
           { role: "system", content: [{ type: "text", text: "Be brief." }] },
           { role: "user", content: "refund 42" },
-          { role: "assistant", content: "<think>\nneeds a call\n</think>\n\n", tool_calls: [{ function: { name: "refund", arguments: '{"order_id":"42"}' } }] },
+          {
+            role: "assistant",
+            content: "<think>\nneeds a call\n</think>\n\n",
+            tool_calls: [{ function: { name: "refund", arguments: '{"order_id":"42"}' } }],
+          },
           { role: "tool", content: "ok" },
           { role: "assistant", reasoning: "done", content: "Refunded.", weight: 1 },
         ],
@@ -117,7 +174,12 @@ describe("formats", () => {
     if (a.kind !== "conversation") return;
     const m = a.value.messages;
     expect(m[0].content).toBe("Be brief.");
-    expect(m[2]).toEqual({ role: "assistant", content: "", reasoning: "needs a call", tool_calls: [{ name: "refund", arguments: { order_id: "42" } }] });
+    expect(m[2]).toEqual({
+      role: "assistant",
+      content: "",
+      reasoning: "needs a call",
+      tool_calls: [{ name: "refund", arguments: { order_id: "42" } }],
+    });
     expect(m[4]).toEqual({ role: "assistant", content: "Refunded.", reasoning: "done", weight: 1 });
     expect(processRecord({ messages: a.value.messages, tools }, "x:1").kind).toBe("conversation");
   });
@@ -139,12 +201,18 @@ describe("formats", () => {
     expect(r.kind).toBe("conversation");
     if (r.kind !== "conversation") return;
     expect(r.value.messages.map((m) => m.role)).toEqual(["system", "user", "assistant", "tool", "assistant"]);
-    expect(r.value.messages[2].tool_calls?.[0]).toMatchObject({ name: "refund", arguments: { order_id: "42" } });
+    expect(r.value.messages[2].tool_calls?.[0]).toMatchObject({
+      name: "refund",
+      arguments: { order_id: "42" },
+    });
     expect(r.value.tools?.[0].function.name).toBe("refund");
   });
 
   it("Alpaca with history, and column mapping with <think> split (OpenMathReasoning shape)", () => {
-    const a = processRecord({ instruction: "Translate", input: "你好", output: "Hello", system: "s", history: [["q1", "a1"]] }, "a:1");
+    const a = processRecord(
+      { instruction: "Translate", input: "你好", output: "Hello", system: "s", history: [["q1", "a1"]] },
+      "a:1",
+    );
     expect(a.kind === "conversation" && a.value.messages.map((m) => [m.role, m.content])).toEqual([
       ["system", "s"],
       ["user", "q1"],
@@ -153,7 +221,11 @@ describe("formats", () => {
       ["assistant", "Hello"],
     ]);
     const c = processRecord(
-      { problem: "1+1?", generated_solution: "<think>\nadd them\n</think>\nThe answer is 2.", expected_answer: "2" },
+      {
+        problem: "1+1?",
+        generated_solution: "<think>\nadd them\n</think>\nThe answer is 2.",
+        expected_answer: "2",
+      },
       "c:1",
       { columns: { user: "problem", assistant: "generated_solution" }, thinking: true },
     );
@@ -165,7 +237,12 @@ describe("formats", () => {
       source: "c:1",
       thinking: true,
     });
-    const missing = processRecord({ problem: "x" }, "c:2", { columns: { user: "problem", assistant: "generated_solution" } });
-    expect(missing.kind === "invalid" && missing.issues[0]).toMatchObject({ reason: "missing_field", path: "generated_solution" });
+    const missing = processRecord({ problem: "x" }, "c:2", {
+      columns: { user: "problem", assistant: "generated_solution" },
+    });
+    expect(missing.kind === "invalid" && missing.issues[0]).toMatchObject({
+      reason: "missing_field",
+      path: "generated_solution",
+    });
   });
 });

@@ -1,15 +1,18 @@
 // `tuna data convert` and `tuna data validate`. (`preview` and `stats` need the chat template and tokenizer;
 // they come when those rooms land.)
 import type { Command } from "commander";
-import { newConvertReport, type OpenAIRecord, writeJsonl } from "../data/convert/common.ts";
 import { convertBanking77 } from "../data/convert/banking77.ts";
 import { convertBfcl } from "../data/convert/bfcl.ts";
+import { newConvertReport, type OpenAIRecord, writeJsonl } from "../data/convert/common.ts";
 import { convertSgd } from "../data/convert/sgd.ts";
-import { FORMATS, type ColumnMap, type Format } from "../data/formats.ts";
+import { type ColumnMap, FORMATS, type Format } from "../data/formats.ts";
 import { validateFiles } from "../data/validate.ts";
 import { TunaError } from "../errors.ts";
 
-const RECIPES: Record<string, (input: string, r: ReturnType<typeof newConvertReport>) => AsyncGenerator<OpenAIRecord>> = {
+const RECIPES: Record<
+  string,
+  (input: string, r: ReturnType<typeof newConvertReport>) => AsyncGenerator<OpenAIRecord>
+> = {
   bfcl: convertBfcl,
   sgd: convertSgd,
   banking77: convertBanking77,
@@ -27,7 +30,8 @@ export function parseColumns(spec: string): ColumnMap {
     }
     map[k] = v;
   }
-  if (!map.user || !map.assistant) throw new TunaError("CLI_ARGS", "--columns needs at least user= and assistant=");
+  if (!map.user || !map.assistant)
+    throw new TunaError("CLI_ARGS", "--columns needs at least user= and assistant=");
   return map as unknown as ColumnMap;
 }
 
@@ -43,7 +47,9 @@ export function register(program: Command): void {
     .action(async (o: { from: string; input: string; out: string }) => {
       const recipe = RECIPES[o.from];
       if (!recipe) {
-        throw new TunaError("CLI_ARGS", `--from: unknown recipe "${o.from}"`, { hint: `use ${Object.keys(RECIPES).join(", ")}` });
+        throw new TunaError("CLI_ARGS", `--from: unknown recipe "${o.from}"`, {
+          hint: `use ${Object.keys(RECIPES).join(", ")}`,
+        });
       }
       const report = newConvertReport();
       await writeJsonl(o.out, recipe(o.input, report), report);
@@ -56,7 +62,9 @@ export function register(program: Command): void {
 
   data
     .command("validate")
-    .description("Read and check data files (files, directories, globs) and print what is valid and why the rest is not.")
+    .description(
+      "Read and check data files (files, directories, globs) and print what is valid and why the rest is not.",
+    )
     .argument("<inputs...>", "files, directories or globs")
     .option("--strict", "stop at the first invalid record")
     .option("--format <format>", `force a format (${FORMATS.join(", ")}); default: detected per record`)
@@ -67,10 +75,19 @@ export function register(program: Command): void {
     .action(
       async (
         inputs: string[],
-        o: { strict?: boolean; format?: string; columns?: string; field?: string; maxRecordBytes?: number; json?: boolean },
+        o: {
+          strict?: boolean;
+          format?: string;
+          columns?: string;
+          field?: string;
+          maxRecordBytes?: number;
+          json?: boolean;
+        },
       ) => {
         if (o.format && !FORMATS.includes(o.format as Format)) {
-          throw new TunaError("CLI_ARGS", `--format: unknown format "${o.format}"`, { hint: `use ${FORMATS.join(", ")}` });
+          throw new TunaError("CLI_ARGS", `--format: unknown format "${o.format}"`, {
+            hint: `use ${FORMATS.join(", ")}`,
+          });
         }
         const report = await validateFiles(inputs, {
           strict: o.strict,
@@ -79,7 +96,9 @@ export function register(program: Command): void {
           field: o.field,
           maxRecordBytes: o.maxRecordBytes,
         });
-        process.stdout.write(o.json ? `${JSON.stringify(report.toJSON(), null, 2)}\n` : `${report.format()}\n`);
+        process.stdout.write(
+          o.json ? `${JSON.stringify(report.toJSON(), null, 2)}\n` : `${report.format()}\n`,
+        );
         if (report.valid === 0) process.exitCode = 1;
       },
     );

@@ -134,7 +134,18 @@ export class Deduplicator {
 
 // ---- language by script ----
 
-export const LANGUAGES = ["zh", "ja", "ko", "latin", "cyrillic", "arabic", "thai", "devanagari", "hebrew", "greek"] as const;
+export const LANGUAGES = [
+  "zh",
+  "ja",
+  "ko",
+  "latin",
+  "cyrillic",
+  "arabic",
+  "thai",
+  "devanagari",
+  "hebrew",
+  "greek",
+] as const;
 export type Language = (typeof LANGUAGES)[number];
 
 const SCRIPTS: [Language, RegExp][] = [
@@ -204,7 +215,7 @@ export function filterReason(
   const turns = turnCount(conv);
   if (f.minTurns !== undefined && turns < f.minTurns) return "too_few_turns";
   if (f.maxTurns !== undefined && turns > f.maxTurns) return "too_many_turns";
-  if (f.languages && f.languages.length) {
+  if (f.languages?.length) {
     const lang = detectLanguage(dialogueText(conv));
     if (lang === null || !f.languages.includes(lang)) return "language";
   }

@@ -46,7 +46,9 @@ export const SourceConfig = z
     limit: z.number().int().positive().optional(),
   })
   .strict()
-  .refine((s) => !(s.ratio !== undefined && s.weight !== undefined), { message: "give ratio or weight, not both" })
+  .refine((s) => !(s.ratio !== undefined && s.weight !== undefined), {
+    message: "give ratio or weight, not both",
+  })
   .refine((s) => s.format !== "columns" || s.columns !== undefined, {
     message: "format columns needs a columns mapping {user, assistant}",
   });

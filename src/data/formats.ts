@@ -32,7 +32,8 @@ export type Adapted =
   | { kind: "text"; value: PlainText }
   | { kind: "invalid"; issues: Issue[] };
 
-const isObj = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const isObj = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
 
 function typeName(v: unknown): string {
   if (v === null) return "null";
@@ -57,7 +58,10 @@ export function detectFormat(rec: unknown): Format | null {
   if ("conversations" in rec) return "sharegpt";
   if ("chosen" in rec && "rejected" in rec) return "preference";
   if ("instruction" in rec && "output" in rec) return "alpaca";
-  if ("text" in rec && Object.keys(rec).every((k) => k === "text" || k === "id" || k === "meta" || k === "source"))
+  if (
+    "text" in rec &&
+    Object.keys(rec).every((k) => k === "text" || k === "id" || k === "meta" || k === "source")
+  )
     return "text";
   return null;
 }
@@ -69,7 +73,10 @@ export function splitThink(content: string): { content: string; reasoning?: stri
   // Some datasets drop the opening tag (the template adds it): "reasoning…</think>answer".
   const close = content.indexOf("</think>");
   if (close !== -1 && !content.slice(0, close).includes("<think>")) {
-    return { reasoning: content.slice(0, close).trim(), content: content.slice(close + 8).replace(/^\s+/, "") };
+    return {
+      reasoning: content.slice(0, close).trim(),
+      content: content.slice(close + 8).replace(/^\s+/, ""),
+    };
   }
   return { content };
 }
@@ -92,7 +99,11 @@ function readContent(v: unknown, path: string, ctx: Ctx): string | undefined {
       const p = v[i];
       if (isObj(p) && p.type === "text" && typeof p.text === "string") texts.push(p.text);
       else {
-        ctx.add("wrong_type", `${path}[${i}]`, `expected a text part {type: "text", text: string}, got ${show(p)}`);
+        ctx.add(
+          "wrong_type",
+          `${path}[${i}]`,
+          `expected a text part {type: "text", text: string}, got ${show(p)}`,
+        );
         return undefined;
       }
     }
@@ -108,18 +119,30 @@ function readArguments(v: unknown, path: string, ctx: Ctx): Record<string, unkno
     try {
       parsed = v.trim() === "" ? {} : JSON.parse(v);
     } catch (e) {
-      ctx.add("tool_arguments", path, `arguments string is not valid JSON (${(e as Error).message.slice(0, 80)}): ${show(v)}`);
+      ctx.add(
+        "tool_arguments",
+        path,
+        `arguments string is not valid JSON (${(e as Error).message.slice(0, 80)}): ${show(v)}`,
+      );
       return undefined;
     }
     if (!isObj(parsed)) {
-      ctx.add("tool_arguments", path, `arguments must be a JSON object, got ${typeName(parsed)} ${show(parsed)}`);
+      ctx.add(
+        "tool_arguments",
+        path,
+        `arguments must be a JSON object, got ${typeName(parsed)} ${show(parsed)}`,
+      );
       return undefined;
     }
     return parsed;
   }
   if (v === undefined || v === null) return {};
   if (isObj(v)) return v;
-  ctx.add("tool_arguments", path, `arguments must be a JSON object or a JSON string of one, got ${typeName(v)} ${show(v)}`);
+  ctx.add(
+    "tool_arguments",
+    path,
+    `arguments must be a JSON object or a JSON string of one, got ${typeName(v)} ${show(v)}`,
+  );
   return undefined;
 }
 
@@ -173,15 +196,27 @@ export function readTools(v: unknown, path: string, ctx: Ctx): Tool[] | undefine
       return undefined;
     }
     if (typeof fn.name !== "string" || fn.name === "") {
-      ctx.add("tools_schema", `${p}${fn === t ? "" : ".function"}.name`, `expected a non-empty name, got ${show(fn.name)}`);
+      ctx.add(
+        "tools_schema",
+        `${p}${fn === t ? "" : ".function"}.name`,
+        `expected a non-empty name, got ${show(fn.name)}`,
+      );
       return undefined;
     }
     if (fn.description !== undefined && typeof fn.description !== "string") {
-      ctx.add("tools_schema", `${p}.function.description`, `expected a string, got ${typeName(fn.description)}`);
+      ctx.add(
+        "tools_schema",
+        `${p}.function.description`,
+        `expected a string, got ${typeName(fn.description)}`,
+      );
       return undefined;
     }
     if (fn.parameters !== undefined && !isObj(fn.parameters)) {
-      ctx.add("tools_schema", `${p}.function.parameters`, `expected a JSON Schema object, got ${typeName(fn.parameters)}`);
+      ctx.add(
+        "tools_schema",
+        `${p}.function.parameters`,
+        `expected a JSON Schema object, got ${typeName(fn.parameters)}`,
+      );
       return undefined;
     }
     const tool: Tool = { type: "function", function: { name: fn.name } };
@@ -202,7 +237,10 @@ function readWeight(v: unknown, path: string, ctx: Ctx): 0 | 1 | undefined | nul
 
 const OPENAI_ROLES = new Set(["system", "user", "assistant", "tool"]);
 
-function adaptOpenAI(rec: Record<string, unknown>, ctx: Ctx): { messages: Message[]; paths: string[]; tools?: Tool[] } | undefined {
+function adaptOpenAI(
+  rec: Record<string, unknown>,
+  ctx: Ctx,
+): { messages: Message[]; paths: string[]; tools?: Tool[] } | undefined {
   const msgs = rec.messages;
   if (!Array.isArray(msgs)) {
     ctx.add("wrong_type", "messages", `expected an array of messages, got ${typeName(msgs)}`);
@@ -220,13 +258,22 @@ function adaptOpenAI(rec: Record<string, unknown>, ctx: Ctx): { messages: Messag
     let role = m.role;
     if (role === "function") role = "tool"; // legacy OpenAI function results
     if (typeof role !== "string" || !OPENAI_ROLES.has(role)) {
-      ctx.add("unknown_role", `${p}.role`, `expected one of system, user, assistant, tool; got ${show(m.role)}`);
+      ctx.add(
+        "unknown_role",
+        `${p}.role`,
+        `expected one of system, user, assistant, tool; got ${show(m.role)}`,
+      );
       return undefined;
     }
     const content = readContent(m.content, `${p}.content`, ctx);
     if (content === undefined) return undefined;
     const msg: Message = { role: role as Message["role"], content };
-    const reasoningField = m.reasoning_content !== undefined ? "reasoning_content" : m.reasoning !== undefined ? "reasoning" : null;
+    const reasoningField =
+      m.reasoning_content !== undefined
+        ? "reasoning_content"
+        : m.reasoning !== undefined
+          ? "reasoning"
+          : null;
     if (reasoningField && m[reasoningField] !== null) {
       const r = m[reasoningField];
       if (typeof r !== "string") {
@@ -234,11 +281,19 @@ function adaptOpenAI(rec: Record<string, unknown>, ctx: Ctx): { messages: Messag
         return undefined;
       }
       if (role !== "assistant") {
-        ctx.add("role_order", `${p}.${reasoningField}`, `only assistant messages carry reasoning, this one is "${role}"`);
+        ctx.add(
+          "role_order",
+          `${p}.${reasoningField}`,
+          `only assistant messages carry reasoning, this one is "${role}"`,
+        );
         return undefined;
       }
       if (/^\s*<think>/.test(content)) {
-        ctx.add("reasoning_twice", `${p}.content`, `reasoning is given in ${reasoningField} and again as <think> in content`);
+        ctx.add(
+          "reasoning_twice",
+          `${p}.content`,
+          `reasoning is given in ${reasoningField} and again as <think> in content`,
+        );
         return undefined;
       }
       if (r !== "") msg.reasoning = r;
@@ -249,7 +304,11 @@ function adaptOpenAI(rec: Record<string, unknown>, ctx: Ctx): { messages: Messag
     }
     if (m.tool_calls !== undefined && m.tool_calls !== null) {
       if (role !== "assistant") {
-        ctx.add("role_order", `${p}.tool_calls`, `only assistant messages make tool calls, this one is "${role}"`);
+        ctx.add(
+          "role_order",
+          `${p}.tool_calls`,
+          `only assistant messages make tool calls, this one is "${role}"`,
+        );
         return undefined;
       }
       if (!Array.isArray(m.tool_calls)) {
@@ -293,7 +352,10 @@ const SHAREGPT_ROLES: Record<string, Message["role"] | "function_call"> = {
   function: "tool",
 };
 
-function adaptShareGPT(rec: Record<string, unknown>, ctx: Ctx): { messages: Message[]; paths: string[]; tools?: Tool[] } | undefined {
+function adaptShareGPT(
+  rec: Record<string, unknown>,
+  ctx: Ctx,
+): { messages: Message[]; paths: string[]; tools?: Tool[] } | undefined {
   const turns = rec.conversations;
   if (!Array.isArray(turns)) {
     ctx.add("wrong_type", "conversations", `expected an array of {from, value}, got ${typeName(turns)}`);
@@ -335,7 +397,11 @@ function adaptShareGPT(rec: Record<string, unknown>, ctx: Ctx): { messages: Mess
       try {
         parsed = JSON.parse(value);
       } catch (e) {
-        ctx.add("tool_arguments", `${p}.value`, `function_call value is not valid JSON (${(e as Error).message.slice(0, 80)})`);
+        ctx.add(
+          "tool_arguments",
+          `${p}.value`,
+          `function_call value is not valid JSON (${(e as Error).message.slice(0, 80)})`,
+        );
         return undefined;
       }
       const list = Array.isArray(parsed) ? parsed : [parsed];
@@ -347,7 +413,8 @@ function adaptShareGPT(rec: Record<string, unknown>, ctx: Ctx): { messages: Mess
         calls.push(c);
       }
       const prev = messages[messages.length - 1];
-      if (prev && prev.role === "assistant" && !prev.tool_calls) prev.tool_calls = calls; // text, then the call
+      if (prev && prev.role === "assistant" && !prev.tool_calls)
+        prev.tool_calls = calls; // text, then the call
       else {
         messages.push({ role: "assistant", content: "", tool_calls: calls });
         paths.push(p);
@@ -371,11 +438,20 @@ function adaptShareGPT(rec: Record<string, unknown>, ctx: Ctx): { messages: Mess
   return { messages, paths, tools };
 }
 
-function str(rec: Record<string, unknown>, key: string, ctx: Ctx, required: boolean): string | undefined | null {
+function str(
+  rec: Record<string, unknown>,
+  key: string,
+  ctx: Ctx,
+  required: boolean,
+): string | undefined | null {
   const v = rec[key];
   if (v === undefined || v === null) {
     if (required) {
-      ctx.add("missing_field", key, `expected a string field "${key}", it is ${v === null ? "null" : "missing"}`);
+      ctx.add(
+        "missing_field",
+        key,
+        `expected a string field "${key}", it is ${v === null ? "null" : "missing"}`,
+      );
       return null;
     }
     return undefined;
@@ -395,7 +471,10 @@ function assistantMsg(content: string, reasoning?: string): Message {
   return msg;
 }
 
-function adaptAlpaca(rec: Record<string, unknown>, ctx: Ctx): { messages: Message[]; paths: string[] } | undefined {
+function adaptAlpaca(
+  rec: Record<string, unknown>,
+  ctx: Ctx,
+): { messages: Message[]; paths: string[] } | undefined {
   const instruction = str(rec, "instruction", ctx, true);
   const input = str(rec, "input", ctx, false);
   const output = str(rec, "output", ctx, true);
@@ -410,13 +489,21 @@ function adaptAlpaca(rec: Record<string, unknown>, ctx: Ctx): { messages: Messag
   const history = rec.history;
   if (history !== undefined && history !== null) {
     if (!Array.isArray(history)) {
-      ctx.add("wrong_type", "history", `expected an array of [question, answer] pairs, got ${typeName(history)}`);
+      ctx.add(
+        "wrong_type",
+        "history",
+        `expected an array of [question, answer] pairs, got ${typeName(history)}`,
+      );
       return undefined;
     }
     for (let i = 0; i < history.length; i++) {
       const h = history[i];
       if (!Array.isArray(h) || h.length !== 2 || typeof h[0] !== "string" || typeof h[1] !== "string") {
-        ctx.add("wrong_type", `history[${i}]`, `expected a [question, answer] pair of strings, got ${show(h)}`);
+        ctx.add(
+          "wrong_type",
+          `history[${i}]`,
+          `expected a [question, answer] pair of strings, got ${show(h)}`,
+        );
         return undefined;
       }
       messages.push({ role: "user", content: h[0] }, assistantMsg(h[1]));
@@ -430,7 +517,11 @@ function adaptAlpaca(rec: Record<string, unknown>, ctx: Ctx): { messages: Messag
   return { messages, paths };
 }
 
-function adaptColumns(rec: Record<string, unknown>, cols: ColumnMap, ctx: Ctx): { messages: Message[]; paths: string[]; tools?: Tool[] } | undefined {
+function adaptColumns(
+  rec: Record<string, unknown>,
+  cols: ColumnMap,
+  ctx: Ctx,
+): { messages: Message[]; paths: string[]; tools?: Tool[] } | undefined {
   const user = str(rec, cols.user, ctx, true);
   const answer = str(rec, cols.assistant, ctx, true);
   const system = cols.system ? str(rec, cols.system, ctx, false) : undefined;
@@ -446,7 +537,8 @@ function adaptColumns(rec: Record<string, unknown>, cols: ColumnMap, ctx: Ctx): 
   paths.push(cols.user);
   messages.push(assistantMsg(answer as string, reasoning || undefined));
   paths.push(cols.assistant);
-  const tools = cols.tools && rec[cols.tools] !== undefined ? readTools(rec[cols.tools], cols.tools, ctx) : undefined;
+  const tools =
+    cols.tools && rec[cols.tools] !== undefined ? readTools(rec[cols.tools], cols.tools, ctx) : undefined;
   if (ctx.issues.length) return undefined;
   return { messages, paths, tools };
 }
@@ -519,7 +611,11 @@ export function adaptRecord(rec: unknown, source: string, opts: AdaptOptions = {
   }
   if (format === "text") {
     if (typeof rec.text !== "string" || rec.text.trim() === "") {
-      ctx.add(rec.text === undefined ? "missing_field" : "empty_content", "text", `expected non-empty text, got ${show(rec.text)}`);
+      ctx.add(
+        rec.text === undefined ? "missing_field" : "empty_content",
+        "text",
+        `expected non-empty text, got ${show(rec.text)}`,
+      );
       return fail();
     }
     return { kind: "text", value: { text: rec.text, source } };
@@ -541,11 +637,15 @@ export function adaptRecord(rec: unknown, source: string, opts: AdaptOptions = {
   }
   if (!r) return fail();
   if (r.messages.length === 0) {
-    ctx.add("empty_conversation", format === "sharegpt" ? "conversations" : "messages", "the conversation has no messages");
+    ctx.add(
+      "empty_conversation",
+      format === "sharegpt" ? "conversations" : "messages",
+      "the conversation has no messages",
+    );
     return fail();
   }
   const conv: Conversation = { messages: r.messages, source };
-  if (r.tools && r.tools.length) conv.tools = r.tools;
+  if (r.tools?.length) conv.tools = r.tools;
   const thinking = typeof rec.thinking === "boolean" ? rec.thinking : opts.thinking;
   if (thinking !== undefined) conv.thinking = thinking;
   return { kind: "conversation", value: conv, paths: r.paths };

@@ -66,7 +66,11 @@ export interface SplitSpec {
 }
 
 /** Seeded split into train and validation; validation size = count, or round(fraction × n). */
-export function splitItems<T>(items: T[], spec: SplitSpec | undefined, seed: string): { train: T[]; validation: T[] } {
+export function splitItems<T>(
+  items: T[],
+  spec: SplitSpec | undefined,
+  seed: string,
+): { train: T[]; validation: T[] } {
   const n = items.length;
   const k = spec?.count !== undefined ? Math.min(spec.count, n) : Math.round((spec?.fraction ?? 0) * n);
   if (k === 0) return { train: items.slice(), validation: [] };
@@ -75,7 +79,9 @@ export function splitItems<T>(items: T[], spec: SplitSpec | undefined, seed: str
   const train: T[] = [];
   const validation: T[] = [];
   // Keep the original order inside each part: shuffling is the mixer's job.
-  items.forEach((x, i) => (held.has(i) ? validation : train).push(x));
+  items.forEach((x, i) => {
+    (held.has(i) ? validation : train).push(x);
+  });
   return { train, validation };
 }
 

@@ -16,7 +16,14 @@ export const PLACEHOLDER: Record<PiiType, string> = {
 };
 
 export type PiiCounts = Record<PiiType, number>;
-export const zeroCounts = (): PiiCounts => ({ email: 0, iban: 0, cn_id: 0, card: 0, phone: 0, bank_account: 0 });
+export const zeroCounts = (): PiiCounts => ({
+  email: 0,
+  iban: 0,
+  cn_id: 0,
+  card: 0,
+  phone: 0,
+  bank_account: 0,
+});
 
 export function luhnValid(digits: string): boolean {
   let sum = 0;
@@ -47,7 +54,8 @@ function cardIssuerValid(d: string): boolean {
   if (p2 === 62 || p2 === 81) return n >= 16 && n <= 19; // UnionPay
   if (p4 >= 3528 && p4 <= 3589) return n >= 16 && n <= 19; // JCB
   if ((p3 >= 300 && p3 <= 305) || p2 === 36 || p2 === 38 || p2 === 39) return n >= 14 && n <= 19; // Diners
-  if (p4 === 6011 || p2 === 65 || (p3 >= 644 && p3 <= 649) || (p6 >= 622126 && p6 <= 622925)) return n >= 16 && n <= 19; // Discover
+  if (p4 === 6011 || p2 === 65 || (p3 >= 644 && p3 <= 649) || (p6 >= 622126 && p6 <= 622925))
+    return n >= 16 && n <= 19; // Discover
   if (p2 === 50 || (p2 >= 56 && p2 <= 69)) return n >= 12 && n <= 19; // Maestro
   return false;
 }
@@ -68,12 +76,73 @@ export function cnIdValid(id: string): boolean {
 }
 
 const IBAN_LENGTH: Record<string, number> = {
-  AD: 24, AE: 23, AT: 20, AZ: 28, BA: 20, BE: 16, BG: 22, BH: 22, BR: 29, CH: 21, CR: 22, CY: 28, CZ: 24,
-  DE: 22, DK: 18, DO: 28, EE: 20, ES: 24, FI: 18, FO: 18, FR: 27, GB: 22, GE: 22, GI: 23, GL: 18, GR: 27,
-  GT: 28, HR: 21, HU: 28, IE: 22, IL: 23, IS: 26, IT: 27, JO: 30, KW: 30, KZ: 20, LB: 28, LI: 21, LT: 20,
-  LU: 20, LV: 21, MC: 27, MD: 24, ME: 22, MK: 19, MR: 27, MT: 31, MU: 30, NL: 18, NO: 15, PK: 24, PL: 28,
-  PS: 29, PT: 25, QA: 29, RO: 24, RS: 22, SA: 24, SE: 24, SI: 19, SK: 24, SM: 27, TN: 24, TR: 26, UA: 29,
-  VG: 24, XK: 20,
+  AD: 24,
+  AE: 23,
+  AT: 20,
+  AZ: 28,
+  BA: 20,
+  BE: 16,
+  BG: 22,
+  BH: 22,
+  BR: 29,
+  CH: 21,
+  CR: 22,
+  CY: 28,
+  CZ: 24,
+  DE: 22,
+  DK: 18,
+  DO: 28,
+  EE: 20,
+  ES: 24,
+  FI: 18,
+  FO: 18,
+  FR: 27,
+  GB: 22,
+  GE: 22,
+  GI: 23,
+  GL: 18,
+  GR: 27,
+  GT: 28,
+  HR: 21,
+  HU: 28,
+  IE: 22,
+  IL: 23,
+  IS: 26,
+  IT: 27,
+  JO: 30,
+  KW: 30,
+  KZ: 20,
+  LB: 28,
+  LI: 21,
+  LT: 20,
+  LU: 20,
+  LV: 21,
+  MC: 27,
+  MD: 24,
+  ME: 22,
+  MK: 19,
+  MR: 27,
+  MT: 31,
+  MU: 30,
+  NL: 18,
+  NO: 15,
+  PK: 24,
+  PL: 28,
+  PS: 29,
+  PT: 25,
+  QA: 29,
+  RO: 24,
+  RS: 22,
+  SA: 24,
+  SE: 24,
+  SI: 19,
+  SK: 24,
+  SM: 27,
+  TN: 24,
+  TR: 26,
+  UA: 29,
+  VG: 24,
+  XK: 20,
 };
 
 /** IBAN: known country length and ISO 13616 mod-97 = 1. */
@@ -198,12 +267,19 @@ function redactValue(v: unknown, opts: RedactOptions, counts: PiiCounts): unknow
 }
 
 /** Redact content, reasoning and string tool-call arguments of every message. Returns a new conversation. */
-export function redactConversation(conv: Conversation, opts: RedactOptions = {}, counts: PiiCounts = zeroCounts()): Conversation {
+export function redactConversation(
+  conv: Conversation,
+  opts: RedactOptions = {},
+  counts: PiiCounts = zeroCounts(),
+): Conversation {
   const messages = conv.messages.map((m): Message => {
     const out: Message = { ...m, content: redactText(m.content, opts, counts) };
     if (m.reasoning !== undefined) out.reasoning = redactText(m.reasoning, opts, counts);
     if (m.tool_calls) {
-      out.tool_calls = m.tool_calls.map((c) => ({ ...c, arguments: redactValue(c.arguments, opts, counts) as Record<string, unknown> }));
+      out.tool_calls = m.tool_calls.map((c) => ({
+        ...c,
+        arguments: redactValue(c.arguments, opts, counts) as Record<string, unknown>,
+      }));
     }
     return out;
   });

@@ -44,19 +44,32 @@ export function sourceName(s: SourceConfig, i: number): string {
   return s.name ?? (Array.isArray(s.path) ? s.path.join("+") : s.path) ?? `source${i}`;
 }
 
-export async function prepareConversations(input: DataConfigInput | DataConfig, opts: PrepareOptions = {}): Promise<Prepared> {
+export async function prepareConversations(
+  input: DataConfigInput | DataConfig,
+  opts: PrepareOptions = {},
+): Promise<Prepared> {
   const config = parseDataConfig(input);
   const f = config.clean.filters;
-  if ((f.minTokens !== undefined || f.maxTokens !== undefined || config.mix.by === "tokens") && !opts.countTokens) {
+  if (
+    (f.minTokens !== undefined || f.maxTokens !== undefined || config.mix.by === "tokens") &&
+    !opts.countTokens
+  ) {
     throw new TunaError("CONFIG_INVALID", "token filters and mixing by tokens need a token counter", {
       where: "data.clean.filters / data.mix.by",
       hint: "the training command passes countTokens; in other callers drop minTokens/maxTokens or mix by samples",
     });
   }
-  const report = new DataReport({ strict: config.validation.strict, maxExamples: config.validation.maxExamples });
+  const report = new DataReport({
+    strict: config.validation.strict,
+    maxExamples: config.validation.maxExamples,
+  });
   const dedup =
     config.clean.dedup.exact || config.clean.dedup.near
-      ? new Deduplicator({ exact: config.clean.dedup.exact, near: config.clean.dedup.near, threshold: config.clean.dedup.threshold })
+      ? new Deduplicator({
+          exact: config.clean.dedup.exact,
+          near: config.clean.dedup.near,
+          threshold: config.clean.dedup.threshold,
+        })
       : null;
   const pii: PiiCounts = zeroCounts();
   const names = config.sources.map(sourceName);
@@ -124,7 +137,11 @@ export async function prepareConversations(input: DataConfigInput | DataConfig, 
   const trainParts: { name: string; items: Conversation[]; ratio?: number }[] = [];
   const validation: Conversation[] = [];
   config.sources.forEach((src, i) => {
-    const { train, validation: val } = splitItems(perSource[i], src.validation ?? config.split, `${seed}:split:${names[i]}`);
+    const { train, validation: val } = splitItems(
+      perSource[i],
+      src.validation ?? config.split,
+      `${seed}:split:${names[i]}`,
+    );
     validation.push(...val);
     report.count("split", `${names[i]}.validation`, val.length);
     trainParts.push({ name: names[i], items: train, ratio: src.ratio ?? src.weight });

@@ -48,7 +48,8 @@ function decodeUtf8(buf: Uint8Array): string | { badOffset: number } {
     let i = 0;
     while (i < buf.length) {
       const b = buf[i];
-      const n = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
+      const n =
+        b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
       if (n === 0 || i + n > buf.length) return { badOffset: i };
       for (let k = 1; k < n; k++) if ((buf[i + k] & 0xc0) !== 0x80) return { badOffset: i };
       i += n;
@@ -63,7 +64,11 @@ function parseJsonRecord(buf: Buffer, source: string): RawItem {
     return {
       kind: "error",
       source,
-      error: issue("invalid_utf8", source, `invalid UTF-8 at byte ${text.badOffset} of the record; expected UTF-8 text`),
+      error: issue(
+        "invalid_utf8",
+        source,
+        `invalid UTF-8 at byte ${text.badOffset} of the record; expected UTF-8 text`,
+      ),
     };
   }
   if (text.trim() === "") return { kind: "blank", source };
@@ -101,7 +106,8 @@ export async function* readJsonl(file: string, opts: ReadOptions = {}): AsyncGen
     const source = `${file}:${line}`;
     if (over) return oversize(source, overLen, max);
     let buf = parts.length === 1 ? parts[0] : Buffer.concat(parts, partLen);
-    if (line === 1 && buf.length >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf) buf = buf.subarray(3);
+    if (line === 1 && buf.length >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf)
+      buf = buf.subarray(3);
     if (buf.length && buf[buf.length - 1] === 0x0d) buf = buf.subarray(0, buf.length - 1);
     return parseJsonRecord(buf, source);
   };
@@ -146,7 +152,7 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
   // Scanner state.
   let depth = 0;
   let inString = false;
-  let escape = false;
+  let escaped = false;
   let line = 1;
   let layout: "unknown" | "array" | "object" = "unknown";
   let elementDepth = -1; // depth inside the array whose elements are records; -1 = not in it
@@ -168,7 +174,9 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
 
   const finishElement = (): RawItem => {
     const source = `${file}:${elementLine}`;
-    const item = over ? oversize(source, overLen, max) : parseJsonRecord(Buffer.concat(parts, partLen), source);
+    const item = over
+      ? oversize(source, overLen, max)
+      : parseJsonRecord(Buffer.concat(parts, partLen), source);
     capturing = false;
     parts = [];
     partLen = 0;
@@ -199,10 +207,10 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
       const b = chunk[i];
       if (b === 0x0a) line++;
       if (inString) {
-        if (keyParts && !escape && b !== 0x22) keyParts.push(b);
-        else if (keyParts && escape) keyParts.push(b);
-        if (escape) escape = false;
-        else if (b === 0x5c) escape = true;
+        if (keyParts && !escaped && b !== 0x22) keyParts.push(b);
+        else if (keyParts && escaped) keyParts.push(b);
+        if (escaped) escaped = false;
+        else if (b === 0x5c) escaped = true;
         else if (b === 0x22) {
           inString = false;
           if (keyParts) {
@@ -227,10 +235,14 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
           depth = 1;
           continue;
         }
-        throw new TunaError("DATA_JSON_LAYOUT", "a .json file must hold an array of records or an object with one", {
-          where: `${file}:${line}`,
-          hint: "for one record per line use the .jsonl extension",
-        });
+        throw new TunaError(
+          "DATA_JSON_LAYOUT",
+          "a .json file must hold an array of records or an object with one",
+          {
+            where: `${file}:${line}`,
+            hint: "for one record per line use the .jsonl extension",
+          },
+        );
       }
       // Inside the records array, at element level.
       if (elementDepth > 0 && depth === elementDepth) {
@@ -497,7 +509,9 @@ export async function* readParquet(file: string): AsyncGenerator<RawItem> {
   try {
     metadata = await parquetMetadataAsync(buffer);
   } catch (e) {
-    throw new TunaError("DATA_PARQUET", `not a readable Parquet file (${(e as Error).message})`, { where: file });
+    throw new TunaError("DATA_PARQUET", `not a readable Parquet file (${(e as Error).message})`, {
+      where: file,
+    });
   }
   let rowStart = 0;
   for (const rg of metadata.row_groups) {
@@ -640,7 +654,10 @@ export async function expandPaths(inputs: string[]): Promise<string[]> {
       await walk(input, files);
       const data = files.filter((f) => DATA_EXTENSIONS.includes(path.extname(f).toLowerCase())).sort();
       if (data.length === 0) {
-        throw new TunaError("DATA_NO_FILES", `directory "${input}" holds no data file (${DATA_EXTENSIONS.join(", ")})`);
+        throw new TunaError(
+          "DATA_NO_FILES",
+          `directory "${input}" holds no data file (${DATA_EXTENSIONS.join(", ")})`,
+        );
       }
       out.push(...data);
     } else out.push(input);

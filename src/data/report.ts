@@ -47,9 +47,7 @@ export class DataReport {
   readonly skippedByReason: Record<string, ReasonCount> = {};
   readonly stages: Record<string, Record<string, number>> = {};
 
-  constructor(
-    readonly opts: { strict?: boolean; maxExamples?: number } = {},
-  ) {}
+  constructor(readonly opts: { strict?: boolean; maxExamples?: number } = {}) {}
 
   /** A record that was read and accepted, of kind conversation / preference / text. */
   accept(kind: string): void {
@@ -71,7 +69,8 @@ export class DataReport {
     this.total++;
     this.skipped++;
     const reason = issues[0].reason;
-    const rc = (this.skippedByReason[reason] ??= { count: 0, examples: [] });
+    if (!this.skippedByReason[reason]) this.skippedByReason[reason] = { count: 0, examples: [] };
+    const rc = this.skippedByReason[reason];
     rc.count++;
     if (rc.examples.length < (this.opts.maxExamples ?? 5)) rc.examples.push(issues[0]);
   }
@@ -82,7 +81,8 @@ export class DataReport {
   }
 
   count(stage: string, key: string, n = 1): void {
-    const s = (this.stages[stage] ??= {});
+    if (!this.stages[stage]) this.stages[stage] = {};
+    const s = this.stages[stage];
     s[key] = (s[key] ?? 0) + n;
   }
 
@@ -112,7 +112,11 @@ export class DataReport {
       for (const ex of rc.examples) lines.push(`    ${formatIssue(ex)}`);
     }
     for (const [stage, counts] of Object.entries(this.stages)) {
-      lines.push(`${stage}: ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+      lines.push(
+        `${stage}: ${Object.entries(counts)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(", ")}`,
+      );
     }
     return lines.join("\n");
   }

@@ -1,29 +1,41 @@
 // Structural checks on adapted records, and the streaming read → adapt → validate loop with its report.
 import type { Conversation, Message, PreferencePair, Tool } from "./conversation.ts";
-import { type AdaptOptions, type Adapted, adaptRecord } from "./formats.ts";
+import { type Adapted, type AdaptOptions, adaptRecord } from "./formats.ts";
 import { type ReadOptions, readAll } from "./readers.ts";
 import { DataReport, type Issue } from "./report.ts";
 
 const JSON_TYPES = new Set(["string", "number", "integer", "boolean", "object", "array", "null"]);
-const isObj = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+const isObj = (v: unknown): v is Record<string, unknown> =>
+  typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** A tool's parameters must be a JSON Schema object: type "object", `properties` an object of schemas, `required` ⊆ properties. */
 export function checkToolSchema(tool: Tool, path: string): { path: string; message: string } | null {
   const params = tool.function.parameters;
   if (params === undefined) return null;
   if (params.type !== "object") {
-    return { path: `${path}.function.parameters.type`, message: `expected "object", got ${JSON.stringify(params.type)}` };
+    return {
+      path: `${path}.function.parameters.type`,
+      message: `expected "object", got ${JSON.stringify(params.type)}`,
+    };
   }
   const props = params.properties ?? {};
-  if (!isObj(props)) return { path: `${path}.function.parameters.properties`, message: "expected an object of property schemas" };
+  if (!isObj(props))
+    return {
+      path: `${path}.function.parameters.properties`,
+      message: "expected an object of property schemas",
+    };
   for (const [name, schema] of Object.entries(props)) {
     const p = `${path}.function.parameters.properties.${name}`;
-    if (!isObj(schema)) return { path: p, message: `expected a JSON Schema object, got ${JSON.stringify(schema)}` };
+    if (!isObj(schema))
+      return { path: p, message: `expected a JSON Schema object, got ${JSON.stringify(schema)}` };
     const t = schema.type;
     const types = Array.isArray(t) ? t : t === undefined ? [] : [t];
     for (const x of types) {
       if (typeof x !== "string" || !JSON_TYPES.has(x)) {
-        return { path: `${p}.type`, message: `expected a JSON Schema type (${[...JSON_TYPES].join(", ")}), got ${JSON.stringify(x)}` };
+        return {
+          path: `${p}.type`,
+          message: `expected a JSON Schema type (${[...JSON_TYPES].join(", ")}), got ${JSON.stringify(x)}`,
+        };
       }
     }
   }
@@ -51,7 +63,12 @@ function checkTools(tools: Tool[] | undefined, source: string, issues: Issue[]):
     const bad = checkToolSchema(t, `tools[${i}]`);
     if (bad) issues.push({ reason: "tools_schema", source, ...bad });
     if (names.has(t.function.name)) {
-      issues.push({ reason: "tools_schema", source, path: `tools[${i}].function.name`, message: `tool "${t.function.name}" is defined twice` });
+      issues.push({
+        reason: "tools_schema",
+        source,
+        path: `tools[${i}].function.name`,
+        message: `tool "${t.function.name}" is defined twice`,
+      });
     }
     names.add(t.function.name);
   });
@@ -68,7 +85,8 @@ export function checkConversation(conv: Conversation, paths: string[] = []): Iss
   const issues: Issue[] = [];
   const src = conv.source;
   const at = (i: number) => paths[i] ?? `messages[${i}]`;
-  const add = (reason: string, path: string, message: string) => issues.push({ reason, source: src, path, message });
+  const add = (reason: string, path: string, message: string) =>
+    issues.push({ reason, source: src, path, message });
   const toolNames = checkTools(conv.tools, src, issues);
   const msgs = conv.messages;
   let pendingIds: Set<string> | null = null; // ids of calls not yet answered
@@ -83,21 +101,39 @@ export function checkConversation(conv: Conversation, paths: string[] = []): Iss
     }
     if (m.role === "user") {
       if (m.content.trim() === "") add("empty_content", `${p}.content`, "user message is empty");
-      if (pendingCount > 0) add("role_order", `${p}.role`, `${pendingCount} tool call(s) of the assistant turn before are not answered by tool messages`);
+      if (pendingCount > 0)
+        add(
+          "role_order",
+          `${p}.role`,
+          `${pendingCount} tool call(s) of the assistant turn before are not answered by tool messages`,
+        );
       pendingIds = null;
       pendingCount = 0;
       sawUser = true;
       return;
     }
-    if (!sawUser) add("role_order", `${p}.role`, `the first message after system must be a user message, got "${m.role}"`);
+    if (!sawUser)
+      add(
+        "role_order",
+        `${p}.role`,
+        `the first message after system must be a user message, got "${m.role}"`,
+      );
     if (m.role === "tool") {
       if (pendingCount <= 0) {
-        add("role_order", `${p}.role`, "a tool message must answer a tool call of the assistant turn before it");
+        add(
+          "role_order",
+          `${p}.role`,
+          "a tool message must answer a tool call of the assistant turn before it",
+        );
         return;
       }
       if (m.tool_call_id !== undefined && pendingIds && pendingIds.size > 0) {
         if (!pendingIds.has(m.tool_call_id)) {
-          add("role_order", `${p}.tool_call_id`, `no pending tool call has id "${m.tool_call_id}" (pending: ${[...pendingIds].join(", ")})`);
+          add(
+            "role_order",
+            `${p}.tool_call_id`,
+            `no pending tool call has id "${m.tool_call_id}" (pending: ${[...pendingIds].join(", ")})`,
+          );
           return;
         }
         pendingIds.delete(m.tool_call_id);
@@ -106,14 +142,23 @@ export function checkConversation(conv: Conversation, paths: string[] = []): Iss
       return;
     }
     // assistant
-    if (pendingCount > 0) add("role_order", `${p}.role`, `${pendingCount} tool call(s) before this assistant turn are not answered`);
+    if (pendingCount > 0)
+      add(
+        "role_order",
+        `${p}.role`,
+        `${pendingCount} tool call(s) before this assistant turn are not answered`,
+      );
     const calls = m.tool_calls ?? [];
     if (m.content.trim() === "" && calls.length === 0 && !m.reasoning) {
       add("empty_content", `${p}.content`, "assistant message has no content, reasoning or tool calls");
     }
     calls.forEach((c, k) => {
       if (toolNames && !toolNames.has(c.name)) {
-        add("unknown_tool", `${p}.tool_calls[${k}].function.name`, `calls "${c.name}", which is not among the tools (${[...toolNames].join(", ")})`);
+        add(
+          "unknown_tool",
+          `${p}.tool_calls[${k}].function.name`,
+          `calls "${c.name}", which is not among the tools (${[...toolNames].join(", ")})`,
+        );
       }
     });
     pendingCount = calls.length;
@@ -122,7 +167,11 @@ export function checkConversation(conv: Conversation, paths: string[] = []): Iss
   });
   const last = msgs[msgs.length - 1];
   if (last.role !== "assistant") {
-    add("no_final_assistant", `${at(msgs.length - 1)}.role`, `a sample must end with an assistant turn to train on, it ends with "${last.role}"`);
+    add(
+      "no_final_assistant",
+      `${at(msgs.length - 1)}.role`,
+      `a sample must end with an assistant turn to train on, it ends with "${last.role}"`,
+    );
   } else if (!msgs.some((m) => m.role === "assistant" && m.weight !== 0)) {
     add("nothing_to_train", "", "every assistant turn has weight 0: nothing to train on");
   }
@@ -130,14 +179,14 @@ export function checkConversation(conv: Conversation, paths: string[] = []): Iss
 }
 
 export function checkPreference(pair: PreferencePair): Issue[] {
-  const issues = checkConversation({ messages: [...pair.prompt, pair.chosen], tools: pair.tools, source: pair.source }, [
-    ...pair.prompt.map((_, i) => `prompt[${i}]`),
-    "chosen",
-  ]);
-  const rej = checkConversation({ messages: [...pair.prompt, pair.rejected], tools: pair.tools, source: pair.source }, [
-    ...pair.prompt.map((_, i) => `prompt[${i}]`),
-    "rejected",
-  ]);
+  const issues = checkConversation(
+    { messages: [...pair.prompt, pair.chosen], tools: pair.tools, source: pair.source },
+    [...pair.prompt.map((_, i) => `prompt[${i}]`), "chosen"],
+  );
+  const rej = checkConversation(
+    { messages: [...pair.prompt, pair.rejected], tools: pair.tools, source: pair.source },
+    [...pair.prompt.map((_, i) => `prompt[${i}]`), "rejected"],
+  );
   return [...issues, ...rej.filter((i) => i.path.startsWith("rejected"))];
 }
 

@@ -32,9 +32,13 @@ export async function* convertBanking77(input: string, report: ConvertReport): A
   const dir = st.isDirectory() ? input : path.dirname(input);
   const files = st.isDirectory() ? ["train.csv", "test.csv"].map((f) => path.join(dir, f)) : [input];
   const catFile = path.join(dir, "categories.json");
-  const categories = JSON.parse(await readFile(catFile, "utf8").catch(() => {
-    throw new TunaError("CONVERT_BANKING77", "categories.json not found beside the CSV files", { where: catFile });
-  })) as string[];
+  const categories = JSON.parse(
+    await readFile(catFile, "utf8").catch(() => {
+      throw new TunaError("CONVERT_BANKING77", "categories.json not found beside the CSV files", {
+        where: catFile,
+      });
+    }),
+  ) as string[];
   const known = new Set(categories);
   const tool = routingTool(categories);
   for (const file of files) {
@@ -65,7 +69,11 @@ export async function* convertBanking77(input: string, report: ConvertReport): A
             role: "assistant",
             content: "",
             tool_calls: [
-              { id: "call_0", type: "function", function: { name: "route_to_intent", arguments: JSON.stringify({ intent: category }) } },
+              {
+                id: "call_0",
+                type: "function",
+                function: { name: "route_to_intent", arguments: JSON.stringify({ intent: category }) },
+              },
             ],
           },
         ],

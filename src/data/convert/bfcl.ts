@@ -3,7 +3,7 @@
 // types; its answer (in <name>.answers.jsonl): {id, ground_truth: [{fn: {arg: [allowed values]}}]}. The first
 // allowed value of each argument becomes the call's argument ("" first = the argument is omitted).
 // `irrelevance` cases have no answer: no tool fits, so the assistant says so and calls nothing.
-import { readFile, readdir, stat } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { TunaError } from "../../errors.ts";
 import type { Tool } from "../conversation.ts";
@@ -71,7 +71,9 @@ async function readJsonlFile(file: string): Promise<{ rec: Record<string, unknow
     try {
       out.push({ rec: JSON.parse(l), line: i + 1 });
     } catch (e) {
-      throw new TunaError("CONVERT_BFCL", `not valid JSON (${(e as Error).message})`, { where: `${file}:${i + 1}` });
+      throw new TunaError("CONVERT_BFCL", `not valid JSON (${(e as Error).message})`, {
+        where: `${file}:${i + 1}`,
+      });
     }
   });
   return out;
@@ -151,7 +153,11 @@ export async function* convertBfcl(input: string, report: ConvertReport): AsyncG
           if (allowed[0] === "") continue; // "" first: the argument may be (and here is) omitted
           callArgs[arg] = allowed[0];
         }
-        calls.push({ id: `call_${k}`, type: "function" as const, function: { name, arguments: JSON.stringify(callArgs) } });
+        calls.push({
+          id: `call_${k}`,
+          type: "function" as const,
+          function: { name, arguments: JSON.stringify(callArgs) },
+        });
       }
       messages.push({ role: "assistant", content: "", tool_calls: calls });
       yield { id, messages, tools };

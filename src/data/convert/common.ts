@@ -1,6 +1,7 @@
 // Shared by the conversion recipes: the OpenAI-style record they write, and a JSONL writer.
-import { createWriteStream } from "node:fs";
+
 import { once } from "node:events";
+import { createWriteStream } from "node:fs";
 import type { Tool } from "../conversation.ts";
 
 /** What the recipes write: OpenAI chat format, tool-call arguments as JSON strings (what the API returns). */
@@ -30,12 +31,17 @@ export function newConvertReport(): ConvertReport {
 }
 
 export function skip(r: ConvertReport, reason: string, example: string): void {
-  const s = (r.skipped[reason] ??= { count: 0, examples: [] });
+  if (!r.skipped[reason]) r.skipped[reason] = { count: 0, examples: [] };
+  const s = r.skipped[reason];
   s.count++;
   if (s.examples.length < 5) s.examples.push(example);
 }
 
-export async function writeJsonl(file: string, records: AsyncIterable<OpenAIRecord> | Iterable<OpenAIRecord>, report: ConvertReport): Promise<void> {
+export async function writeJsonl(
+  file: string,
+  records: AsyncIterable<OpenAIRecord> | Iterable<OpenAIRecord>,
+  report: ConvertReport,
+): Promise<void> {
   const out = createWriteStream(file);
   for await (const rec of records) {
     if (!out.write(`${JSON.stringify(rec)}\n`)) await once(out, "drain");

@@ -3,7 +3,7 @@
 // enums, required_slots required, optional_slots with their default). A SYSTEM turn whose frame has a
 // `service_call` becomes an assistant tool call, its `service_results` a tool message (JSON list), and the
 // system utterance the assistant reply that follows. USER turns are user messages.
-import { readFile, readdir, stat } from "node:fs/promises";
+import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { TunaError } from "../../errors.ts";
 import type { Tool } from "../conversation.ts";
@@ -44,10 +44,14 @@ interface Dialogue {
 }
 
 /** One tool per intent: `<Intent>`, or `<Service>_<Intent>` where two services of a dialogue share the name. */
-export function intentTools(services: Service[]): { tools: Tool[]; nameOf: (service: string, intent: string) => string } {
+export function intentTools(services: Service[]): {
+  tools: Tool[];
+  nameOf: (service: string, intent: string) => string;
+} {
   const count = new Map<string, number>();
   for (const s of services) for (const it of s.intents) count.set(it.name, (count.get(it.name) ?? 0) + 1);
-  const nameOf = (service: string, intent: string) => ((count.get(intent) ?? 0) > 1 ? `${service}_${intent}` : intent);
+  const nameOf = (service: string, intent: string) =>
+    (count.get(intent) ?? 0) > 1 ? `${service}_${intent}` : intent;
   const tools: Tool[] = [];
   for (const s of services) {
     const slots = new Map(s.slots.map((sl) => [sl.name, sl]));
@@ -82,7 +86,9 @@ async function inputs(input: string): Promise<{ schemaFile: string; dialogueFile
   const files = (await readdir(dir)).sort();
   const schemaName = files.find((f) => /schema\.json$/.test(f));
   if (!schemaName) {
-    throw new TunaError("CONVERT_SGD", `no *schema.json in ${dir}`, { hint: "SGD needs its schema file beside the dialogues" });
+    throw new TunaError("CONVERT_SGD", `no *schema.json in ${dir}`, {
+      hint: "SGD needs its schema file beside the dialogues",
+    });
   }
   const dialogueFiles = st.isDirectory()
     ? files.filter((f) => f.endsWith(".json") && f !== schemaName).map((f) => path.join(dir, f))
