@@ -54,7 +54,8 @@ def main() -> None:
                 pos = utf16_positions(text)
                 offs = np.array(e.offsets, dtype=np.int64).reshape(-1, 2)
                 parts.append(pos[offs].astype("<i4").reshape(-1))
-            np.concatenate(parts).astype("<i4").tofile(f"{out}.offsets")
+            flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            flat.astype("<i4").tofile(f"{out}.offsets")
 
 
 if __name__ == "__main__":

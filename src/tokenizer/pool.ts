@@ -16,7 +16,7 @@ interface Job {
   first: number;
 }
 
-const WORKER_URL = new URL("./worker.ts", import.meta.url);
+const WORKER_URL = new URL("./worker.mjs", import.meta.url);
 
 /** Starts `n` workers that each load `<modelDir>/tokenizer.json`; resolves when all are ready. */
 export async function createTokenizerPool(modelDir: string, n: number): Promise<TokenizerPool> {
@@ -26,7 +26,7 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
   // Workers run TypeScript through tsx, like the CLI does.
   const workers = Array.from(
     { length: n },
-    () => new Worker(WORKER_URL, { workerData: { modelDir }, execArgv: ["--import", "tsx"] }),
+    () => new Worker(WORKER_URL, { workerData: { modelDir } }),
   );
   await Promise.all(
     workers.map(

@@ -436,7 +436,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       buf.set(bytes, n);
       n += bytes.length;
     }
-    return new TextDecoder("utf-8").decode(buf.subarray(0, n));
+    return new TextDecoder("utf-8", { ignoreBOM: true }).decode(buf.subarray(0, n));
   }
 
   // The byte-level decoder maps each token char back to its byte; a char outside the byte alphabet (as in added
