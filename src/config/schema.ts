@@ -7,10 +7,13 @@ const LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 export const TemplateConfig = z
   .object({
-    /** Default thinking mode for samples that do not set one (a source or a record may override it). */
-    thinking: z.boolean().default(false),
-    /** Which assistant turns are trained: all, only the last, or per-message `weight` (0/1). */
-    loss_on: z.enum(["all", "last", "weighted"]).default("all"),
+    /**
+     * Thinking mode for samples that do not set one (a source's `thinking` or a record's overrides it):
+     * true, false, or "auto" (on for conversations whose assistant turns carry reasoning, off otherwise).
+     */
+    thinking: z.union([z.boolean(), z.literal("auto")]).default("auto"),
+    /** Assistant turns trained when a message has no `weight` (0/1, always honoured): all, or only the last. */
+    loss_on: z.enum(["all", "last"]).default("all"),
   })
   .strict();
 

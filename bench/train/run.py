@@ -1,0 +1,258 @@
+"""bench/train — Tuna's engine against the baseline a user would otherwise write, in ONE run on ONE card.
+
+Baseline: Hugging Face transformers + peft LoRA (r=16, alpha=32, all linear projections, SDPA attention,
+gradient checkpointing, fused AdamW, bf16). Tuna: `python -m tuna_engine train` on token shards of the same
+shape, through its real plan/event seam. Both on random-initialised real Qwen3 architectures (speed does not
+depend on weight values).
+
+Prints tokens/s, peak GPU memory, MFU against a bf16 matmul measured in the same run, and the ratios; writes
+the same as JSON (--out). Run on a GPU:
+
+    PYTHONPATH=engine python bench/train/run.py --models qwen3-0.6b,qwen3-8b --out /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESETS = json.loads((ROOT / "src/model/presets.json").read_text())
+
+# tokens per step (micro-batch x length) from the issue's table
+DEFAULT_SHAPES = {"qwen3-0.6b": (8, 2048), "qwen3-8b": (4, 2048), "qwen3-32b": (2, 2048), "qwen3-1.7b": (8, 2048), "qwen3-4b": (4, 2048)}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def matmul_tflops() -> float:
+    """Measured bf16 matmul rate (8192^3), the MFU denominator."""
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1000)
+    return 2 * n**3 / float(np.median(times)) / 1e12
+
+
+def flops_per_token(cfg: dict, seq: int, recompute: bool) -> float:
+    """Model FLOPs per trained token for LoRA: forward (2 x linear params + attention) plus the activation
+    gradients (about the same again; frozen weights get no weight gradient). Recomputation is not counted
+    (MFU counts model FLOPs, not hardware FLOPs)."""
+    h, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    hd, nh, nkv, inter = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
+    linear = L * (h * nh * hd + 2 * h * nkv * hd + nh * hd * h + 3 * h * inter) + cfg["vocab_size"] * h
+    attn = L * 2 * 2 * nh * hd * seq / 2  # QK^T and PV, causal half
+    fwd = 2 * linear + attn
+    return 2 * fwd
+
+
+def make_model_dir(name: str, root: Path) -> Path:
+    """A Hugging Face model directory with random weights (transformers' own init), made once per preset."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    d = root / name
+    if (d / "config.json").exists():
+        return d
+    p = PRESETS[name]
+    cfg = Qwen3Config(**{k: v for k, v in p["config"].items() if k not in ("architectures", "model_type")})
+    cfg.architectures = ["Qwen3ForCausalLM"]
+    with torch.device("cuda"):
+        torch.manual_seed(0)
+        m = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
+    m.save_pretrained(d, max_shard_size="5GB")
+    del m
+    gc.collect()
+    torch.cuda.empty_cache()
+    return d
+
+
+def bench_hf(model_dir: Path, batch: int, seq: int, steps: int, warmup: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.cuda.reset_peak_memory_stats()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map="cuda")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = get_peft_model(
+        model,
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    vocab = model.config.vocab_size
+    g = torch.Generator(device="cuda").manual_seed(0)
+    times = []
+    for i in range(warmup + steps):
+        ids = torch.randint(0, vocab, (batch, seq), device="cuda", generator=g)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del model, opt
+    gc.collect()
+    torch.cuda.empty_cache()
+    step_s = float(np.median(times))
+    return {"tokens_per_s": batch * seq / step_s, "step_s": step_s, "peak_gib": peak, "loss": float(loss)}
+
+
+def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: str) -> Path:
+    """Token shards (docs/formats.md) of n_packs packs of exactly `seq` tokens. lengths="full": one sample per
+    pack; "mix": support-transcript-like samples (many short) packed first-fit."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    seqs: list[list[int]] = []
+    for _ in range(n_packs):
+        if lengths == "full":
+            seqs.append([seq])
+        else:
+            left, parts = seq, []
+            while left > 0:
+                n = int(min(left, max(16, rng.lognormal(5.3, 0.8))))
+                parts.append(n)
+                left -= n
+            seqs.append(parts)
+    total = n_packs * seq
+    tokens = rng.integers(0, vocab, total, dtype=np.int32)
+    weight = np.ones(total, dtype=np.float32)
+    seq_off = [0]
+    pack_off = [0]
+    for parts in seqs:
+        for n in parts:
+            weight[seq_off[-1]] = 0
+            seq_off.append(seq_off[-1] + n)
+        pack_off.append(len(seq_off) - 1)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "train-00000.safetensors"
+    save_file(
+        {"tokens": tokens, "loss_weight": weight, "seq_offsets": np.array(seq_off, np.int64), "pack_offsets": np.array(pack_off, np.int64)},
+        str(path),
+        metadata={"format": "tuna-shard", "version": "1", "max_length": str(seq)},
+    )
+    (d / "manifest.json").write_text(json.dumps({"format": "tuna-shards", "version": 1, "max_length": seq}))
+    return path
+
+
+def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, work: Path, extra_train: dict, lengths: str) -> dict:
+    run = work / f"run-{model_dir.name}-{lengths}-{int(time.time())}"
+    shard = write_random_shards(run / "data", (steps + warmup) * batch, seq, PRESETS[model_dir.name]["config"]["vocab_size"], lengths)
+    plan = {
+        "version": 1,
+        "command": "train",
+        "run_dir": str(run),
+        "model": {"path": str(model_dir), "dtype": "bfloat16"},
+        "data": {"train": [str(shard)], "validation": [], "manifest": str(run / "data/manifest.json")},
+        "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"], "use_rslora": False, "use_dora": False}},
+        "train": {
+            "seed": 0, "micro_batch_size": batch, "grad_accum": 1, "max_steps": steps + warmup, "learning_rate": 1e-4,
+            "weight_decay": 0.0, "warmup_steps": 0, "scheduler": "constant", "min_lr_ratio": 0.0, "max_grad_norm": 1.0,
+            "optimizer": "adamw", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8, "gradient_checkpointing": True,
+            "log_every": 1, "eval_every": 0, "save_every": 0, **extra_train,
+        },
+        "device": "cuda",
+        "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
+        "base_model_name": model_dir.name,
+        "resume_from": None,
+    }
+    (run / "plan.json").write_text(json.dumps(plan))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine")}
+    proc = subprocess.run([sys.executable, "-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env=env, capture_output=True, text=True)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    steps_ev = [e for e in events if e.get("event") == "step"]
+    errors = [e for e in events if e.get("event") == "error"]
+    if proc.returncode != 0 or errors or len(steps_ev) < warmup + 2:
+        return {"error": (errors[0] if errors else proc.stderr[-3000:])}
+    # Step time from the engine's elapsed clock between step events (after warm-up).
+    el = [e["elapsed_s"] for e in steps_ev]
+    dts = np.diff(el)[warmup:]
+    step_s = float(np.median(dts))
+    trained = float(np.median([e["trained_tokens"] for e in steps_ev[warmup:]]))
+    return {
+        "tokens_per_s": batch * seq / step_s,
+        "trained_tokens_per_s": trained / step_s,
+        "step_s": step_s,
+        "peak_gib": max((e["memory_gib"] or 0) for e in steps_ev),
+        "loss": steps_ev[-1]["loss"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--work", default=None, help="where model directories and runs go (default: a temp dir)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--variants", default="default", help="comma list of Tuna settings: default, mix (packed length mix)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "bench/train needs a CUDA GPU"
+    work = Path(args.work or tempfile.mkdtemp(prefix="tuna-bench-"))
+    card = torch.cuda.get_device_name()
+    peak_tflops = matmul_tflops()
+    log(f"{card}: bf16 matmul {peak_tflops:.0f} TFLOP/s")
+    results = {"card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "matmul_tflops": peak_tflops, "models": {}}
+    for name in args.models.split(","):
+        batch, seq = DEFAULT_SHAPES[name]
+        cfg = PRESETS[name]["config"]
+        fpt = flops_per_token(cfg, seq, recompute=True)
+        log(f"== {name}: {batch} x {seq}")
+        model_dir = make_model_dir(name, work)
+        r: dict = {"batch": batch, "seq": seq, "flops_per_token": fpt}
+        if not args.skip_hf:
+            r["hf_peft"] = bench_hf(model_dir, batch, seq, args.steps, args.warmup)
+            log(f"  HF+PEFT {r['hf_peft']}")
+        for v in args.variants.split(","):
+            extra = {}
+            lengths = "mix" if v == "mix" else "full"
+            r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths)
+            log(f"  tuna[{v}] {r[f'tuna_{v}']}")
+        for k, v in r.items():
+            if isinstance(v, dict) and "tokens_per_s" in v:
+                v["mfu"] = v["tokens_per_s"] * fpt / (peak_tflops * 1e12)
+                if "hf_peft" in r and k != "hf_peft" and "tokens_per_s" in r["hf_peft"]:
+                    v["speedup_vs_hf"] = v["tokens_per_s"] / r["hf_peft"]["tokens_per_s"]
+                    v["memory_vs_hf"] = v["peak_gib"] / r["hf_peft"]["peak_gib"]
+        results["models"][name] = r
+    print("\nmodel        | impl           | tokens/s | peak GiB | MFU   | speed× | mem×")
+    for name, r in results["models"].items():
+        for k, v in r.items():
+            if isinstance(v, dict):
+                if "error" in v:
+                    print(f"{name:12} | {k:14} | error: {str(v['error'])[:200]}")
+                    continue
+                print(f"{name:12} | {k:14} | {v['tokens_per_s']:8.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

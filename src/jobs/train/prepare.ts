@@ -1,0 +1,111 @@
+// Data → token shards for one run: prepareConversations (src/data) → buildSamples with the model's own
+// template (src/template) → tokenize + mask → SplitWriter (src/pack) → manifest.json + data-report.json.
+//
+// A conversation the template cannot render or mask exactly is skipped and counted by reason with its
+// `file:line` (or fails the run with --strict); nothing is dropped silently.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { RunConfig } from "../../config/schema.ts";
+import type { Conversation } from "../../data/conversation.ts";
+import { prepareConversations } from "../../data/prepare.ts";
+import { isTunaError, TunaError } from "../../errors.ts";
+import { type Manifest, SplitWriter, writeManifest } from "../../pack/shards.ts";
+import { buildSamples, type ChatTemplate, type LossPolicy, loadChatTemplate, tokenizeSample } from "../../template/index.ts";
+import { loadTokenizer } from "../../tokenizer/index.ts";
+import type { Tokenizer } from "../../tokenizer/types.ts";
+
+export interface PrepareArgs {
+  config: RunConfig;
+  modelDir: string;
+  dataDir: string;
+  strict?: boolean;
+  say?: (s: string) => void;
+}
+
+interface Rejections {
+  counts: Record<string, number>;
+  examples: { code: string; source: string; message: string }[];
+}
+
+export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
+  const { config, modelDir, dataDir } = args;
+  const say = args.say ?? (() => {});
+  mkdirSync(dataDir, { recursive: true });
+  const template = loadChatTemplate(modelDir);
+  const tokenizer = await loadTokenizer(modelDir);
+  const policy: LossPolicy = { turns: config.template.loss_on, thinking: config.template.thinking };
+  const strict = args.strict ?? config.data.validation.strict;
+
+  const countTokens = (conv: Conversation) =>
+    buildSamples(conv, template, policy).reduce((a, s) => a + tokenizer.encode(s.text).length, 0);
+  const t0 = Date.now();
+  const prepared = await prepareConversations(
+    { ...config.data, validation: { ...config.data.validation, strict } },
+    { countTokens },
+  );
+  say(prepared.report.format());
+
+  const rejections: Rejections = { counts: {}, examples: [] };
+  const splits: Manifest["splits"] = {};
+  for (const [split, convs] of [
+    ["train", prepared.train],
+    ["validation", prepared.validation],
+  ] as const) {
+    if (convs.length === 0) continue;
+    const writer = new SplitWriter({ dir: dataDir, split, maxLength: config.pack.max_length, overLength: config.pack.over_length });
+    for (const conv of convs) {
+      for (const tokenized of samplesOf(conv, template, tokenizer, policy, strict, rejections)) writer.add(tokenized);
+    }
+    splits[split] = writer.finish();
+  }
+  if (!splits.train || splits.train.packs === 0) {
+    throw new TunaError("NO_TRAINING_DATA", "no training sample survived preparation", {
+      hint: `see ${join(dataDir, "data-report.json")} for what was skipped and why`,
+    });
+  }
+  writeFileSync(
+    join(dataDir, "data-report.json"),
+    `${JSON.stringify({ data: prepared.report.toJSON(), rejected: rejections }, null, 2)}\n`,
+  );
+  const manifest = writeManifest(dataDir, {
+    tokenizer_hash: tokenizer.hash,
+    template_hash: template.hash,
+    max_length: config.pack.max_length,
+    splits,
+    rejected: rejections.counts,
+    config: { data: config.data, template: config.template, pack: config.pack },
+  });
+  const tr = splits.train;
+  say(
+    `shards: ${tr.samples} train samples in ${tr.packs} packs of ≤${config.pack.max_length} tokens (${(100 * tr.pack_efficiency).toFixed(1)}% full), ${tr.trained_tokens} of ${tr.tokens} tokens trained${splits.validation ? `; ${splits.validation.samples} validation samples` : ""}; ${((Date.now() - t0) / 1000).toFixed(1)}s`,
+  );
+  const dropped = tr.dropped_too_long + (splits.validation?.dropped_too_long ?? 0);
+  if (dropped) say(`  ${dropped} samples longer than pack.max_length ${config.pack.max_length} dropped (pack.over_length: truncate keeps them cut)`);
+  for (const [code, n] of Object.entries(rejections.counts)) {
+    const ex = rejections.examples.find((e) => e.code === code);
+    say(`  ${n} conversations skipped [${code}], e.g. ${ex?.source}: ${ex?.message.split("\n")[0]}`);
+  }
+  return manifest;
+}
+
+function* samplesOf(
+  conv: Conversation,
+  template: ChatTemplate,
+  tokenizer: Tokenizer,
+  policy: LossPolicy,
+  strict: boolean,
+  rej: Rejections,
+): Generator<{ ids: Int32Array; lossWeight: Float32Array; source: string }> {
+  let out: { ids: Int32Array; lossWeight: Float32Array; source: string }[];
+  try {
+    out = buildSamples(conv, template, policy).map((s) => ({ ...tokenizeSample(tokenizer, s), source: s.source }));
+  } catch (e) {
+    if (!isTunaError(e) || strict) throw e;
+    rej.counts[e.code] = (rej.counts[e.code] ?? 0) + 1;
+    if (rej.examples.filter((x) => x.code === e.code).length < 5) {
+      rej.examples.push({ code: e.code, source: conv.source, message: e.message });
+    }
+    return;
+  }
+  yield* out;
+}
