@@ -33,6 +33,12 @@ export const TrainPlan = z.object({
   method: z.object({
     type: z.enum(["lora", "qlora", "full"]),
     lora: LoraSpec.optional(),
+    /** Freezing. LoRA: adapters only on these decoder layers (peft layers_to_transform). Full: only these
+     * layers' parameters train. Absent/null = all layers. */
+    trainable_layers: z.array(z.number().int().min(0)).nullable().optional(),
+    /** Full fine-tuning only: train only parameters under these module names (embed_tokens, self_attn, q_proj,
+     * mlp, gate_proj, norm, lm_head, ...). Absent/null = all modules. */
+    trainable_modules: z.array(z.string()).nullable().optional(),
   }),
   train: z.object({
     seed: z.number().int(),
@@ -55,6 +61,9 @@ export const TrainPlan = z.object({
     log_every: z.number().int().positive(),
     eval_every: z.number().int().min(0),
     save_every: z.number().int().min(0),
+    /** Stop after this many evaluations without a new best validation loss (the best weights are then the
+     * exported ones); absent/null = never stop early. */
+    early_stopping_patience: z.number().int().positive().nullable().optional(),
   }),
   device: z.enum(["auto", "cpu", "cuda"]),
   output: z.object({
@@ -66,6 +75,24 @@ export const TrainPlan = z.object({
   resume_from: z.string().nullable(),
 });
 export type TrainPlan = z.infer<typeof TrainPlan>;
+
+/** `python -m tuna_engine merge --plan merge_plan.json`: fold an adapter into its base model → HF model dir. */
+export const MergePlan = z.object({
+  version: z.literal(PROTOCOL_VERSION),
+  command: z.literal("merge"),
+  model: z.object({
+    path: z.string(),
+    /** dtype of the written weights (the fold itself runs in fp32). */
+    dtype: z.enum(["float32", "bfloat16", "float16"]),
+  }),
+  /** A PEFT LoRA/DoRA adapter directory (adapter_config.json + adapter_model.safetensors). */
+  adapter_dir: z.string(),
+  output_dir: z.string(),
+  device: z.enum(["auto", "cpu", "cuda"]),
+  /** Largest safetensors shard in bytes (default 5 GiB). */
+  max_shard_bytes: z.number().int().positive().optional(),
+});
+export type MergePlan = z.infer<typeof MergePlan>;
 
 // ---- events (engine → TypeScript, one JSON object per stdout line) ----------------------------------------
 
@@ -99,8 +126,12 @@ export const DoneEvent = z.object({
   event: z.literal("done"),
   steps: z.number(),
   final_loss: z.number().nullable(),
+  /** LoRA: the PEFT adapter dir; full fine-tuning / merge: the HF model dir. */
   adapter_dir: z.string(),
   elapsed_s: z.number(),
+  /** Step and value of the lowest validation loss (null without validation). */
+  best_step: z.number().nullable().optional(),
+  best_val_loss: z.number().nullable().optional(),
 });
 export const ErrorEvent = z.object({
   event: z.literal("error"),
