@@ -152,3 +152,52 @@ export const EngineEvent = z.discriminatedUnion("event", [
   LogEvent,
 ]);
 export type EngineEvent = z.infer<typeof EngineEvent>;
+
+// ---- generation (long-lived: `python -m tuna_engine generate --plan plan.json`) -----------------------------
+// The engine answers `ready` once the model is loaded, then reads one JSON request per line on stdin and streams
+// `token` events back; TypeScript decodes the ids (the engine never sees text).
+
+export const GeneratePlan = z.object({
+  version: z.literal(PROTOCOL_VERSION),
+  command: z.literal("generate"),
+  model: z.object({ path: z.string(), dtype: z.enum(["float32", "bfloat16", "float16"]) }),
+  /** LoRA adapters (PEFT layout) by name, applied without merging; a request picks one or none. */
+  adapters: z.record(z.string(), z.string()),
+  device: z.enum(["auto", "cpu", "cuda"]),
+  /** Requests decoded together at most. */
+  max_batch_size: z.number().int().positive(),
+});
+export type GeneratePlan = z.infer<typeof GeneratePlan>;
+
+export const GenerateRequest = z.object({
+  type: z.literal("generate").optional(),
+  id: z.string(),
+  prompt_ids: z.array(z.number().int().min(0)).min(1),
+  max_new_tokens: z.number().int().positive(),
+  /** 0 = greedy. */
+  temperature: z.number().min(0),
+  top_p: z.number().gt(0).max(1),
+  /** 0 = off. */
+  top_k: z.number().int().min(0),
+  repetition_penalty: z.number().positive(),
+  seed: z.number().int().nullable(),
+  /** Generation stops after emitting any of these (the end-of-turn token, e.g. <|im_end|>). */
+  stop_ids: z.array(z.number().int()),
+  adapter: z.string().nullable(),
+});
+export type GenerateRequest = z.infer<typeof GenerateRequest>;
+/** Stop one request (Ctrl-C in `tuna chat` stops the answer, not the session). */
+export const CancelRequest = z.object({ type: z.literal("cancel"), id: z.string() });
+
+export const ReadyEvent = z.object({ event: z.literal("ready"), device: z.string(), dtype: z.string() });
+export const TokenEvent = z.object({ event: z.literal("token"), id: z.string(), token_ids: z.array(z.number()) });
+export const FinishedEvent = z.object({
+  event: z.literal("finished"),
+  id: z.string(),
+  reason: z.enum(["stop", "length", "cancelled"]),
+  prompt_tokens: z.number(),
+  generated_tokens: z.number(),
+  elapsed_s: z.number(),
+});
+export const GenerateEvent = z.discriminatedUnion("event", [ReadyEvent, TokenEvent, FinishedEvent, ErrorEvent, LogEvent]);
+export type GenerateEvent = z.infer<typeof GenerateEvent>;
