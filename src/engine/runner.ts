@@ -35,12 +35,14 @@ export interface EngineRun {
   close(): void;
 }
 
-export interface EngineOptions {
+export interface EngineOptions<E extends { event: string } = EngineEvent> {
   command: string;
+  /** Event schema of the command (default: the training events). */
+  schema?: z.ZodType<E>;
   planPath: string;
   /** events.jsonl to append every event to. */
   eventsPath?: string;
-  onEvent?: (e: EngineEvent) => void;
+  onEvent?: (e: E) => void;
   /** Forward the engine's human log (stderr) here; default: kept only as a tail for error reports. */
   onStderr?: (chunk: string) => void;
   env?: Record<string, string>;
@@ -48,7 +50,8 @@ export interface EngineOptions {
   forwardSignals?: boolean;
 }
 
-export function startEngine(opts: EngineOptions): EngineRun {
+export function startEngine<E extends { event: string } = EngineEvent>(opts: EngineOptions<E>): EngineRun {
+  const schema = (opts.schema ?? EngineEvent) as z.ZodType<E>;
   const py = enginePython();
   const child = spawn(py, ["-m", "tuna_engine", opts.command, "--plan", opts.planPath], {
     cwd: REPO_ROOT,
@@ -72,15 +75,15 @@ export function startEngine(opts: EngineOptions): EngineRun {
   const lines = createInterface({ input: child.stdout! });
   lines.on("line", (line) => {
     if (!line.trim()) return;
-    let event: EngineEvent;
+    let event: E;
     try {
-      const parsed = EngineEvent.safeParse(JSON.parse(line));
-      event = parsed.success ? parsed.data : { event: "log", message: `unrecognised event: ${line}` };
+      const parsed = schema.safeParse(JSON.parse(line));
+      event = (parsed.success ? parsed.data : { event: "log", message: `unrecognised event: ${line}` }) as E;
     } catch {
-      event = { event: "log", message: line };
+      event = { event: "log", message: line } as unknown as E;
     }
     if (opts.eventsPath) appendFileSync(opts.eventsPath, `${JSON.stringify(event)}\n`);
-    if (event.event === "error") lastError = event;
+    if (event.event === "error") lastError = event as unknown as z.infer<typeof ErrorEvent>;
     opts.onEvent?.(event);
   });
 
