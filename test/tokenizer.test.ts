@@ -10,7 +10,12 @@ import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildCorpus } from "../bench/tokenizer/corpus.ts";
 import { isTunaError } from "../src/errors.ts";
-import { createTokenizerPool, loadTokenizer, type Tokenizer, tokenizerFromJson } from "../src/tokenizer/index.ts";
+import {
+  createTokenizerPool,
+  loadTokenizer,
+  type Tokenizer,
+  tokenizerFromJson,
+} from "../src/tokenizer/index.ts";
 import {
   GPT2_PATTERN,
   LLAMA3_PATTERN,
@@ -39,9 +44,13 @@ function readI32(path: string): Int32Array {
 /** Runs hf_encode.py once: ids per text for both modes (and offsets for the first `offsets` texts). */
 function hfEncode(tokenizerJson: string, texts: string[], prefix: string, offsets: number) {
   writeFileSync(`${prefix}.corpus.json`, JSON.stringify(texts));
-  const r = spawnSync(PY, [HF, tokenizerJson, `${prefix}.corpus.json`, prefix, "--offsets", String(offsets)], {
-    encoding: "utf8",
-  });
+  const r = spawnSync(
+    PY,
+    [HF, tokenizerJson, `${prefix}.corpus.json`, prefix, "--offsets", String(offsets)],
+    {
+      encoding: "utf8",
+    },
+  );
   if (r.status !== 0) throw new Error(`hf_encode.py failed: ${r.stderr}`);
   const split = (mode: string) => {
     const lens = readI32(`${prefix}.${mode}.lens`);
@@ -65,7 +74,12 @@ function firstMismatch(t: Tokenizer, texts: string[], expected: Int32Array[], sp
     let k = 0;
     while (k < got.length && k < exp.length && got[k] === exp[k]) k++;
     if (k !== got.length || k !== exp.length) {
-      return { text: i, at: k, got: Array.from(got.slice(k, k + 6)), expected: Array.from(exp.slice(k, k + 6)) };
+      return {
+        text: i,
+        at: k,
+        got: Array.from(got.slice(k, k + 6)),
+        expected: Array.from(exp.slice(k, k + 6)),
+      };
     }
   }
   return null;
@@ -181,7 +195,9 @@ describe("Qwen3 tokenizer parity with Hugging Face tokenizers", () => {
   it("gives whole-character offsets to tokens made of part of a character, and original offsets through NFC", () => {
     const text = "a😀b"; // 😀 is 4 bytes; Qwen encodes it as two tokens
     const e = tok.encodeWithOffsets(text);
-    const spans = Array.from({ length: e.ids.length }, (_, k) => text.slice(e.offsets[2 * k], e.offsets[2 * k + 1]));
+    const spans = Array.from({ length: e.ids.length }, (_, k) =>
+      text.slice(e.offsets[2 * k], e.offsets[2 * k + 1]),
+    );
     expect(spans.join("")).toContain("😀");
     expect(spans.filter((s) => s.includes("😀")).every((s) => s.includes("😀"))).toBe(true);
     const nfd = "Cafe\u0301 ok"; // NFC turns e + U+0301 into é
@@ -255,9 +271,21 @@ describe("tokenizer API", () => {
     // A small byte-level BPE (256 byte symbols, one merge) in Qwen's shape keeps these cases fast.
     const full = JSON.parse(readFileSync(join(QWEN, "tokenizer.json"), "utf8"));
     const vocab: Record<string, number> = {};
-    for (const [t, id] of Object.entries(full.model.vocab as Record<string, number>)) if (id < 256) vocab[t] = id;
+    for (const [t, id] of Object.entries(full.model.vocab as Record<string, number>))
+      if (id < 256) vocab[t] = id;
     vocab.ab = 256;
-    const base = { ...full, added_tokens: [], model: { ...full.model, vocab, merges: [["a", "b"], ["a", "b"]] } };
+    const base = {
+      ...full,
+      added_tokens: [],
+      model: {
+        ...full.model,
+        vocab,
+        merges: [
+          ["a", "b"],
+          ["a", "b"],
+        ],
+      },
+    };
     expect(Array.from(tokenizerFromJson(base).encode("abc"))).toEqual([256, 66]);
     const bad = (patch: (j: typeof base) => void, needle: string) => {
       const j = structuredClone(base);
@@ -288,9 +316,13 @@ describe("worker pool", () => {
       const texts = corpus.slice(0, 300);
       const got = await pool.encodeBatch(texts);
       expect(got).toHaveLength(texts.length);
-      got.forEach((ids, i) => expect(Array.from(ids)).toEqual(Array.from(ref.default[i])));
+      got.forEach((ids, i) => {
+        expect(Array.from(ids)).toEqual(Array.from(ref.default[i]));
+      });
       const split = await pool.encodeBatch(texts.slice(0, 50), { splitSpecial: true });
-      split.forEach((ids, i) => expect(Array.from(ids)).toEqual(Array.from(ref.split[i])));
+      split.forEach((ids, i) => {
+        expect(Array.from(ids)).toEqual(Array.from(ref.split[i]));
+      });
     } finally {
       await pool.close();
     }
@@ -299,7 +331,10 @@ describe("worker pool", () => {
 
 describe("tuna tokenize (real CLI)", () => {
   const cli = (args: string[], input: string) =>
-    spawnSync(process.execPath, [join(ROOT, "bin/tuna.mjs"), "tokenize", ...args], { input, encoding: "utf8" });
+    spawnSync(process.execPath, [join(ROOT, "bin/tuna.mjs"), "tokenize", ...args], {
+      input,
+      encoding: "utf8",
+    });
 
   it("prints ids of stdin as a JSON array, per line with --jsonl, with --split-special", () => {
     const model = join(dir, "qwen3");
@@ -310,7 +345,10 @@ describe("tuna tokenize (real CLI)", () => {
     const lines = corpus.slice(0, 5);
     const j = cli([model, "--jsonl", "--split-special"], lines.map((l) => JSON.stringify(l)).join("\n"));
     expect(j.status).toBe(0);
-    const outLines = j.stdout.trimEnd().split("\n").map((l) => JSON.parse(l));
+    const outLines = j.stdout
+      .trimEnd()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     expect(outLines).toEqual(lines.map((_, i) => Array.from(ref.split[i])));
   });
 

@@ -25,7 +25,24 @@ const EN_WORDS =
   "the a to of and in is it you that for on your was with be as this have are refund payment card account order transfer fee balance please thank we can will not help support bank charge pending declined verify code".split(
     " ",
   );
-const CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'Ve", "'M", "'LL", "'D", "'ſ", "'x"];
+const CONTRACTIONS = [
+  "'s",
+  "'t",
+  "'re",
+  "'ve",
+  "'m",
+  "'ll",
+  "'d",
+  "'S",
+  "'T",
+  "'RE",
+  "'Ve",
+  "'M",
+  "'LL",
+  "'D",
+  "'ſ",
+  "'x",
+];
 const SPECIALS = [
   "<|im_start|>",
   "<|im_end|>",
@@ -68,20 +85,25 @@ const SCRIPTS: [number, number][] = [
   [0x1d400, 0x1d7ff], // math alphanumerics (astral letters/digits)
   [0x20000, 0x2a6df], // CJK extension B (astral letters)
 ];
-const EMOJI = [
-  "👩‍💻",
-  "👨‍👩‍👧‍👦",
-  "🏳️‍🌈",
-  "👍🏽",
-  "🇨🇳🇺🇸",
-  "❤️",
-  "🧑🏿‍🚀",
-  "😀😃😄",
-  "✔️",
-  "1️⃣",
-  "🫶",
+const EMOJI = ["👩‍💻", "👨‍👩‍👧‍👦", "🏳️‍🌈", "👍🏽", "🇨🇳🇺🇸", "❤️", "🧑🏿‍🚀", "😀😃😄", "✔️", "1️⃣", "🫶"];
+const SPACES = [
+  " ",
+  "  ",
+  "   ",
+  "\t",
+  "\n",
+  "\r\n",
+  "\n\n",
+  " \n ",
+  "\u3000",
+  "\u00a0",
+  "\u2003 ",
+  " \t\n\r",
+  "\v",
+  "\f",
+  "\u0085",
+  "\ufeff",
 ];
-const SPACES = [" ", "  ", "   ", "\t", "\n", "\r\n", "\n\n", " \n ", "\u3000", "\u00a0", "\u2003 ", " \t\n\r", "\v", "\f", "\u0085", "\ufeff"];
 
 function repoSources(root: string): string[] {
   const out: string[] = [];
@@ -97,7 +119,8 @@ function repoSources(root: string): string[] {
       const p = join(dir, name);
       const st = statSync(p);
       if (st.isDirectory()) walk(p);
-      else if (/\.(ts|py|md|json|yaml|mjs)$/.test(name) && st.size < 200_000) out.push(readFileSync(p, "utf8"));
+      else if (/\.(ts|py|md|json|yaml|mjs)$/.test(name) && st.size < 200_000)
+        out.push(readFileSync(p, "utf8"));
     }
   };
   for (const d of ["src", "engine", "docs", "bench", "test", "examples"]) walk(join(root, d));
@@ -161,12 +184,30 @@ export function buildCorpus(repoRoot: string, minBytes = 5.5 * 1024 * 1024, seed
   const json = () =>
     JSON.stringify({
       name: pick(["refund_order", "get_balance", "transfer"]),
-      arguments: { order_id: `A${int(1, 1e6)}`, amount: int(1, 1e5) / 100, note: zh().slice(0, 12), en: en().slice(0, 20) },
+      arguments: {
+        order_id: `A${int(1, 1e6)}`,
+        amount: int(1, 1e5) / 100,
+        note: zh().slice(0, 12),
+        en: en().slice(0, 20),
+      },
     });
   const chat = () =>
     `<|im_start|>system\nYou are a payment support assistant.<|im_end|>\n<|im_start|>user\n${en()}${zh()}<|im_end|>\n<|im_start|>assistant\n<think>\n${en()}\n</think>\n\n${zh()}\n<tool_call>\n${json()}\n</tool_call><|im_end|>\n`;
 
-  const gens = [zh, zh, en, en, randomScript, randomScript, digits, spaces, json, chat, () => pick(SPECIALS), () => pick(EMOJI)];
+  const gens = [
+    zh,
+    zh,
+    en,
+    en,
+    randomScript,
+    randomScript,
+    digits,
+    spaces,
+    json,
+    chat,
+    () => pick(SPECIALS),
+    () => pick(EMOJI),
+  ];
   const texts: string[] = [];
   let bytes = 0;
   let src = 0;

@@ -38,8 +38,8 @@ export class AddedMatcher {
       if (t.content.length === 0) continue;
       const c = t.content.charCodeAt(0);
       this.first[c] = 1;
-      let list = this.byFirst.get(c);
-      if (!list) this.byFirst.set(c, (list = []));
+      const list = this.byFirst.get(c) ?? [];
+      this.byFirst.set(c, list);
       list.push(t);
     }
     // Longest first, so the first hit at a position is the longest one there.

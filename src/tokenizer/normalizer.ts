@@ -87,7 +87,8 @@ class UnicodeNormalizer implements Normalizer {
       const seg = s.slice(segStart, segEnd);
       const norm = seg.normalize(this.form);
       if (whole.slice(out, out + norm.length) !== norm) return false;
-      const spans = norm === seg ? identitySpans(s, segStart, segEnd) : this.segmentSpans(s, segStart, segEnd, norm);
+      const spans =
+        norm === seg ? identitySpans(s, segStart, segEnd) : this.segmentSpans(s, segStart, segEnd, norm);
       if (!spans) return false;
       align.set(spans, out * 2);
       out += norm.length;
@@ -128,8 +129,8 @@ class UnicodeNormalizer implements Normalizer {
     // Canonical order: the k-th occurrence of a char in the reordered text is its k-th occurrence before.
     const queues = new Map<string, number[]>();
     dChars.forEach((d, k) => {
-      let q = queues.get(d);
-      if (!q) queues.set(d, (q = []));
+      const q = queues.get(d) ?? [];
+      queues.set(d, q);
       q.push(k);
     });
     const order: number[] = [];
@@ -261,9 +262,13 @@ export function buildNormalizer(cfg: any, where: string): Normalizer | null {
       return new SequenceNormalizer(steps.filter((x: Normalizer | null): x is Normalizer => x !== null));
     }
     default:
-      throw new TunaError("TOKENIZER_UNSUPPORTED", `unsupported normalizer type ${JSON.stringify(cfg.type)}`, {
-        where,
-        hint: "supported normalizer types: NFC, NFD, NFKC, NFKD, Sequence",
-      });
+      throw new TunaError(
+        "TOKENIZER_UNSUPPORTED",
+        `unsupported normalizer type ${JSON.stringify(cfg.type)}`,
+        {
+          where,
+          hint: "supported normalizer types: NFC, NFD, NFKC, NFKD, Sequence",
+        },
+      );
   }
 }

@@ -21,21 +21,28 @@ const WORKER_URL = new URL("./worker.mjs", import.meta.url);
 /** Starts `n` workers that each load `<modelDir>/tokenizer.json`; resolves when all are ready. */
 export async function createTokenizerPool(modelDir: string, n: number): Promise<TokenizerPool> {
   if (!Number.isInteger(n) || n < 1) {
-    throw new TunaError("TOKENIZER_POOL", `pool size ${n} is not a positive integer`, { hint: "pass n >= 1" });
+    throw new TunaError("TOKENIZER_POOL", `pool size ${n} is not a positive integer`, {
+      hint: "pass n >= 1",
+    });
   }
   // Workers run TypeScript through tsx, like the CLI does.
-  const workers = Array.from(
-    { length: n },
-    () => new Worker(WORKER_URL, { workerData: { modelDir } }),
-  );
+  const workers = Array.from({ length: n }, () => new Worker(WORKER_URL, { workerData: { modelDir } }));
   await Promise.all(
     workers.map(
       (w) =>
         new Promise<void>((resolve, reject) => {
-          w.once("message", (m: { ready?: boolean; error?: { code: string; message: string; hint?: string } }) => {
-            if (m.ready) resolve();
-            else reject(new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed", { hint: m.error?.hint }));
-          });
+          w.once(
+            "message",
+            (m: { ready?: boolean; error?: { code: string; message: string; hint?: string } }) => {
+              if (m.ready) resolve();
+              else
+                reject(
+                  new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed", {
+                    hint: m.error?.hint,
+                  }),
+                );
+            },
+          );
           w.once("error", reject);
         }),
     ),
@@ -78,7 +85,10 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
                 const onMsg = (m: { ids?: Int32Array[]; error?: { code: string; message: string } }) => {
                   w.off("error", onErr);
                   if (m.ids) resolve(m.ids);
-                  else reject(new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed"));
+                  else
+                    reject(
+                      new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed"),
+                    );
                 };
                 const onErr = (e: Error) => {
                   w.off("message", onMsg);

@@ -14,7 +14,8 @@ export const QWEN2_PATTERN =
 export const LLAMA3_PATTERN =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 /** What `ByteLevel` with `use_regex: true` splits with (openai/gpt-2 encoder.py). */
-export const GPT2_PATTERN = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+export const GPT2_PATTERN =
+  "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 // Class and width (1 or 2 UTF-16 units) of the code point at i; a lone surrogate is OTHER.
 function clsAt(s: string, i: number, end: number): number {
@@ -111,7 +112,8 @@ function qwenScanner(maxDigits: number): NextWord {
     // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
     let j = -1;
     if (cls === OTHER) j = runOf(s, i + w, end, OTHER);
-    else if (c === 0x20 && i + 1 < end && (clsAt(s, i + 1, end) & 7) === OTHER) j = runOf(s, i + 1, end, OTHER);
+    else if (c === 0x20 && i + 1 < end && (clsAt(s, i + 1, end) & 7) === OTHER)
+      j = runOf(s, i + 1, end, OTHER);
     if (j >= 0) return runOf(s, j, end, NEWLINE);
     return whitespace(s, i, end, true);
   };
@@ -139,22 +141,33 @@ function gpt2Scanner(): NextWord {
 
 /** Rust regex syntax → an equivalent JavaScript RegExp (`u` flag). Throws for what cannot be translated. */
 export function translateRegex(pattern: string, where: string): RegExp {
-  let p = pattern.replace("(?i:'s|'t|'re|'ve|'m|'ll|'d)", "(?:'[sSſ]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])");
+  let p = pattern.replace(
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)",
+    "(?:'[sSſ]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])",
+  );
   if (p.includes("(?i")) {
-    throw new TunaError("TOKENIZER_UNSUPPORTED", `pre_tokenizer Split pattern uses an inline flag group: ${pattern}`, {
-      where,
-      hint: "only the Qwen2/Qwen3, Llama 3 and GPT-2 family patterns and plain regexes are supported",
-    });
+    throw new TunaError(
+      "TOKENIZER_UNSUPPORTED",
+      `pre_tokenizer Split pattern uses an inline flag group: ${pattern}`,
+      {
+        where,
+        hint: "only the Qwen2/Qwen3, Llama 3 and GPT-2 family patterns and plain regexes are supported",
+      },
+    );
   }
   // Rust's \s is Unicode White_Space; JavaScript's \s also matches U+FEFF.
   p = p.replace(/\\s/g, "\\p{White_Space}").replace(/\\S/g, "\\P{White_Space}");
   try {
     return new RegExp(p, "gu");
   } catch (e) {
-    throw new TunaError("TOKENIZER_UNSUPPORTED", `pre_tokenizer Split pattern is not a valid regex here: ${pattern}`, {
-      where,
-      cause: e,
-    });
+    throw new TunaError(
+      "TOKENIZER_UNSUPPORTED",
+      `pre_tokenizer Split pattern is not a valid regex here: ${pattern}`,
+      {
+        where,
+        cause: e,
+      },
+    );
   }
 }
 

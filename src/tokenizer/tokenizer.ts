@@ -6,12 +6,12 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { TunaError } from "../errors.ts";
-import { type AddedToken, AddedMatcher } from "./added.ts";
+import { AddedMatcher, type AddedToken } from "./added.ts";
 import { BytePairModel, MergeTable } from "./bpe.ts";
 import { BYTE_TO_CHAR, CHAR_TO_BYTE } from "./bytelevel.ts";
 import { buildNormalizer, type Normalizer } from "./normalizer.ts";
 import { GPT2_PATTERN, type NextWord, splitterFor } from "./pretokenizer.ts";
-import type { Encoding, EncodeOptions, Tokenizer } from "./types.ts";
+import type { EncodeOptions, Encoding, Tokenizer } from "./types.ts";
 
 const AddedTokenSchema = z.object({
   id: z.number().int().nonnegative(),
@@ -68,7 +68,9 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
     const w = cfg?.type === "Sequence" ? `${where}.pretokenizers[${i}]` : where;
     const setSplitter = (s: NextWord) => {
       if (splitter) {
-        throw new TunaError("TOKENIZER_UNSUPPORTED", "more than one regex-splitting pre-tokenizer stage", { where: w });
+        throw new TunaError("TOKENIZER_UNSUPPORTED", "more than one regex-splitting pre-tokenizer stage", {
+          where: w,
+        });
       }
       splitter = s;
     };
@@ -76,9 +78,13 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
       case "Split": {
         const pattern = step.pattern?.Regex ?? step.pattern?.String;
         if (typeof pattern !== "string") {
-          throw new TunaError("TOKENIZER_INVALID", "Split pre-tokenizer has no pattern.Regex or pattern.String", {
-            where: w,
-          });
+          throw new TunaError(
+            "TOKENIZER_INVALID",
+            "Split pre-tokenizer has no pattern.Regex or pattern.String",
+            {
+              where: w,
+            },
+          );
         }
         if (step.behavior !== "Isolated" || step.invert) {
           throw new TunaError(
@@ -87,7 +93,8 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
             { where: w, hint: "supported: behavior Isolated, invert false" },
           );
         }
-        const re = step.pattern.Regex !== undefined ? pattern : pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+        const re =
+          step.pattern.Regex !== undefined ? pattern : pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
         setSplitter(splitterFor(re, w));
         break;
       }
@@ -207,9 +214,13 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       const ib = vocab.get(b);
       const im = vocab.get(a + b);
       if (ia === undefined || ib === undefined || im === undefined) {
-        throw new TunaError("TOKENIZER_INVALID", `merge ${r} ${JSON.stringify(e)} uses a token missing from the vocab`, {
-          where: `${where}: model.merges[${r}]`,
-        });
+        throw new TunaError(
+          "TOKENIZER_INVALID",
+          `merge ${r} ${JSON.stringify(e)} uses a token missing from the vocab`,
+          {
+            where: `${where}: model.merges[${r}]`,
+          },
+        );
       }
       merges.set(ia, ib, r, im);
     }
@@ -253,8 +264,18 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
 
     const pp = json.post_processor;
     // Post-processors only add special tokens (add_special_tokens=True), which `encode` never does.
-    if (pp && !["ByteLevel", "TemplateProcessing", "Sequence", "RobertaProcessing", "BertProcessing"].includes(pp.type)) {
-      throw unsupported("post_processor", pp.type, `${where}: post_processor`, "ByteLevel, TemplateProcessing, Sequence");
+    if (
+      pp &&
+      !["ByteLevel", "TemplateProcessing", "Sequence", "RobertaProcessing", "BertProcessing"].includes(
+        pp.type,
+      )
+    ) {
+      throw unsupported(
+        "post_processor",
+        pp.type,
+        `${where}: post_processor`,
+        "ByteLevel, TemplateProcessing, Sequence",
+      );
     }
     if (pp?.type === "ByteLevel" && pp.trim_offsets) {
       throw new TunaError("TOKENIZER_UNSUPPORTED", "ByteLevel post_processor with trim_offsets=true", {
@@ -342,7 +363,15 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   }
 
   /** Pre-tokenize s[from, end) (s is a whole piece) and append the BPE ids of every word. */
-  private words(s: string, from: number, end: number, sink: IdSink, base: number, align: Uint32Array | null, shift = 0) {
+  private words(
+    s: string,
+    from: number,
+    end: number,
+    sink: IdSink,
+    base: number,
+    align: Uint32Array | null,
+    shift = 0,
+  ) {
     const next = this.nextWord;
     const cache = this.cache;
     const model = this.model;
@@ -485,7 +514,10 @@ export function tokenizerFromJson(json: string | Uint8Array | object, where = "t
     try {
       obj = JSON.parse(text);
     } catch (e) {
-      throw new TunaError("TOKENIZER_INVALID", `not valid JSON: ${(e as Error).message}`, { where, cause: e });
+      throw new TunaError("TOKENIZER_INVALID", `not valid JSON: ${(e as Error).message}`, {
+        where,
+        cause: e,
+      });
     }
   } else {
     hash = createHash("sha256").update(JSON.stringify(json)).digest("hex");
