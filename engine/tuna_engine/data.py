@@ -63,7 +63,7 @@ def _read_shard(path: str) -> list[Pack]:
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
         keys = set(f.keys())
-        for name, dtype in SHARD_TENSORS.items():
+        for name in SHARD_TENSORS:
             if name not in keys:
                 raise EngineError("DATA_INVALID", f"{path}: tensor {name!r} missing; a token shard holds "
                                   + ", ".join(SHARD_TENSORS))
