@@ -163,10 +163,13 @@ export function buildSamples(
   // Latest turn first: its rendering is the longest, so earlier turns can ride on it when that is exact.
   const samples: Sample[] = [];
   for (const t of [...turns].reverse()) {
-    const host = samples.find(
-      (s) => s.text.startsWith(t.prompt) && s.text.startsWith(t.generated, t.prompt.length),
-    );
     const span: [number, number] = [t.prompt.length, t.prompt.length + t.generated.length];
+    const host = samples.find(
+      (s) =>
+        s.text.startsWith(t.prompt) &&
+        s.text.startsWith(t.generated, t.prompt.length) &&
+        span[1] <= s.trainedSpans[0][0], // later turns' spans start after this one ends
+    );
     if (host) {
       host.trainedSpans.unshift(span);
       host.turns.unshift(t.index);
