@@ -16,8 +16,14 @@ ENGINE_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = ENGINE_DIR.parent
 
 TINY = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    head_dim=16, vocab_size=256, max_position_embeddings=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    max_position_embeddings=512,
 )
 
 
@@ -32,8 +38,14 @@ def hf_config(family: str, **overrides: Any):
     return cls(**kw)
 
 
-def make_hf_model(path: Path, family: str = "qwen3", seed: int = 0, dtype: torch.dtype = torch.float32,
-                  max_shard_size: str | None = None, **overrides: Any):
+def make_hf_model(
+    path: Path,
+    family: str = "qwen3",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    max_shard_size: str | None = None,
+    **overrides: Any,
+):
     """Save a randomly initialised tiny HF model to `path`; return it (fp32, eval mode)."""
     from transformers import AutoModelForCausalLM
 
@@ -51,8 +63,12 @@ def make_hf_model(path: Path, family: str = "qwen3", seed: int = 0, dtype: torch
     return model.float().eval()
 
 
-def write_shard(path: Path, samples: list[tuple[list[int], list[float]]], packs: list[list[int]] | None = None,
-                max_length: int = 512) -> Path:
+def write_shard(
+    path: Path,
+    samples: list[tuple[list[int], list[float]]],
+    packs: list[list[int]] | None = None,
+    max_length: int = 512,
+) -> Path:
     """A token shard (docs/formats.md): samples as (tokens, loss_weight); packs as lists of consecutive sample
     indices (default: one sample per pack)."""
     tokens: list[int] = []
@@ -82,8 +98,9 @@ def write_shard(path: Path, samples: list[tuple[list[int], list[float]]], packs:
     return path
 
 
-def random_samples(n: int, vocab: int = 256, min_len: int = 6, max_len: int = 24, seed: int = 0,
-                   prompt_frac: float = 0.4) -> list[tuple[list[int], list[float]]]:
+def random_samples(
+    n: int, vocab: int = 256, min_len: int = 6, max_len: int = 24, seed: int = 0, prompt_frac: float = 0.4
+) -> list[tuple[list[int], list[float]]]:
     """Random samples with a prompt (weight 0) then an answer (weight 1)."""
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -110,16 +127,36 @@ def greedy_packs(samples: list[tuple[list[int], list[float]]], max_length: int) 
     return packs
 
 
-def make_plan(tmp: Path, model_dir: Path, train_shards: list[Path], val_shards: list[Path] | None = None,
-              method: dict[str, Any] | None = None, **train: Any) -> dict[str, Any]:
+def make_plan(
+    tmp: Path,
+    model_dir: Path,
+    train_shards: list[Path],
+    val_shards: list[Path] | None = None,
+    method: dict[str, Any] | None = None,
+    **train: Any,
+) -> dict[str, Any]:
     run = tmp / "run"
     run.mkdir(parents=True, exist_ok=True)
     (run / "manifest.json").write_text("{}")
     t = dict(
-        seed=1, micro_batch_size=2, grad_accum=2, max_steps=4, learning_rate=1e-3, weight_decay=0.0,
-        warmup_steps=1, scheduler="cosine", min_lr_ratio=0.1, max_grad_norm=1.0, optimizer="adamw",
-        adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-8, gradient_checkpointing=False, log_every=1,
-        eval_every=0, save_every=0,
+        seed=1,
+        micro_batch_size=2,
+        grad_accum=2,
+        max_steps=4,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        warmup_steps=1,
+        scheduler="cosine",
+        min_lr_ratio=0.1,
+        max_grad_norm=1.0,
+        optimizer="adamw",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_eps=1e-8,
+        gradient_checkpointing=False,
+        log_every=1,
+        eval_every=0,
+        save_every=0,
     )
     t.update(train)
     return {
@@ -127,11 +164,23 @@ def make_plan(tmp: Path, model_dir: Path, train_shards: list[Path], val_shards: 
         "command": "train",
         "run_dir": str(run),
         "model": {"path": str(model_dir), "dtype": "float32"},
-        "data": {"train": [str(s) for s in train_shards], "validation": [str(s) for s in (val_shards or [])],
-                 "manifest": str(run / "manifest.json")},
-        "method": method or {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0,
-                                                      "target_modules": ["all-linear"], "use_rslora": False,
-                                                      "use_dora": False}},
+        "data": {
+            "train": [str(s) for s in train_shards],
+            "validation": [str(s) for s in (val_shards or [])],
+            "manifest": str(run / "manifest.json"),
+        },
+        "method": method
+        or {
+            "type": "lora",
+            "lora": {
+                "r": 4,
+                "alpha": 8,
+                "dropout": 0.0,
+                "target_modules": ["all-linear"],
+                "use_rslora": False,
+                "use_dora": False,
+            },
+        },
         "train": t,
         "device": "cpu",
         "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
@@ -157,7 +206,11 @@ def run_engine(command: str, plan_path: Path, timeout: float = 120) -> tuple[int
     """Run `python -m tuna_engine <command> --plan <plan>`; return (exit code, events, stderr)."""
     p = subprocess.run(
         [sys.executable, "-m", "tuna_engine", command, "--plan", str(plan_path)],
-        cwd=REPO_ROOT, env=engine_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_ROOT,
+        env=engine_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     events = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
     return p.returncode, events, p.stderr

@@ -18,7 +18,9 @@ from tuna_engine.train import weighted_ce_sum
 
 def test_packed_loss_and_grads_equal_unpacked(tmp_path: Path) -> None:
     make_hf_model(tmp_path / "m", "qwen3")
-    spec = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False)
+    spec = LoraSpec(
+        r=4, alpha=8, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
+    )
     model = load_model(str(tmp_path / "m"), "float32", torch.device("cpu"), spec, seed=1)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -33,7 +35,9 @@ def test_packed_loss_and_grads_equal_unpacked(tmp_path: Path) -> None:
         model.zero_grad()
         loss = weighted_ce_sum(model, batch)
         loss.backward()
-        return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
 
     lp, gp = loss_and_grads(collate(packed))  # 3 rows, padded
     ls, gs = loss_and_grads(collate(single))  # 6 rows, padded differently
@@ -76,7 +80,7 @@ def test_order_is_a_permutation_per_epoch_and_seeded(tmp_path: Path) -> None:
     ids = {id(p): i for i, p in enumerate(packs)}
     run = [ids[id(p)] for p in take_packs(packs, seed=5, position=0, count=21)]
     for e in range(3):
-        assert sorted(run[7 * e:7 * e + 7]) == list(range(7))
+        assert sorted(run[7 * e : 7 * e + 7]) == list(range(7))
     assert run[:7] != run[7:14]  # each epoch reshuffled
     # any window is the same whether taken in one go or resumed from a position
     assert [ids[id(p)] for p in take_packs(packs, 5, 9, 8)] == run[9:17]
@@ -85,9 +89,16 @@ def test_order_is_a_permutation_per_epoch_and_seeded(tmp_path: Path) -> None:
 
 def test_bad_shard_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "bad.safetensors"
-    save_file({"tokens": torch.zeros(4, dtype=torch.int64), "loss_weight": torch.zeros(4),
-               "seq_offsets": torch.tensor([0, 4]), "pack_offsets": torch.tensor([0, 1])}, str(path),
-              metadata={"format": "tuna-shard", "version": "1", "max_length": "8"})
+    save_file(
+        {
+            "tokens": torch.zeros(4, dtype=torch.int64),
+            "loss_weight": torch.zeros(4),
+            "seq_offsets": torch.tensor([0, 4]),
+            "pack_offsets": torch.tensor([0, 1]),
+        },
+        str(path),
+        metadata={"format": "tuna-shard", "version": "1", "max_length": "8"},
+    )
     with pytest.raises(EngineError) as e:
         read_shards([str(path)])
     assert e.value.code == "DATA_INVALID" and "'tokens'" in e.value.message and "int32" in e.value.message

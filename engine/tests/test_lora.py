@@ -20,8 +20,12 @@ VARIANTS = {
     "lora-qv": dict(target_modules=["q_proj", "v_proj"], use_rslora=False, use_dora=False),
     "rslora": dict(target_modules=["all-linear"], use_rslora=True, use_dora=False),
     "dora": dict(target_modules=["all-linear"], use_rslora=False, use_dora=True),
-    "dora-rslora-qwen2-bias": dict(target_modules=["q_proj", "k_proj", "o_proj", "down_proj"], use_rslora=True,
-                                   use_dora=True, family="qwen2"),
+    "dora-rslora-qwen2-bias": dict(
+        target_modules=["q_proj", "k_proj", "o_proj", "down_proj"],
+        use_rslora=True,
+        use_dora=True,
+        family="qwen2",
+    ),
 }
 
 
@@ -31,17 +35,24 @@ def peft_model(tmp: Path, family: str, r: int, alpha: float, variant: dict, seed
 
     hf = make_hf_model(tmp, family, seed=seed)
     targets = variant["target_modules"]
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, use_rslora=variant["use_rslora"],
-                     use_dora=variant["use_dora"],
-                     target_modules="all-linear" if targets == ["all-linear"] else targets)
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        use_rslora=variant["use_rslora"],
+        use_dora=variant["use_dora"],
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
     pm = get_peft_model(hf, cfg)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_" in name:
                 scale = 0.2 if "magnitude" not in name else 0.0
-                p.add_(scale * torch.randn(p.shape, generator=g) + (0.1 * torch.rand(p.shape, generator=g)
-                                                                       if "magnitude" in name else 0))
+                p.add_(
+                    scale * torch.randn(p.shape, generator=g)
+                    + (0.1 * torch.rand(p.shape, generator=g) if "magnitude" in name else 0)
+                )
     return pm
 
 
@@ -72,13 +83,15 @@ def packed_batch(samples, per_row: int):
     """Pack `per_row` consecutive samples per row (rows of unequal length → padding)."""
     packs = []
     for i in range(0, len(samples), per_row):
-        group = samples[i:i + per_row]
-        packs.append(Pack(
-            tokens=torch.tensor(sum((s[0] for s in group), [])),
-            weights=torch.tensor(sum((s[1] for s in group), [])),
-            positions=torch.cat([torch.arange(len(s[0])) for s in group]),
-            sample_ids=torch.cat([torch.full((len(s[0]),), j) for j, s in enumerate(group)]),
-        ))
+        group = samples[i : i + per_row]
+        packs.append(
+            Pack(
+                tokens=torch.tensor(sum((s[0] for s in group), [])),
+                weights=torch.tensor(sum((s[1] for s in group), [])),
+                positions=torch.cat([torch.arange(len(s[0])) for s in group]),
+                sample_ids=torch.cat([torch.full((len(s[0]),), j) for j, s in enumerate(group)]),
+            )
+        )
     return collate(packs)
 
 
@@ -89,8 +102,14 @@ def test_step_loss_and_grads_match_peft(tmp_path: Path, name: str) -> None:
     r, alpha = 4, 8.0
     pm = peft_model(tmp_path, family, r, alpha, variant)
     pm.train()
-    spec = LoraSpec(r=r, alpha=alpha, dropout=0.0, use_rslora=variant["use_rslora"],
-                    use_dora=variant["use_dora"], target_modules=tuple(variant["target_modules"]))
+    spec = LoraSpec(
+        r=r,
+        alpha=alpha,
+        dropout=0.0,
+        use_rslora=variant["use_rslora"],
+        use_dora=variant["use_dora"],
+        target_modules=tuple(variant["target_modules"]),
+    )
     ours = load_model(str(tmp_path), "float32", torch.device("cpu"), spec)
     for n, p in ours.named_parameters():
         p.requires_grad_(".lora_" in n)
@@ -106,7 +125,8 @@ def test_step_loss_and_grads_match_peft(tmp_path: Path, name: str) -> None:
     assert abs(float(got) - float(ref)) / float(ref) < 1e-5
 
     ref_grads = adapter_tensors_for_model(
-        {k: p.grad for k, p in pm.named_parameters() if "lora_" in k}, "peft")
+        {k: p.grad for k, p in pm.named_parameters() if "lora_" in k}, "peft"
+    )
     ours_grads = {n: p.grad for n, p in ours.named_parameters() if ".lora_" in n}
     assert set(ref_grads) == set(ours_grads)
     for k, g in ref_grads.items():
@@ -120,7 +140,9 @@ def test_step_loss_and_grads_match_peft(tmp_path: Path, name: str) -> None:
 def test_init_like_peft(tmp_path: Path) -> None:
     """B starts at zero (so the model starts as the base model); A is kaiming-uniform(a=√5) bounded by 1/√in."""
     make_hf_model(tmp_path, "qwen3")
-    spec = LoraSpec(r=8, alpha=16, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=True)
+    spec = LoraSpec(
+        r=8, alpha=16, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=True
+    )
     ours = load_model(str(tmp_path), "float32", torch.device("cpu"), spec, seed=3)
     q = ours.model.layers[0].self_attn.q_proj
     assert torch.all(q.lora_B.weight == 0)
@@ -136,4 +158,7 @@ def test_lora_on_chosen_layers_only(tmp_path: Path) -> None:
     spec = LoraSpec(r=2, alpha=4, dropout=0.0, target_modules=("q_proj",), use_rslora=False, use_dora=False)
     ours = load_model(str(tmp_path), "float32", torch.device("cpu"), spec, lora_layers=(1,))
     names = [n for n, _ in ours.named_parameters() if ".lora_" in n]
-    assert names == ["model.layers.1.self_attn.q_proj.lora_A.weight", "model.layers.1.self_attn.q_proj.lora_B.weight"]
+    assert names == [
+        "model.layers.1.self_attn.q_proj.lora_A.weight",
+        "model.layers.1.self_attn.q_proj.lora_B.weight",
+    ]

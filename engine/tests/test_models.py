@@ -15,14 +15,24 @@ from tuna_engine.models import load_model
 CASES = {
     "qwen3": dict(family="qwen3"),
     "qwen3-tied": dict(family="qwen3", tie_word_embeddings=True),
-    "qwen3-yarn": dict(family="qwen3", rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                                      "original_max_position_embeddings": 32},
-                       max_position_embeddings=128),
+    "qwen3-yarn": dict(
+        family="qwen3",
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        max_position_embeddings=128,
+    ),
     "qwen2-bias": dict(family="qwen2"),
     "qwen2-tied": dict(family="qwen2", tie_word_embeddings=True),
-    "llama3-rope": dict(family="llama", rope_theta=500000.0,
-                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "llama3-rope": dict(
+        family="llama",
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    ),
     "llama-attn-bias": dict(family="llama", attention_bias=True, mlp_bias=True),
 }
 
@@ -53,8 +63,12 @@ def test_logits_match_transformers(tmp_path: Path, case: str) -> None:
 
 def test_legacy_config_fields(tmp_path: Path) -> None:
     """Real Qwen3/Llama config.json files (transformers 4.x) carry top-level rope_theta and rope_scaling."""
-    hf = make_hf_model(tmp_path, "qwen3", max_position_embeddings=128,
-                       rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
+    hf = make_hf_model(
+        tmp_path,
+        "qwen3",
+        max_position_embeddings=128,
+        rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+    )
     cfg = json.loads((tmp_path / "config.json").read_text())
     rope = cfg.pop("rope_parameters")
     cfg["rope_theta"] = rope.pop("rope_theta")
@@ -89,7 +103,7 @@ def test_packed_rows_equal_separate_samples(tmp_path: Path) -> None:
         start = 0
         for s in samples:
             ref = hf(s[None]).logits[0]
-            assert rel_err(packed[start:start + len(s)], ref) < 1e-5
+            assert rel_err(packed[start : start + len(s)], ref) < 1e-5
             start += len(s)
 
 

@@ -34,8 +34,14 @@ process.stdin.on("end", () => {
 
 
 def zod(schema: str, items: list) -> list[list[str] | None]:
-    p = subprocess.run([str(TSX), "--eval", ZOD_CHECK], input=json.dumps({"schema": schema, "items": items}),
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [str(TSX), "--eval", ZOD_CHECK],
+        input=json.dumps({"schema": schema, "items": items}),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -84,13 +90,21 @@ def test_train_plans_agree(tmp_path: Path) -> None:
         if field is None:
             assert zod_paths is None, (plan, zod_paths)
         else:
-            assert zod_paths is not None and any(p == field or p.startswith(field + ".") for p in zod_paths), (
-                field, zod_paths)
+            assert zod_paths is not None and any(
+                p == field or p.startswith(field + ".") for p in zod_paths
+            ), (field, zod_paths)
 
 
 def test_merge_plans_agree() -> None:
-    good = {"version": 1, "command": "merge", "model": {"path": "m", "dtype": "bfloat16"}, "adapter_dir": "a",
-            "output_dir": "o", "device": "cpu", "max_shard_bytes": 1000}
+    good = {
+        "version": 1,
+        "command": "merge",
+        "model": {"path": "m", "dtype": "bfloat16"},
+        "adapter_dir": "a",
+        "output_dir": "o",
+        "device": "cpu",
+        "max_shard_bytes": 1000,
+    }
     bad = dict(good, max_shard_bytes=0)
     assert zod("MergePlan", [good, bad]) == [None, ["max_shard_bytes"]]
     assert py_field(parse_merge_plan, good) is None

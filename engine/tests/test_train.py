@@ -48,8 +48,9 @@ def test_grad_accum_is_token_weighted(tmp_path: Path) -> None:
     short = random_samples(1, min_len=6, max_len=6, seed=1)
     long = random_samples(1, min_len=60, max_len=60, seed=2, prompt_frac=0.1)
     shard = write_shard(tmp_path / "train.safetensors", short + long)
-    plan = make_plan(tmp_path, model_dir, [shard], micro_batch_size=1, grad_accum=2, max_steps=1,
-                     max_grad_norm=0.0)
+    plan = make_plan(
+        tmp_path, model_dir, [shard], micro_batch_size=1, grad_accum=2, max_steps=1, max_grad_norm=0.0
+    )
     code, events, err = run_engine("train", write_plan(plan))
     assert code == 0, err
     step = steps(events)[0]
@@ -87,8 +88,17 @@ def test_adapter_loads_in_peft_and_merge_matches(tmp_path: Path, dora: bool) -> 
     from transformers import AutoModelForCausalLM
 
     model_dir, shard, _ = small_run(tmp_path)
-    method = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["all-linear"],
-                                       "use_rslora": True, "use_dora": dora}}
+    method = {
+        "type": "lora",
+        "lora": {
+            "r": 4,
+            "alpha": 8,
+            "dropout": 0.0,
+            "target_modules": ["all-linear"],
+            "use_rslora": True,
+            "use_dora": dora,
+        },
+    }
     plan = make_plan(tmp_path, model_dir, [shard], method=method, max_steps=3, learning_rate=2e-2)
     code, events, err = run_engine("train", write_plan(plan))
     assert code == 0, err
@@ -100,7 +110,9 @@ def test_adapter_loads_in_peft_and_merge_matches(tmp_path: Path, dora: bool) -> 
     ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(0))
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     pm = PeftModel.from_pretrained(base, adapter).eval()
-    ours = load_model(str(model_dir), "float32", torch.device("cpu"), parse_train_plan(plan).method.lora).eval()
+    ours = load_model(
+        str(model_dir), "float32", torch.device("cpu"), parse_train_plan(plan).method.lora
+    ).eval()
     load_weights_into(ours, adapter, lora=True)
     with torch.no_grad():
         ref = pm(ids).logits
@@ -115,9 +127,15 @@ def test_adapter_loads_in_peft_and_merge_matches(tmp_path: Path, dora: bool) -> 
 
     # merge → a full HF directory whose logits equal base + adapter.
     (model_dir / "chat_template.jinja").write_text("{{ messages }}")
-    merge_plan = {"version": 1, "command": "merge", "model": {"path": str(model_dir), "dtype": "float32"},
-                  "adapter_dir": str(adapter), "output_dir": str(tmp_path / "merged"), "device": "cpu",
-                  "max_shard_bytes": 40_000}
+    merge_plan = {
+        "version": 1,
+        "command": "merge",
+        "model": {"path": str(model_dir), "dtype": "float32"},
+        "adapter_dir": str(adapter),
+        "output_dir": str(tmp_path / "merged"),
+        "device": "cpu",
+        "max_shard_bytes": 40_000,
+    }
     mp = tmp_path / "merge_plan.json"
     mp.write_text(json.dumps(merge_plan))
     code, events, err = run_engine("merge", mp)
@@ -146,33 +164,48 @@ def test_resume_after_sigkill_reproduces_loss_curve(tmp_path: Path) -> None:
     """Kill -9 a run right after a checkpoint, resume it, and get bit-identical step losses (LoRA dropout on,
     so RNG state matters, and more steps than one epoch, so the data position matters)."""
     model_dir, shard, val = small_run(tmp_path)
-    method = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["all-linear"],
-                                       "use_rslora": False, "use_dora": False}}
-    kw = dict(method=method, max_steps=40, save_every=4, eval_every=4, micro_batch_size=2, grad_accum=2)
+    method = {
+        "type": "lora",
+        "lora": {
+            "r": 4,
+            "alpha": 8,
+            "dropout": 0.1,
+            "target_modules": ["all-linear"],
+            "use_rslora": False,
+            "use_dora": False,
+        },
+    }
+    kw = dict(method=method, max_steps=30, save_every=4, eval_every=4, micro_batch_size=2, grad_accum=2)
     full = make_plan(tmp_path / "a", model_dir, [shard], [val], **kw)
     code, ref_events, err = run_engine("train", write_plan(full))
     assert code == 0, err
     ref_losses = {e["step"]: e["loss"] for e in steps(ref_events)}
-    assert len(ref_losses) == 40
+    assert len(ref_losses) == 30
 
     plan = make_plan(tmp_path / "b", model_dir, [shard], [val], **kw)
     path = write_plan(plan)
-    proc = subprocess.Popen([sys.executable, "-m", "tuna_engine", "train", "--plan", str(path)], cwd=REPO_ROOT,
-                            env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    first = read_events(proc, lambda e: e["event"] == "checkpoint" and e["step"] == 12)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuna_engine", "train", "--plan", str(path)],
+        cwd=REPO_ROOT,
+        env=engine_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    first = read_events(proc, lambda e: e["event"] == "checkpoint" and e["step"] == 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = max(e["step"] for e in steps(first))
-    assert killed_at < 40
+    assert killed_at < 30
 
     resumed = dict(plan, resume_from=plan["run_dir"])
     code, events, err = run_engine("train", write_plan(resumed))
     assert code == 0, err
     start = only(events, "start")["start_step"]
-    assert 12 <= start < 40
+    assert 8 <= start < 30
     got = {e["step"]: e["loss"] for e in steps(events)}
-    assert sorted(got) == list(range(start + 1, 41))
+    assert sorted(got) == list(range(start + 1, 31))
     for s, loss in got.items():
         assert loss == ref_losses[s], (s, loss, ref_losses[s])  # exact, not approximate
     ref_val = {e["step"]: e["val_loss"] for e in ref_events if e["event"] == "eval"}
@@ -191,8 +224,9 @@ def test_crash_while_saving_leaves_previous_checkpoint(tmp_path: Path) -> None:
     partial = ck / ".tmp-step-6-12345"
     partial.mkdir()
     (partial / "adapter_model.safetensors").write_bytes(b"\0" * 10)
-    code, events, err = run_engine("train", write_plan(dict(plan, resume_from=plan["run_dir"],
-                                                            train=dict(plan["train"], max_steps=6))))
+    code, events, err = run_engine(
+        "train", write_plan(dict(plan, resume_from=plan["run_dir"], train=dict(plan["train"], max_steps=6)))
+    )
     assert code == 0, err
     assert only(events, "start")["start_step"] == 4
 
@@ -218,8 +252,19 @@ def test_early_stopping_keeps_best(tmp_path: Path) -> None:
     """A learning rate high enough to make validation loss worsen: training stops after `patience` evals
     without improvement and the exported adapter is the best checkpoint's."""
     model_dir, shard, val = small_run(tmp_path)
-    plan = make_plan(tmp_path, model_dir, [shard], [val], max_steps=30, eval_every=1, learning_rate=0.3,
-                     warmup_steps=0, scheduler="constant", early_stopping_patience=2, max_grad_norm=0.0)
+    plan = make_plan(
+        tmp_path,
+        model_dir,
+        [shard],
+        [val],
+        max_steps=30,
+        eval_every=1,
+        learning_rate=0.3,
+        warmup_steps=0,
+        scheduler="constant",
+        early_stopping_patience=2,
+        max_grad_norm=0.0,
+    )
     code, events, err = run_engine("train", write_plan(plan))
     assert code == 0, err
     evals = [e for e in events if e["event"] == "eval"]
@@ -284,8 +329,14 @@ def test_sigterm_saves_nothing_and_reports_interrupted(tmp_path: Path) -> None:
     model_dir, shard, _ = small_run(tmp_path)
     plan = make_plan(tmp_path, model_dir, [shard], max_steps=100000, save_every=50000)
     path = write_plan(plan)
-    proc = subprocess.Popen([sys.executable, "-m", "tuna_engine", "train", "--plan", str(path)], cwd=REPO_ROOT,
-                            env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuna_engine", "train", "--plan", str(path)],
+        cwd=REPO_ROOT,
+        env=engine_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     read_events(proc, lambda e: e["event"] == "step" and e["step"] == 3)
     proc.send_signal(signal.SIGTERM)
     rest = [json.loads(line) for line in proc.stdout]  # type: ignore[union-attr]

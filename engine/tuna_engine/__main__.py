@@ -14,6 +14,11 @@ import traceback
 from types import FrameType
 
 from .errors import EngineError
+
+try:
+    from torch import OutOfMemoryError as MemoryError_
+except ImportError:  # torch < 2.5
+    from torch.cuda import OutOfMemoryError as MemoryError_  # type: ignore[no-redef]
 from .protocol import emit, load_merge_plan, load_train_plan, log
 
 
@@ -30,8 +35,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuna_engine", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tuna_engine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["train", "merge"])
     parser.add_argument("--plan", required=True, help="path to plan.json")
     args = parser.parse_args(argv)
@@ -51,14 +59,36 @@ def main(argv: list[str] | None = None) -> int:
         log(f"error [{e.code}] {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
         emit(e.event())
         return 1
+    except MemoryError_ as e:  # outside the training loop (which names its phase itself): loading, merging
+        emit(
+            {
+                "event": "error",
+                "code": "OOM",
+                "message": f"out of memory: {str(e).splitlines()[0]}",
+                "hint": "use a smaller model or dtype bfloat16, free the GPU of other processes, or use qlora",
+            }
+        )
+        return 1
     except Interrupted as e:
-        emit({"event": "error", "code": "INTERRUPTED", "message": f"stopped by {e}; nothing new was saved",
-              "hint": "resume_from the run directory to continue from its last checkpoint"})
+        emit(
+            {
+                "event": "error",
+                "code": "INTERRUPTED",
+                "message": f"stopped by {e}; nothing new was saved",
+                "hint": "resume_from the run directory to continue from its last checkpoint",
+            }
+        )
         return 128 + e.signum
     except Exception as e:  # a bug or an unforeseen failure: still one error event, never a silent exit
         log(traceback.format_exc())
-        emit({"event": "error", "code": "INTERNAL", "message": f"{type(e).__name__}: {e}",
-              "hint": "this is a bug in the engine; the traceback is on stderr"})
+        emit(
+            {
+                "event": "error",
+                "code": "INTERNAL",
+                "message": f"{type(e).__name__}: {e}",
+                "hint": "this is a bug in the engine; the traceback is on stderr",
+            }
+        )
         return 1
 
 

@@ -47,9 +47,15 @@ def set_rng_state(s: dict[str, Any]) -> None:
     np.random.set_state(s["numpy"])
 
 
-def save_checkpoint(final_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    trainer_state: dict[str, Any], lora_spec: Any, base_model_name: str,
-                    lora_layers: tuple[int, ...] | None) -> Path:
+def save_checkpoint(
+    final_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict[str, Any],
+    lora_spec: Any,
+    base_model_name: str,
+    lora_layers: tuple[int, ...] | None,
+) -> Path:
     """Write a checkpoint to `final_dir` atomically (replacing an older one of the same name)."""
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -85,10 +91,15 @@ def latest_checkpoint(path: str) -> Path:
     if (p / "trainer_state.json").is_file():
         return p
     for d in (p, p / "checkpoints"):
-        steps = sorted(
-            (int(m.group(1)), c) for c in d.glob("step-*")
-            if (m := STEP_DIR.match(c.name)) and (c / "trainer_state.json").is_file()
-        ) if d.is_dir() else []
+        steps = (
+            sorted(
+                (int(m.group(1)), c)
+                for c in d.glob("step-*")
+                if (m := STEP_DIR.match(c.name)) and (c / "trainer_state.json").is_file()
+            )
+            if d.is_dir()
+            else []
+        )
         if steps:
             return steps[-1][1]
     raise EngineError(
@@ -119,8 +130,10 @@ def load_weights_into(model: nn.Module, ckpt: Path, lora: bool) -> None:
         )
     for name, t in tensors.items():
         if tuple(t.shape) != tuple(params[name].shape):
-            raise EngineError("CHECKPOINT_MISMATCH", f"{f}: tensor {name} has shape {list(t.shape)}, the model "
-                              f"expects {list(params[name].shape)}")
+            raise EngineError(
+                "CHECKPOINT_MISMATCH",
+                f"{f}: tensor {name} has shape {list(t.shape)}, the model expects {list(params[name].shape)}",
+            )
         params[name].copy_(t)
 
 
@@ -128,6 +141,8 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     return json.loads((ckpt / "trainer_state.json").read_text())
 
 
-def load_optimizer_and_rng(ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, Any]:
+def load_optimizer_and_rng(
+    ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.device
+) -> dict[str, Any]:
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False))
     return torch.load(ckpt / "rng.pt", weights_only=False)

@@ -19,8 +19,12 @@ from safetensors import safe_open
 
 from .errors import EngineError
 
-SHARD_TENSORS = {"tokens": torch.int32, "loss_weight": torch.float32, "seq_offsets": torch.int64,
-                 "pack_offsets": torch.int64}
+SHARD_TENSORS = {
+    "tokens": torch.int32,
+    "loss_weight": torch.float32,
+    "seq_offsets": torch.int64,
+    "pack_offsets": torch.int64,
+}
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,10 @@ class Batch:
     real_tokens: int  # tokens that are not padding
 
     def to(self, device: torch.device) -> Batch:
-        moved = (t.to(device, non_blocking=True) for t in
-                 (self.input_ids, self.position_ids, self.sample_ids, self.loss_weight))
+        moved = (
+            t.to(device, non_blocking=True)
+            for t in (self.input_ids, self.position_ids, self.sample_ids, self.loss_weight)
+        )
         return Batch(*moved, real_tokens=self.real_tokens)
 
     @property
@@ -58,39 +64,52 @@ def read_shards(paths: list[str] | tuple[str, ...]) -> list[Pack]:
 
 def _read_shard(path: str) -> list[Pack]:
     if not Path(path).is_file():
-        raise EngineError("DATA_NOT_FOUND", f"{path}: token shard not found",
-                          hint="run `tuna data` (or `tuna train`, which writes the shards) again")
+        raise EngineError(
+            "DATA_NOT_FOUND",
+            f"{path}: token shard not found",
+            hint="run `tuna data` (or `tuna train`, which writes the shards) again",
+        )
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
         keys = set(f.keys())
         for name in SHARD_TENSORS:
             if name not in keys:
-                raise EngineError("DATA_INVALID", f"{path}: tensor {name!r} missing; a token shard holds "
-                                  + ", ".join(SHARD_TENSORS))
+                raise EngineError(
+                    "DATA_INVALID",
+                    f"{path}: tensor {name!r} missing; a token shard holds " + ", ".join(SHARD_TENSORS),
+                )
         t = {name: f.get_tensor(name) for name in SHARD_TENSORS}
     if meta.get("format") != "tuna-shard":
-        raise EngineError("DATA_INVALID", f"{path}: __metadata__.format: expected \"tuna-shard\", got "
-                          f"{meta.get('format')!r}")
+        raise EngineError(
+            "DATA_INVALID", f'{path}: __metadata__.format: expected "tuna-shard", got {meta.get("format")!r}'
+        )
     for name, dtype in SHARD_TENSORS.items():
         if t[name].dtype != dtype or t[name].dim() != 1:
-            raise EngineError("DATA_INVALID", f"{path}: tensor {name!r}: expected 1-D {dtype}, got "
-                              f"{t[name].dim()}-D {t[name].dtype}")
+            raise EngineError(
+                "DATA_INVALID",
+                f"{path}: tensor {name!r}: expected 1-D {dtype}, got {t[name].dim()}-D {t[name].dtype}",
+            )
     tokens, weights, seq, pk = t["tokens"].long(), t["loss_weight"], t["seq_offsets"], t["pack_offsets"]
     if len(weights) != len(tokens) or int(seq[-1]) != len(tokens) or int(pk[-1]) != len(seq) - 1:
-        raise EngineError("DATA_INVALID", f"{path}: offsets disagree with lengths (tokens {len(tokens)}, "
-                          f"loss_weight {len(weights)}, seq_offsets[-1] {int(seq[-1])}, pack_offsets[-1] "
-                          f"{int(pk[-1])}, samples {len(seq) - 1})")
+        raise EngineError(
+            "DATA_INVALID",
+            f"{path}: offsets disagree with lengths (tokens {len(tokens)}, "
+            f"loss_weight {len(weights)}, seq_offsets[-1] {int(seq[-1])}, pack_offsets[-1] "
+            f"{int(pk[-1])}, samples {len(seq) - 1})",
+        )
     packs = []
     for p in range(len(pk) - 1):
         s0, s1 = int(pk[p]), int(pk[p + 1])
         a, b = int(seq[s0]), int(seq[s1])
-        lens = (seq[s0 + 1:s1 + 1] - seq[s0:s1]).tolist()
-        packs.append(Pack(
-            tokens=tokens[a:b],
-            weights=weights[a:b],
-            positions=torch.cat([torch.arange(n) for n in lens]),
-            sample_ids=torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(lens)]),
-        ))
+        lens = (seq[s0 + 1 : s1 + 1] - seq[s0:s1]).tolist()
+        packs.append(
+            Pack(
+                tokens=tokens[a:b],
+                weights=weights[a:b],
+                positions=torch.cat([torch.arange(n) for n in lens]),
+                sample_ids=torch.cat([torch.full((n,), i, dtype=torch.long) for i, n in enumerate(lens)]),
+            )
+        )
     return packs
 
 
@@ -130,4 +149,4 @@ def take_packs(packs: list[Pack], seed: int, position: int, count: int) -> list[
 
 
 def micro_batches(packs: list[Pack], size: int) -> list[Batch]:
-    return [collate(packs[i:i + size]) for i in range(0, len(packs), size)]
+    return [collate(packs[i : i + size]) for i in range(0, len(packs), size)]

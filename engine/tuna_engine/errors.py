@@ -7,7 +7,13 @@ class EngineError(Exception):
     """`code` is stable (TypeScript matches on it); `message` names the file and field; `hint` says what to do."""
 
     def __init__(
-        self, code: str, message: str, *, hint: str | None = None, step: int | None = None, field: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        hint: str | None = None,
+        step: int | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code

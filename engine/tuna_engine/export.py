@@ -17,8 +17,16 @@ from .lora import PEFT_PREFIX, adapter_config, adapter_state_dict
 # Files a model directory carries besides weights that a merged/full model must keep (tokenizer, chat template,
 # generation defaults).
 SIDE_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json", "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
 )
 
 
@@ -39,10 +47,13 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(d)
 
 
-def save_adapter(model: nn.Module, spec: Any, base_model_name: str, layers: tuple[int, ...] | None,
-                 out_dir: Path) -> None:
+def save_adapter(
+    model: nn.Module, spec: Any, base_model_name: str, layers: tuple[int, ...] | None, out_dir: Path
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        adapter_state_dict(model), str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"}
+    )
     cfg = adapter_config(spec, base_model_name, layers)
     (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -54,16 +65,24 @@ def adapter_tensors_for_model(tensors: dict[str, torch.Tensor], source: str) -> 
         if not k.startswith(PEFT_PREFIX):
             from .errors import EngineError
 
-            raise EngineError("ADAPTER_INVALID", f"{source}: tensor {k!r} does not start with {PEFT_PREFIX!r}")
-        name = k[len(PEFT_PREFIX):].replace(".default.", ".")
+            raise EngineError(
+                "ADAPTER_INVALID", f"{source}: tensor {k!r} does not start with {PEFT_PREFIX!r}"
+            )
+        name = k[len(PEFT_PREFIX) :].replace(".default.", ".")
         if name.endswith(".lora_magnitude_vector.weight"):
             name = name[: -len(".weight")]
         out[name] = v
     return out
 
 
-def save_hf_model(state: dict[str, torch.Tensor], source_dir: str, out_dir: Path, dtype: torch.dtype,
-                  max_shard_bytes: int = 5 * 2**30, config_updates: dict[str, Any] | None = None) -> None:
+def save_hf_model(
+    state: dict[str, torch.Tensor],
+    source_dir: str,
+    out_dir: Path,
+    dtype: torch.dtype,
+    max_shard_bytes: int = 5 * 2**30,
+    config_updates: dict[str, Any] | None = None,
+) -> None:
     """A Hugging Face model directory: sharded safetensors (+ index when more than one shard), config.json with
     the dtype, and the tokenizer / chat template / generation files copied from `source_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)

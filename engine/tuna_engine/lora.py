@@ -31,7 +31,7 @@ def lora_scaling(spec: LoraSpec) -> float:
 
 
 def resolve_targets(spec: LoraSpec) -> tuple[str, ...]:
-    """"all-linear" means every projection of the decoder, never the output layer (as in peft)."""
+    """ "all-linear" means every projection of the decoder, never the output layer (as in peft)."""
     if "all-linear" in spec.target_modules:
         return LORA_PROJECTIONS
     return tuple(t for t in LORA_PROJECTIONS if t in spec.target_modules)
@@ -125,7 +125,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def adapter_config(spec: LoraSpec, base_model_name: str, layers_to_transform: tuple[int, ...] | None) -> dict[str, Any]:
+def adapter_config(
+    spec: LoraSpec, base_model_name: str, layers_to_transform: tuple[int, ...] | None
+) -> dict[str, Any]:
     """adapter_config.json as peft 0.21 writes it for a LoRA on a causal LM (fields peft and vLLM read)."""
     return {
         "peft_type": "LORA",
@@ -156,10 +158,14 @@ def read_adapter_config(adapter_dir: str) -> tuple[LoraSpec, tuple[int, ...] | N
 
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
-        raise EngineError("ADAPTER_NOT_FOUND", f"{path}: not found", hint="point adapter_dir at a PEFT adapter")
+        raise EngineError(
+            "ADAPTER_NOT_FOUND", f"{path}: not found", hint="point adapter_dir at a PEFT adapter"
+        )
     cfg = json.loads(path.read_text())
     if cfg.get("peft_type") != "LORA":
-        raise EngineError("ADAPTER_UNSUPPORTED", f"{path}: peft_type: expected \"LORA\", got {cfg.get('peft_type')!r}")
+        raise EngineError(
+            "ADAPTER_UNSUPPORTED", f'{path}: peft_type: expected "LORA", got {cfg.get("peft_type")!r}'
+        )
     targets = cfg.get("target_modules")
     if isinstance(targets, str):
         targets = ["all-linear"] if targets == "all-linear" else [targets]

@@ -37,19 +37,35 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def merge(plan: MergePlan) -> None:
     t0 = time.time()
-    device = torch.device("cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device(
+        "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     spec, layers = read_adapter_config(plan.adapter_dir)
     adapter_file = Path(plan.adapter_dir) / "adapter_model.safetensors"
     if not adapter_file.is_file():
-        raise EngineError("ADAPTER_NOT_FOUND", f"{adapter_file}: not found",
-                          hint="adapter_dir must hold adapter_model.safetensors and adapter_config.json")
+        raise EngineError(
+            "ADAPTER_NOT_FOUND",
+            f"{adapter_file}: not found",
+            hint="adapter_dir must hold adapter_model.safetensors and adapter_config.json",
+        )
     n = len(load_file(str(adapter_file)))
     emit({"event": "log", "message": f"merging {n} adapter tensors from {plan.adapter_dir}"})
     # Build in fp32 so the fold is exact, then write in the requested dtype.
     model = load_model(plan.model.path, "float32", device, spec, layers)
     load_weights_into(model, Path(plan.adapter_dir), lora=True)
-    save_hf_model(merged_state_dict(model), plan.model.path, Path(plan.output_dir), DTYPES[plan.model.dtype],
-                  plan.max_shard_bytes)
-    emit({"event": "done", "steps": 0, "final_loss": None, "adapter_dir": plan.output_dir,
-          "elapsed_s": time.time() - t0})
+    save_hf_model(
+        merged_state_dict(model),
+        plan.model.path,
+        Path(plan.output_dir),
+        DTYPES[plan.model.dtype],
+        plan.max_shard_bytes,
+    )
+    emit(
+        {
+            "event": "done",
+            "steps": 0,
+            "final_loss": None,
+            "adapter_dir": plan.output_dir,
+            "elapsed_s": time.time() - t0,
+        }
+    )

@@ -137,7 +137,9 @@ class _Reader:
             return {}
         return v
 
-    def get(self, d: dict[str, Any], key: str, path: str, kind: str, *, optional: bool = False, **lim: Any) -> Any:
+    def get(
+        self, d: dict[str, Any], key: str, path: str, kind: str, *, optional: bool = False, **lim: Any
+    ) -> Any:
         v = d.get(key, _MISSING)
         if optional and (v is _MISSING or v is None):
             return None
@@ -174,7 +176,9 @@ def _check(v: Any, kind: str, **lim: Any) -> bool:
     if kind == "str[]":
         return isinstance(v, list) and all(isinstance(x, str) for x in v) and len(v) >= lim.get("min_len", 0)
     if kind == "int[]":
-        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+        return isinstance(v, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+        )
     if kind == "literal":
         return v == lim["value"]
     raise AssertionError(kind)
@@ -205,7 +209,9 @@ def _describe(kind: str, **lim: Any) -> str:
 def _load_json(path: str, what: str) -> Any:
     p = Path(path)
     if not p.is_file():
-        raise EngineError("PLAN_NOT_FOUND", f"{path}: {what} file not found", hint="pass --plan <run>/plan.json")
+        raise EngineError(
+            "PLAN_NOT_FOUND", f"{path}: {what} file not found", hint="pass --plan <run>/plan.json"
+        )
     try:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
@@ -242,7 +248,7 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
             if t not in LORA_PROJECTIONS and t != "all-linear":
                 r.problems.append(
                     f"method.lora.target_modules: unknown module {json.dumps(t)}; expected some of "
-                    f"{', '.join(LORA_PROJECTIONS)} or [\"all-linear\"]"
+                    f'{", ".join(LORA_PROJECTIONS)} or ["all-linear"]'
                 )
         lora = LoraSpec(
             r=r.get(lo, "r", "method.lora.r", "int", min=1),
@@ -261,7 +267,9 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         trainable_modules=r.get(me, "trainable_modules", "method.trainable_modules", "str[]", optional=True),
     )
     if method.trainable_modules is not None and mtype != "full":
-        r.problems.append("method.trainable_modules: only for method.type \"full\" (LoRA uses lora.target_modules)")
+        r.problems.append(
+            'method.trainable_modules: only for method.type "full" (LoRA uses lora.target_modules)'
+        )
 
     t = r.obj(raw, "train", "train")
     train = TrainSpec(

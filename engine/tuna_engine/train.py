@@ -55,11 +55,17 @@ def lr_at(step: int, plan: TrainPlan) -> float:
 def pick_device(plan: TrainPlan) -> torch.device:
     if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise EngineError("NO_CUDA", "device: \"cuda\" but torch sees no CUDA GPU",
-                              hint="set device to \"auto\" or \"cpu\", or install a CUDA build of torch")
+            raise EngineError(
+                "NO_CUDA",
+                'device: "cuda" but torch sees no CUDA GPU',
+                hint='set device to "auto" or "cpu", or install a CUDA build of torch',
+            )
         if plan.model.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-            raise EngineError("BF16_UNSUPPORTED", f"model.dtype: \"bfloat16\" but {torch.cuda.get_device_name()} "
-                              "has no bfloat16 support", hint="use dtype \"float16\" on this GPU (pre-Ampere)")
+            raise EngineError(
+                "BF16_UNSUPPORTED",
+                f'model.dtype: "bfloat16" but {torch.cuda.get_device_name()} has no bfloat16 support',
+                hint='use dtype "float16" on this GPU (pre-Ampere)',
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -80,8 +86,11 @@ def set_trainable(model: torch.nn.Module, plan: TrainPlan) -> list[torch.nn.Para
         p.requires_grad_(ok)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
-        raise EngineError("PLAN_INVALID", "method.trainable_layers / method.trainable_modules select no parameter",
-                          hint="module names: embed_tokens, self_attn, q_proj.., mlp, gate_proj.., norm, lm_head")
+        raise EngineError(
+            "PLAN_INVALID",
+            "method.trainable_layers / method.trainable_modules select no parameter",
+            hint="module names: embed_tokens, self_attn, q_proj.., mlp, gate_proj.., norm, lm_head",
+        )
     return trainable
 
 
@@ -95,8 +104,11 @@ def make_optimizer(model: torch.nn.Module, plan: TrainPlan, device: torch.device
         try:
             from .optim8bit import AdamW8bit  # type: ignore[attr-defined]
         except ImportError as e:
-            raise EngineError("UNSUPPORTED", "train.optimizer: \"adamw8bit\" is not available in this build",
-                              hint="use \"adamw\"") from e
+            raise EngineError(
+                "UNSUPPORTED",
+                'train.optimizer: "adamw8bit" is not available in this build',
+                hint='use "adamw"',
+            ) from e
         return AdamW8bit(groups, **kw)
     return torch.optim.AdamW(groups, **kw, fused=device.type == "cuda")
 
@@ -117,8 +129,9 @@ def train(plan: TrainPlan) -> None:
     t0 = time.time()
     t = plan.train
     if plan.method.type == "qlora":
-        raise EngineError("UNSUPPORTED", "method.type: \"qlora\" is not wired into the trainer yet",
-                          hint="use \"lora\" for now")
+        raise EngineError(
+            "UNSUPPORTED", 'method.type: "qlora" is not wired into the trainer yet', hint='use "lora" for now'
+        )
     lora = plan.method.lora if plan.method.type == "lora" else None
     lora_layers = plan.method.trainable_layers if lora is not None else None
     device = pick_device(plan)
@@ -140,8 +153,14 @@ def train(plan: TrainPlan) -> None:
     packs_per_step = t.micro_batch_size * t.grad_accum
     ckpt_root = Path(plan.output.checkpoints_dir)
 
-    state: dict[str, Any] = {"step": 0, "data_position": 0, "best_val_loss": None, "best_step": None,
-                             "evals_since_best": 0, "last_checkpoint": None}
+    state: dict[str, Any] = {
+        "step": 0,
+        "data_position": 0,
+        "best_val_loss": None,
+        "best_step": None,
+        "evals_since_best": 0,
+        "last_checkpoint": None,
+    }
     rng = None
     if plan.resume_from:
         src = ckpt.latest_checkpoint(plan.resume_from)
@@ -153,15 +172,31 @@ def train(plan: TrainPlan) -> None:
 
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in trainable)
-    emit({"event": "start", "device": str(device), "dtype": plan.model.dtype, "params_total": n_total,
-          "params_trainable": n_train, "total_steps": t.max_steps, "start_step": state["step"]})
+    emit(
+        {
+            "event": "start",
+            "device": str(device),
+            "dtype": plan.model.dtype,
+            "params_total": n_total,
+            "params_trainable": n_train,
+            "total_steps": t.max_steps,
+            "start_step": state["step"],
+        }
+    )
     log(f"{n_train:,} of {n_total:,} parameters train; {len(train_packs)} packs, {packs_per_step} per step")
 
     def save(step: int, final_dir: Path, with_optimizer: bool = True) -> Path:
         snapshot = {**state, "step": step, "schedule": {"kind": t.scheduler, "lr": lr_at(step - 1, plan)}}
         snapshot.pop("last_checkpoint", None)
-        return ckpt.save_checkpoint(final_dir, model, optimizer if with_optimizer else None, snapshot, lora,
-                                    plan.base_model_name, lora_layers)
+        return ckpt.save_checkpoint(
+            final_dir,
+            model,
+            optimizer if with_optimizer else None,
+            snapshot,
+            lora,
+            plan.base_model_name,
+            lora_layers,
+        )
 
     if rng is not None:
         ckpt.set_rng_state(rng)  # last, so nothing above consumes random numbers after the restore
@@ -192,7 +227,8 @@ def train(plan: TrainPlan) -> None:
             if not math.isfinite(loss):
                 last = state.get("last_checkpoint")
                 raise EngineError(
-                    "NAN_LOSS", f"loss is {loss} at step {step}; last good checkpoint: {last or 'none'}",
+                    "NAN_LOSS",
+                    f"loss is {loss} at step {step}; last good checkpoint: {last or 'none'}",
                     hint="lower train.learning_rate or raise warmup_steps; check the model weights are finite; "
                     + (f"resume_from {last}" if last else "no checkpoint to resume from"),
                     step=step,
@@ -208,13 +244,23 @@ def train(plan: TrainPlan) -> None:
             if step % t.log_every == 0 or step == t.max_steps:
                 now = time.time()
                 done = step - start_step
-                emit({
-                    "event": "step", "step": step, "total_steps": t.max_steps, "loss": loss, "lr": lr,
-                    "grad_norm": grad_norm if math.isfinite(grad_norm) else -1.0, "trained_tokens": weight,
-                    "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
-                    "elapsed_s": now - t0, "eta_s": (now - run_start) / done * (t.max_steps - step),
-                    "memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-                })
+                emit(
+                    {
+                        "event": "step",
+                        "step": step,
+                        "total_steps": t.max_steps,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm if math.isfinite(grad_norm) else -1.0,
+                        "trained_tokens": weight,
+                        "tokens_per_s": interval_tokens / max(now - interval_start, 1e-9),
+                        "elapsed_s": now - t0,
+                        "eta_s": (now - run_start) / done * (t.max_steps - step),
+                        "memory_gib": torch.cuda.max_memory_allocated() / 2**30
+                        if device.type == "cuda"
+                        else None,
+                    }
+                )
                 interval_start, interval_tokens = now, 0
 
             if t.eval_every and val_batches and step % t.eval_every == 0:
@@ -228,9 +274,14 @@ def train(plan: TrainPlan) -> None:
                     state["evals_since_best"] += 1
                     p = t.early_stopping_patience
                     if p is not None and state["evals_since_best"] >= p:
-                        emit({"event": "log", "message": f"early stopping at step {step}: no better validation "
-                              f"loss for {p} evaluations (best {state['best_val_loss']:.4f} at step "
-                              f"{state['best_step']})"})
+                        emit(
+                            {
+                                "event": "log",
+                                "message": f"early stopping at step {step}: no better validation "
+                                f"loss for {p} evaluations (best {state['best_val_loss']:.4f} at step "
+                                f"{state['best_step']})",
+                            }
+                        )
                         stopped_early = True
 
             if (t.save_every and step % t.save_every == 0) or stopped_early:
@@ -253,13 +304,24 @@ def train(plan: TrainPlan) -> None:
         save_adapter(model, lora, plan.base_model_name, lora_layers, out)
     else:
         save_hf_model(full_state_dict(model), plan.model.path, out, model.model.embed_tokens.weight.dtype)
-    emit({"event": "done", "steps": state["step"], "final_loss": loss, "adapter_dir": str(out),
-          "elapsed_s": time.time() - t0, "best_step": state["best_step"], "best_val_loss": state["best_val_loss"]})
+    emit(
+        {
+            "event": "done",
+            "steps": state["step"],
+            "final_loss": loss,
+            "adapter_dir": str(out),
+            "elapsed_s": time.time() - t0,
+            "best_step": state["best_step"],
+            "best_val_loss": state["best_val_loss"],
+        }
+    )
 
 
 def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineError:
     t = plan.train
-    advice = [f"lower train.micro_batch_size (now {t.micro_batch_size}) and raise grad_accum to keep the batch"]
+    advice = [
+        f"lower train.micro_batch_size (now {t.micro_batch_size}) and raise grad_accum to keep the batch"
+    ]
     if not t.gradient_checkpointing:
         advice.append("set train.gradient_checkpointing: true")
     if plan.method.type != "qlora":

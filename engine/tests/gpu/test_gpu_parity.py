@@ -21,9 +21,20 @@ pytestmark = pytest.mark.gpu
 
 # Qwen3-0.6B config.json (Qwen/Qwen3-0.6B on the Hugging Face hub).
 QWEN3_0_6B = dict(
-    hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-    head_dim=128, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-    max_position_embeddings=40960, max_window_layers=28, attention_bias=False, hidden_act="silu",
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+    max_window_layers=28,
+    attention_bias=False,
+    hidden_act="silu",
 )
 
 
@@ -49,8 +60,12 @@ def test_bf16_logits_match_transformers(model_dir: Path) -> None:
     dev = torch.device("cuda")
     ids = torch.randint(0, 151936, (2, 256), device=dev, generator=torch.Generator(dev).manual_seed(0))
     with torch.no_grad():
-        ref32 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(dev).eval()(ids).logits
-        hf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(dev).eval()(ids).logits
+        ref32 = (
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(dev).eval()(ids).logits
+        )
+        hf16 = (
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(dev).eval()(ids).logits
+        )
         ours = load_model(str(model_dir), "bfloat16", dev).eval()
         pos = torch.arange(256, device=dev).expand(2, 256)
         got = ours.logits(ours(ids, pos, torch.zeros_like(ids)))
@@ -73,7 +88,9 @@ def test_bf16_lora_step_matches_peft(model_dir: Path, dora: bool) -> None:
             if "lora_B" in n:
                 p.copy_(0.01 * torch.randn(p.shape, generator=g))
     pm.train()
-    spec = LoraSpec(r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=dora)
+    spec = LoraSpec(
+        r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=dora
+    )
     ours = load_model(str(model_dir), "bfloat16", dev, spec)
     from tuna_engine.export import adapter_tensors_for_model
 
@@ -100,16 +117,22 @@ def test_bf16_lora_step_matches_peft(model_dir: Path, dora: bool) -> None:
 
     from tuna_engine.data import Pack, collate
 
-    pack = Pack(tokens=torch.cat(ids).cpu(), weights=torch.cat(ws).cpu(),
-                positions=torch.cat([torch.arange(len(x)) for x in ids]),
-                sample_ids=torch.cat([torch.full((len(x),), i) for i, x in enumerate(ids)]))
+    pack = Pack(
+        tokens=torch.cat(ids).cpu(),
+        weights=torch.cat(ws).cpu(),
+        positions=torch.cat([torch.arange(len(x)) for x in ids]),
+        sample_ids=torch.cat([torch.full((len(x),), i) for i, x in enumerate(ids)]),
+    )
     got = weighted_ce_sum(ours, collate([pack]).to(dev)) / weight
     got.backward()
     assert abs(float(got) - float(ref)) / float(ref) < 2e-2
     ref_g = adapter_tensors_for_model({k: p.grad for k, p in pm.named_parameters() if "lora_" in k}, "peft")
     our_g = {n: p.grad for n, p in ours.named_parameters() if ".lora_" in n}
-    cos = [torch.nn.functional.cosine_similarity(our_g[k].flatten().float(), g.flatten().float(), dim=0)
-           for k, g in ref_g.items() if g.abs().max() > 0]
+    cos = [
+        torch.nn.functional.cosine_similarity(our_g[k].flatten().float(), g.flatten().float(), dim=0)
+        for k, g in ref_g.items()
+        if g.abs().max() > 0
+    ]
     assert min(float(c) for c in cos) > 0.95
 
 

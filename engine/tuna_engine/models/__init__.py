@@ -28,11 +28,17 @@ IGNORED_KEY_SUFFIXES = ("rotary_emb.inv_freq",)
 def read_config(model_dir: str) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
     if not Path(model_dir).is_dir():
-        raise EngineError("MODEL_NOT_FOUND", f"{model_dir}: model directory not found",
-                          hint="model.path must be a Hugging Face model directory (config.json + *.safetensors)")
+        raise EngineError(
+            "MODEL_NOT_FOUND",
+            f"{model_dir}: model directory not found",
+            hint="model.path must be a Hugging Face model directory (config.json + *.safetensors)",
+        )
     if not path.is_file():
-        raise EngineError("MODEL_FILE_MISSING", f"{path}: not found",
-                          hint="a Hugging Face model directory holds config.json beside its *.safetensors")
+        raise EngineError(
+            "MODEL_FILE_MISSING",
+            f"{path}: not found",
+            hint="a Hugging Face model directory holds config.json beside its *.safetensors",
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -63,17 +69,22 @@ def model_config(model_dir: str) -> llama.Config:
             field="architectures",
         )
     if cfg.get("use_sliding_window"):
-        raise EngineError("UNSUPPORTED_ARCHITECTURE",
-                          f"{path}: use_sliding_window: true is not supported (expected false)")
+        raise EngineError(
+            "UNSUPPORTED_ARCHITECTURE", f"{path}: use_sliding_window: true is not supported (expected false)"
+        )
     if cfg.get("hidden_act", "silu") != "silu":
-        raise EngineError("UNSUPPORTED_ARCHITECTURE",
-                          f"{path}: hidden_act: {cfg.get('hidden_act')!r} is not supported (expected \"silu\")")
+        raise EngineError(
+            "UNSUPPORTED_ARCHITECTURE",
+            f'{path}: hidden_act: {cfg.get("hidden_act")!r} is not supported (expected "silu")',
+        )
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
-        raise EngineError("UNSUPPORTED_ARCHITECTURE",
-                          f"{path}: rope_scaling.rope_type: {rope_type!r} is not supported; supported: "
-                          + ", ".join(ROPE_TYPES))
+        raise EngineError(
+            "UNSUPPORTED_ARCHITECTURE",
+            f"{path}: rope_scaling.rope_type: {rope_type!r} is not supported; supported: "
+            + ", ".join(ROPE_TYPES),
+        )
     try:
         return llama.Config.from_hf(cfg)
     except KeyError as e:
@@ -88,19 +99,28 @@ def weight_files(model_dir: str) -> dict[str, str]:
         weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
         for f in sorted(set(weight_map.values())):
             if not (d / f).is_file():
-                raise EngineError("MODEL_FILE_MISSING", f"{d / f}: listed in {index.name} but not found",
-                                  hint="the download may be incomplete; fetch the model directory again")
+                raise EngineError(
+                    "MODEL_FILE_MISSING",
+                    f"{d / f}: listed in {index.name} but not found",
+                    hint="the download may be incomplete; fetch the model directory again",
+                )
         return {k: str(d / f) for k, f in weight_map.items()}
     single = d / "model.safetensors"
     if not single.is_file():
-        raise EngineError("MODEL_FILE_MISSING", f"{d}: no model.safetensors or model.safetensors.index.json",
-                          hint="Tuna loads safetensors weights only (convert *.bin with transformers first)")
+        raise EngineError(
+            "MODEL_FILE_MISSING",
+            f"{d}: no model.safetensors or model.safetensors.index.json",
+            hint="Tuna loads safetensors weights only (convert *.bin with transformers first)",
+        )
     with safe_open(str(single), "pt") as f:
         return {k: str(single) for k in f.keys()}  # noqa: SIM118
 
 
 def build_model(
-    c: llama.Config, device: torch.device, dtype: torch.dtype, lora: LoraSpec | None,
+    c: llama.Config,
+    device: torch.device,
+    dtype: torch.dtype,
+    lora: LoraSpec | None,
     lora_layers: tuple[int, ...] | None,
 ) -> llama.CausalLM:
     """The model with uninitialised base weights in `dtype` (LoRA parameters stay fp32) on `device`."""
@@ -115,15 +135,22 @@ def build_model(
 
 
 def load_model(
-    model_dir: str, dtype: str, device: torch.device, lora: LoraSpec | None = None,
-    lora_layers: tuple[int, ...] | None = None, seed: int = 0,
+    model_dir: str,
+    dtype: str,
+    device: torch.device,
+    lora: LoraSpec | None = None,
+    lora_layers: tuple[int, ...] | None = None,
+    seed: int = 0,
 ) -> llama.CausalLM:
     c = model_config(model_dir)
     if lora_layers is not None:
         bad = [i for i in lora_layers if i >= c.num_layers]
         if bad:
-            raise EngineError("PLAN_INVALID", f"method.trainable_layers: layers {bad} do not exist "
-                              f"(the model has {c.num_layers}: 0..{c.num_layers - 1})")
+            raise EngineError(
+                "PLAN_INVALID",
+                f"method.trainable_layers: layers {bad} do not exist "
+                f"(the model has {c.num_layers}: 0..{c.num_layers - 1})",
+            )
     model = build_model(c, device, DTYPES[dtype], lora, lora_layers)
     load_weights(model, model_dir)
     torch.manual_seed(seed)
@@ -148,8 +175,10 @@ def load_weights(model: llama.CausalLM, model_dir: str) -> None:
             hint="config.json and the safetensors files come from different models, or the download is partial",
         )
     unexpected = sorted(
-        k for k in files
-        if k not in params and not k.endswith(IGNORED_KEY_SUFFIXES)
+        k
+        for k in files
+        if k not in params
+        and not k.endswith(IGNORED_KEY_SUFFIXES)
         and not (k == "lm_head.weight" and model.config.tie_word_embeddings)
     )
     if unexpected:

@@ -166,7 +166,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sample_ids: tor
     T = q.shape[2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     mask = (sample_ids[:, :, None] == sample_ids[:, None, :]) & causal  # [B, T, T]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 class Attention(nn.Module):
@@ -186,7 +188,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(D, c.rms_norm_eps)
             self.k_norm = RMSNorm(D, c.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         D = self.c.head_dim
         q = self.q_proj(x).view(B, T, -1, D)
@@ -225,7 +229,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c, lora, targets)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, sample_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -245,7 +251,9 @@ class Body(nn.Module):
 
 
 class CausalLM(nn.Module):
-    def __init__(self, c: Config, lora: LoraSpec | None = None, lora_layers: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, c: Config, lora: LoraSpec | None = None, lora_layers: tuple[int, ...] | None = None
+    ) -> None:
         super().__init__()
         self.config = c
         self.model = Body(c, lora, lora_layers)
@@ -263,7 +271,9 @@ class CausalLM(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, sample_ids: torch.Tensor
+    ) -> torch.Tensor:
         """input_ids/position_ids/sample_ids [B, T] → final hidden states [B, T, C] (after the last norm)."""
         x = self.model.embed_tokens(input_ids)
         # Rotary tables in fp32, scaled, then cast to the activation dtype (transformers does the same).
