@@ -229,6 +229,12 @@ def test_crash_while_saving_leaves_previous_checkpoint(tmp_path: Path) -> None:
     )
     assert code == 0, err
     assert only(events, "start")["start_step"] == 4
+    # `best/` holds weights only: resuming from it is refused with a reason, not a traceback.
+    plan = make_plan(tmp_path / "c", model_dir, [shard], [shard], max_steps=2, eval_every=1)
+    assert run_engine("train", write_plan(plan))[0] == 0
+    best = Path(plan["output"]["checkpoints_dir"]) / "best"
+    code, events, _ = run_engine("train", write_plan(dict(plan, resume_from=str(best))))
+    assert code != 0 and only(events, "error")["code"] == "RESUME_NOT_FOUND"
 
 
 def test_full_finetune_with_frozen_layers_writes_hf_model(tmp_path: Path) -> None:

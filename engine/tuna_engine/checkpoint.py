@@ -144,5 +144,11 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
 def load_optimizer_and_rng(
     ckpt: Path, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> dict[str, Any]:
+    if not (ckpt / "optimizer.pt").is_file() or not (ckpt / "rng.pt").is_file():
+        raise EngineError(
+            "RESUME_NOT_FOUND",
+            f"resume_from: {ckpt} holds weights only (no optimizer.pt / rng.pt), so training cannot continue exactly",
+            hint="resume from a step-N checkpoint, or the run directory (→ its latest step-N)",
+        )
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False))
     return torch.load(ckpt / "rng.pt", weights_only=False)
