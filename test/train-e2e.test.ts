@@ -1,6 +1,6 @@
 // Issue "Tuna v0" end to end: `tuna train` on the tiny model for a few steps on CPU — the loss falls, the run
 // directory holds everything DESIGN.md names, and the adapter loads with peft over transformers' Qwen3 giving
-// the same logits as Tuna's engine.
+// the same logits as Tuna's engine; `tuna merge` writes a model transformers loads with those logits.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -68,13 +68,16 @@ describe("tuna train (tiny model, CPU)", () => {
     expect(manifest.splits.train.samples).toBeGreaterThanOrEqual(6);
     expect(manifest.tokenizer_hash).toMatch(/^[0-9a-f]{64}$/);
 
-    const out = execFileSync(testPython(), [join(REPO_ROOT, "test/fixtures/e2e/compare_adapter.py"), modelDir, join(run, "adapter")], {
+    const merged = tuna(["merge", run, "--out", join(work, "merged")]);
+    expect(merged.status, merged.stderr).toBe(0);
+    const out = execFileSync(testPython(), [join(REPO_ROOT, "test/fixtures/e2e/compare_adapter.py"), modelDir, join(run, "adapter"), join(work, "merged")], {
       encoding: "utf8",
       env: { ...process.env, PYTHONPATH: join(REPO_ROOT, "engine") },
     });
     const cmp = JSON.parse(out.trim().split("\n").at(-1)!);
     expect(cmp.adapter_effect).toBeGreaterThan(1e-3); // the adapter changes the model...
     expect(cmp.rel_diff).toBeLessThan(1e-5); // ...identically in peft and in Tuna's engine
+    expect(cmp.merged_rel_diff).toBeLessThan(1e-5); // and `tuna merge` folds it in exactly
   });
 
   it("names the missing file of a broken model directory", () => {
