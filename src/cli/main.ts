@@ -1,9 +1,11 @@
 // `tuna` — one file per command in this folder; each exports `register(program)`.
 import { Command } from "commander";
 import { isTunaError } from "../errors.ts";
+import { register as registerChat } from "./chat.ts";
 import { register as registerData } from "./data.ts";
 import { register as registerDemo } from "./demo.ts";
 import { register as registerEval } from "./eval.ts";
+import { register as registerMerge } from "./merge.ts";
 import { register as registerModel } from "./model.ts";
 import { register as registerTemplate } from "./template.ts";
 import { register as registerTokenize } from "./tokenize.ts";
@@ -19,7 +21,9 @@ for (const register of [
   registerTokenize,
   registerTemplate,
   registerModel,
+  registerMerge,
   registerEval,
+  registerChat,
   registerDemo,
 ]) {
   register(program);
