@@ -1,4 +1,4 @@
-"""python -m tuna_engine <train|merge> --plan <plan.json>
+"""python -m tuna_engine <train|merge|generate> --plan <plan.json>
 
 Runs one command of a plan written by TypeScript (src/engine/protocol.ts). Writes one JSON event per stdout
 line (start, step, eval, checkpoint, done, error, log) and a human log on stderr. Every failure is an `error`
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("command", choices=["train", "merge"])
+    parser.add_argument("command", choices=["train", "merge", "generate"])
     parser.add_argument("--plan", required=True, help="path to plan.json")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, _on_signal)
@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             from .train import train
 
             train(load_train_plan(args.plan))
+        elif args.command == "generate":
+            from .generate import serve
+            from .protocol import load_generate_plan
+
+            serve(load_generate_plan(args.plan))
         else:
             from .merge import merge
 

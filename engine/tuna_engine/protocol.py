@@ -117,6 +117,34 @@ class MergePlan:
     max_shard_bytes: int = 5 * 2**30
 
 
+@dataclass(frozen=True)
+class GeneratePlan:
+    """The long-lived `generate` command (generate.py): a model, named LoRA adapters, a batch size."""
+
+    version: int
+    command: Literal["generate"]
+    model: ModelSpec
+    adapters: dict[str, str]  # name -> PEFT adapter directory
+    device: Literal["auto", "cpu", "cuda"]
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One stdin line of `generate` (src/engine/protocol.ts GenerateRequest)."""
+
+    id: str
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float  # 0 = greedy
+    top_p: float
+    top_k: int  # 0 = off
+    repetition_penalty: float
+    seed: int | None
+    stop_ids: tuple[int, ...]
+    adapter: str | None
+
+
 # ---- validation -------------------------------------------------------------------------------------------
 
 
@@ -361,6 +389,72 @@ def load_train_plan(path: str) -> TrainPlan:
 
 def load_merge_plan(path: str) -> MergePlan:
     return parse_merge_plan(_load_json(path, "merge plan"), source=path)
+
+
+def parse_generate_plan(raw: Any, source: str = "plan.json") -> GeneratePlan:
+    r = _Reader()
+    if not isinstance(raw, dict):
+        raise EngineError("PLAN_INVALID", f"{source}: expected a JSON object at the top level")
+    m = r.obj(raw, "model", "model")
+    adapters = raw.get("adapters", _MISSING)
+    if not isinstance(adapters, dict) or not all(isinstance(v, str) and v for v in adapters.values()):
+        r.bad("adapters", "an object of adapter name -> adapter directory", adapters)
+        adapters = {}
+    plan = GeneratePlan(
+        version=r.get(raw, "version", "version", "literal", value=PROTOCOL_VERSION),
+        command=r.get(raw, "command", "command", "literal", value="generate"),
+        model=ModelSpec(
+            path=r.get(m, "path", "model.path", "str", nonempty=True),
+            dtype=r.get(m, "dtype", "model.dtype", "enum", values=("float32", "bfloat16", "float16")),
+        ),
+        adapters=dict(adapters),
+        device=r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda")),
+        max_batch_size=r.get(raw, "max_batch_size", "max_batch_size", "int", min=1),
+    )
+    if r.problems:
+        raise _plan_error(source, r.problems)
+    return plan
+
+
+def load_generate_plan(path: str) -> GeneratePlan:
+    return parse_generate_plan(_load_json(path, "plan"), source=path)
+
+
+def parse_generate_request(raw: Any) -> GenerateRequest:
+    """A stdin request line (already JSON-decoded); problems → one REQUEST_INVALID error naming each field."""
+    r = _Reader()
+    if not isinstance(raw, dict):
+        raise EngineError("REQUEST_INVALID", "request: expected a JSON object")
+    rid = r.get(raw, "id", "id", "str", nonempty=True)
+    if raw.get("type", "generate") != "generate":
+        r.bad("type", '"generate" or "cancel"', raw.get("type"))
+    req = GenerateRequest(
+        id=rid,
+        prompt_ids=r.get(raw, "prompt_ids", "prompt_ids", "int[]"),
+        max_new_tokens=r.get(raw, "max_new_tokens", "max_new_tokens", "int", min=1),
+        temperature=r.get(raw, "temperature", "temperature", "number", min=0),
+        top_p=r.get(raw, "top_p", "top_p", "number", min=0, exclusive_min=True, max=1),
+        top_k=r.get(raw, "top_k", "top_k", "int", min=0),
+        repetition_penalty=r.get(
+            raw, "repetition_penalty", "repetition_penalty", "number", min=0, exclusive_min=True
+        ),
+        seed=r.get(raw, "seed", "seed", "int", optional=True),
+        stop_ids=r.get(raw, "stop_ids", "stop_ids", "int[]"),
+        adapter=r.get(raw, "adapter", "adapter", "str", optional=True),
+    )
+    if req.prompt_ids is not None and len(req.prompt_ids) == 0:
+        r.problems.append("prompt_ids: expected at least one token id, got []")
+    if "seed" not in raw:
+        r.bad("seed", "an integer or null", _MISSING)
+    if "adapter" not in raw:
+        r.bad("adapter", "a string or null", _MISSING)
+    if r.problems:
+        raise EngineError(
+            "REQUEST_INVALID",
+            f"request {rid or '?'}: {len(r.problems)} invalid field(s): " + "; ".join(r.problems),
+            field=r.problems[0].split(":", 1)[0],
+        )
+    return req
 
 
 # ---- events -----------------------------------------------------------------------------------------------
