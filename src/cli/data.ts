@@ -1,6 +1,8 @@
-// `tuna data convert` and `tuna data validate`. (`preview` and `stats` need the chat template and tokenizer;
-// they come when those rooms land.)
+// `tuna data convert`, `tuna data validate`, and `tuna data preview` / `tuna data stats` (a run config's data as
+// training will see it: src/jobs/data/).
 import type { Command } from "commander";
+import { parseConfig, readYaml, resolvePath } from "../config/load.ts";
+import { RunConfig } from "../config/schema.ts";
 import { convertBanking77 } from "../data/convert/banking77.ts";
 import { convertBfcl } from "../data/convert/bfcl.ts";
 import { newConvertReport, type OpenAIRecord, writeJsonl } from "../data/convert/common.ts";
@@ -8,6 +10,9 @@ import { convertSgd } from "../data/convert/sgd.ts";
 import { type ColumnMap, FORMATS, type Format } from "../data/formats.ts";
 import { validateFiles } from "../data/validate.ts";
 import { TunaError } from "../errors.ts";
+import { formatPreview, previewSamples } from "../jobs/data/preview.ts";
+import { loadSampleContext, lossPolicy } from "../jobs/data/samples.ts";
+import { dataStats, formatStats } from "../jobs/data/stats.ts";
 
 const RECIPES: Record<
   string,
@@ -102,4 +107,49 @@ export function register(program: Command): void {
         if (report.valid === 0) process.exitCode = 1;
       },
     );
+
+  data
+    .command("preview")
+    .description(
+      "Show samples as training sees them: the model's own chat template, special tokens, trained tokens marked (colour on a terminal, ⟦…⟧ otherwise or with NO_COLOR).",
+    )
+    .argument("<config>", "run config (YAML)")
+    .option("-n, --n <count>", "number of samples", "5")
+    .option("--source <name>", "only this source (its name, or its path when it has none)")
+    .option("--seed <seed>", "seed of the choice (default: data.seed)")
+    .option("--json", "print the samples as JSON")
+    .action(async (configPath: string, o: { n: string; source?: string; seed?: string; json?: boolean }) => {
+      const n = Number(o.n);
+      if (!Number.isInteger(n) || n < 1) {
+        throw new TunaError("CLI_ARGS", `-n: "${o.n}" is not a positive whole number`, { hint: "e.g. -n 5" });
+      }
+      const { config, ctx } = await loadRun(configPath);
+      const r = await previewSamples(config, ctx, { n, source: o.source, seed: o.seed });
+      const color = !o.json && process.stdout.isTTY === true && !process.env.NO_COLOR;
+      process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatPreview(r, color)}\n`);
+    });
+
+  data
+    .command("stats")
+    .description(
+      "Count what a run config's data becomes: per source/format/role, thinking modes, trained-token share, length histogram, pack efficiency, skip and drop reasons.",
+    )
+    .argument("<config>", "run config (YAML)")
+    .option(
+      "--json",
+      "print the statistics as JSON (histogram upper bound null = longer than pack.max_length)",
+    )
+    .action(async (configPath: string, o: { json?: boolean }) => {
+      const { config, ctx } = await loadRun(configPath);
+      const s = await dataStats(config, ctx);
+      process.stdout.write(o.json ? `${JSON.stringify(s, null, 2)}\n` : `${formatStats(s)}\n`);
+      if (s.samples === 0) process.exitCode = 1;
+    });
+}
+
+/** A run config and the model directory's template + tokenizer (no weights needed). */
+async function loadRun(configPath: string) {
+  const config = parseConfig(RunConfig, readYaml(configPath), configPath);
+  const ctx = await loadSampleContext(resolvePath(config.model), lossPolicy(config));
+  return { config, ctx };
 }

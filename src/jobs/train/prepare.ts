@@ -6,13 +6,11 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { RunConfig } from "../../config/schema.ts";
-import type { Conversation } from "../../data/conversation.ts";
 import { prepareConversations } from "../../data/prepare.ts";
-import { isTunaError, TunaError } from "../../errors.ts";
+import { TunaError } from "../../errors.ts";
 import { type Manifest, SplitWriter, writeManifest } from "../../pack/shards.ts";
-import { buildSamples, type ChatTemplate, type LossPolicy, loadChatTemplate, tokenizeSample } from "../../template/index.ts";
-import { loadTokenizer } from "../../tokenizer/index.ts";
-import type { Tokenizer } from "../../tokenizer/types.ts";
+import { tokenizeConversations } from "../data/parallel.ts";
+import { loadSampleContext, lossPolicy, newRejections, tokenCounter } from "../data/samples.ts";
 
 export interface PrepareArgs {
   config: RunConfig;
@@ -20,41 +18,44 @@ export interface PrepareArgs {
   dataDir: string;
   strict?: boolean;
   say?: (s: string) => void;
-}
-
-interface Rejections {
-  counts: Record<string, number>;
-  examples: { code: string; source: string; message: string }[];
+  /** Worker threads for render + tokenize + mask; default: auto (src/jobs/data/parallel.ts). */
+  workers?: number;
 }
 
 export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
   const { config, modelDir, dataDir } = args;
   const say = args.say ?? (() => {});
   mkdirSync(dataDir, { recursive: true });
-  const template = loadChatTemplate(modelDir);
-  const tokenizer = await loadTokenizer(modelDir);
-  const policy: LossPolicy = { turns: config.template.loss_on, thinking: config.template.thinking };
+  const ctx = await loadSampleContext(modelDir, lossPolicy(config));
+  const { template, tokenizer } = ctx;
   const strict = args.strict ?? config.data.validation.strict;
 
-  const countTokens = (conv: Conversation) =>
-    buildSamples(conv, template, policy).reduce((a, s) => a + tokenizer.encode(s.text).length, 0);
   const t0 = Date.now();
   const prepared = await prepareConversations(
     { ...config.data, validation: { ...config.data.validation, strict } },
-    { countTokens },
+    { countTokens: tokenCounter(ctx) },
   );
   say(prepared.report.format());
 
-  const rejections: Rejections = { counts: {}, examples: [] };
+  const rejections = newRejections();
   const splits: Manifest["splits"] = {};
   for (const [split, convs] of [
     ["train", prepared.train],
     ["validation", prepared.validation],
   ] as const) {
     if (convs.length === 0) continue;
-    const writer = new SplitWriter({ dir: dataDir, split, maxLength: config.pack.max_length, overLength: config.pack.over_length });
-    for (const conv of convs) {
-      for (const tokenized of samplesOf(conv, template, tokenizer, policy, strict, rejections)) writer.add(tokenized);
+    const writer = new SplitWriter({
+      dir: dataDir,
+      split,
+      maxLength: config.pack.max_length,
+      overLength: config.pack.over_length,
+    });
+    for await (const samples of tokenizeConversations(convs, ctx, {
+      strict,
+      rejections,
+      workers: args.workers,
+    })) {
+      for (const s of samples) writer.add(s);
     }
     splits[split] = writer.finish();
   }
@@ -80,32 +81,13 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
     `shards: ${tr.samples} train samples in ${tr.packs} packs of ≤${config.pack.max_length} tokens (${(100 * tr.pack_efficiency).toFixed(1)}% full), ${tr.trained_tokens} of ${tr.tokens} tokens trained${splits.validation ? `; ${splits.validation.samples} validation samples` : ""}; ${((Date.now() - t0) / 1000).toFixed(1)}s`,
   );
   const dropped = tr.dropped_too_long + (splits.validation?.dropped_too_long ?? 0);
-  if (dropped) say(`  ${dropped} samples longer than pack.max_length ${config.pack.max_length} dropped (pack.over_length: truncate keeps them cut)`);
+  if (dropped)
+    say(
+      `  ${dropped} samples longer than pack.max_length ${config.pack.max_length} dropped (pack.over_length: truncate keeps them cut)`,
+    );
   for (const [code, n] of Object.entries(rejections.counts)) {
     const ex = rejections.examples.find((e) => e.code === code);
     say(`  ${n} conversations skipped [${code}], e.g. ${ex?.source}: ${ex?.message.split("\n")[0]}`);
   }
   return manifest;
-}
-
-function* samplesOf(
-  conv: Conversation,
-  template: ChatTemplate,
-  tokenizer: Tokenizer,
-  policy: LossPolicy,
-  strict: boolean,
-  rej: Rejections,
-): Generator<{ ids: Int32Array; lossWeight: Float32Array; source: string }> {
-  let out: { ids: Int32Array; lossWeight: Float32Array; source: string }[];
-  try {
-    out = buildSamples(conv, template, policy).map((s) => ({ ...tokenizeSample(tokenizer, s), source: s.source }));
-  } catch (e) {
-    if (!isTunaError(e) || strict) throw e;
-    rej.counts[e.code] = (rej.counts[e.code] ?? 0) + 1;
-    if (rej.examples.filter((x) => x.code === e.code).length < 5) {
-      rej.examples.push({ code: e.code, source: conv.source, message: e.message });
-    }
-    return;
-  }
-  yield* out;
 }
