@@ -303,29 +303,36 @@ class Engine:
     # -- sampling ------------------------------------------------------------------------------------------
 
     @staticmethod
-    def sample(logits: torch.Tensor, seq: Sequence) -> int:
-        """One row's next token: repetition penalty, then greedy, or temperature → top-k → top-p → draw."""
-        r = seq.req
+    def process_logits(logits: torch.Tensor, req: GenerateRequest, seen: set[int]) -> torch.Tensor:
+        """transformers' logits processors in generate()'s order: repetition penalty (over prompt and generated
+        ids), then for sampling temperature, top-k, top-p. fp32 [vocab] → fp32 [vocab] (-inf = excluded)."""
         logits = logits.clone()
-        if r.repetition_penalty != 1.0 and seq.seen:
-            ids = torch.tensor(sorted(seq.seen), device=logits.device)
+        if req.repetition_penalty != 1.0 and seen:
+            ids = torch.tensor(sorted(seen), device=logits.device)
             sel = logits[ids]
-            logits[ids] = torch.where(sel < 0, sel * r.repetition_penalty, sel / r.repetition_penalty)
-        if r.temperature == 0:
-            return int(logits.argmax())
-        logits = logits / r.temperature
-        if r.top_k > 0 and r.top_k < logits.numel():
-            kth = torch.topk(logits, r.top_k).values[-1]
+            logits[ids] = torch.where(sel < 0, sel * req.repetition_penalty, sel / req.repetition_penalty)
+        if req.temperature == 0:
+            return logits
+        logits = logits / req.temperature
+        if 0 < req.top_k < logits.numel():
+            kth = torch.topk(logits, req.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, -math.inf)
-        if r.top_p < 1.0:
-            # transformers' TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p, keep at least one.
+        if req.top_p < 1.0:
+            # TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p, always keeping the top token.
             sorted_logits, order = torch.sort(logits, descending=False)
             cum = sorted_logits.softmax(-1).cumsum(-1)
-            remove = cum <= 1 - r.top_p
+            remove = cum <= 1 - req.top_p
             remove[-1] = False
             logits = logits.masked_fill(remove.scatter(0, order, remove), -math.inf)
-        probs = logits.softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=seq.generator))
+        return logits
+
+    @classmethod
+    def sample(cls, logits: torch.Tensor, seq: Sequence) -> int:
+        """One row's next token: argmax when temperature is 0, else a draw from its own seeded generator."""
+        logits = cls.process_logits(logits, seq.req, seq.seen)
+        if seq.req.temperature == 0:
+            return int(logits.argmax())
+        return int(torch.multinomial(logits.softmax(-1), 1, generator=seq.generator))
 
     # -- requests ------------------------------------------------------------------------------------------
 
