@@ -1,10 +1,54 @@
-// `tuna eval` — evaluations. `tuna eval tools` scores function calls by BFCL's AST rules (src/eval/bfcl.ts).
+// `tuna eval` — evaluations. `tuna eval <config.yaml>` runs base and tuned models on held-out sets and writes a
+// report (src/jobs/eval/); `tuna eval tools` scores function calls by BFCL's AST rules (src/eval/bfcl.ts).
+import { basename, dirname, join } from "node:path";
 import type { Command } from "commander";
+import { resolvePath } from "../config/load.ts";
 import { TunaError } from "../errors.ts";
 import { scoreToolFiles } from "../eval/tool-eval.ts";
+import { loadEvalConfig } from "../jobs/eval/config.ts";
+import { resolveAdapters, runEval } from "../jobs/eval/run.ts";
+
+/** runs/<id>/eval when the (first) adapter is a run's, else runs/eval-<config>-<time>. */
+export function defaultEvalDir(configPath: string, adapters: Record<string, string>): string {
+  const first = Object.values(adapters)[0];
+  if (first !== undefined && basename(first) === "adapter") return join(dirname(first), "eval");
+  const stem = basename(configPath)
+    .replace(/\.(ya?ml|json)$/i, "")
+    .replace(/[^A-Za-z0-9_.-]/g, "-");
+  const ts = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+  return resolvePath(join("runs", `eval-${stem}-${ts}`));
+}
 
 export function register(program: Command): void {
-  const evalCmd = program.command("eval").description("Evaluate models: tool calling, answers, forgetting.");
+  const evalCmd = program
+    .command("eval")
+    .description(
+      "Evaluate models: `tuna eval <config.yaml>` compares the base model and tuned adapters on answers, tools,\n" +
+        "forgetting (gsm8k), thinking and retrieval (docs/eval-config.md); `tuna eval tools` scores predictions.",
+    )
+    .argument("[config]", "eval config (YAML), see docs/eval-config.md")
+    .option("--out <dir>", "output folder (default: runs/<id>/eval of the first adapter's run)")
+    .option("--quiet", "no progress output")
+    .action(async (configPath: string | undefined, o: { out?: string; quiet?: boolean }) => {
+      if (configPath === undefined) {
+        evalCmd.help();
+        return;
+      }
+      const config = loadEvalConfig(configPath);
+      const adapters = resolveAdapters(config.adapters);
+      const outDir = o.out ? resolvePath(o.out) : defaultEvalDir(configPath, adapters);
+      const summary = await runEval(config, { outDir, adapters, quiet: o.quiet });
+      const keys = [...new Set(summary.models.flatMap((m) => Object.keys(m.metrics)))];
+      const w = Math.max(...summary.models.map((m) => m.name.length), 5);
+      process.stdout.write(`${"model".padEnd(w)}  ${keys.join("  ")}\n`);
+      for (const m of summary.models) {
+        const cells = keys.map((k) => (k in m.metrics ? m.metrics[k].toFixed(3) : "–").padStart(k.length));
+        process.stdout.write(`${m.name.padEnd(w)}  ${cells.join("  ")}\n`);
+      }
+      for (const f of summary.forgetting) process.stdout.write(`${f.model}: ${f.message}\n`);
+      process.stdout.write(`report: ${join(summary.out_dir, "report.md")} (.json, .html)\n`);
+      if (summary.forgetting.some((f) => f.flagged)) process.exitCode = 1;
+    });
 
   evalCmd
     .command("tools")
