@@ -96,6 +96,7 @@ def bench_hf(model_dir: Path, batch: int, seq: int, steps: int, warmup: int) -> 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map="cuda")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
+    model.train()  # from_pretrained returns eval mode, where checkpointing is off
     model = get_peft_model(
         model,
         LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),

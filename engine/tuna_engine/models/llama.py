@@ -14,7 +14,9 @@ its own sample (the block-diagonal causal mask in `attention`, the one function 
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,11 +159,72 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@dataclass(frozen=True)
+class Segments:
+    """Packed-sample boundaries over the flattened [B*T] tokens, computed once per forward for the varlen
+    kernel. Padding at a row's end is a sample of its own, so it attends only to itself."""
+
+    sample_ids: torch.Tensor  # [B, T]
+    cu_seqlens: torch.Tensor  # [N+1] int32, sample starts in the flattened batch, then B*T
+    max_len: int
+
+
+def segments(sample_ids: torch.Tensor) -> Segments:
+    B, T = sample_ids.shape
+    # Sample ids restart in every row; offsetting each row by T+1 makes them unique across the batch.
+    flat = (sample_ids + torch.arange(B, device=sample_ids.device)[:, None] * (T + 1)).reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    idx = torch.nonzero(starts).flatten()
+    cu = torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32)
+    return Segments(sample_ids, cu, int((cu[1:] - cu[:-1]).max()))
+
+
+def _load_varlen():  # the flash-attention varlen kernel PyTorch ships (2.9+), where it exists
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, set()
+    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
+
+
+_VARLEN, _VARLEN_ARGS = _load_varlen()
+
+
+def use_varlen(q: torch.Tensor) -> bool:
+    return (
+        _VARLEN is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+        and os.environ.get("TUNA_ATTENTION", "auto") != "sdpa"
+    )
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """q [B, T, H, D], k/v [B, T, KV, D] → [B, T, H, D], causal within each sample (flash-attention varlen):
+    no [T, T] mask, no padding work, and attention FLOPs only inside samples."""
+    B, T, H, D = q.shape
+    kw: dict = {}
+    if "is_causal" in _VARLEN_ARGS:
+        kw["is_causal"] = True
+    else:
+        kw["window_size"] = (-1, 0)  # left unlimited, right 0: causal
+    if k.shape[2] != H:
+        if "enable_gqa" in _VARLEN_ARGS:
+            kw["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(H // k.shape[2], dim=2)
+            v = v.repeat_interleave(H // v.shape[2], dim=2)
+    out = _VARLEN(
+        q.reshape(B * T, H, D), k.reshape(B * T, -1, D), v.reshape(B * T, -1, D),
+        seg.cu_seqlens, seg.cu_seqlens, seg.max_len, seg.max_len, **kw,
+    )
+    return out.view(B, T, H, D)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
-    """Causal attention confined to each packed sample.
+    """Causal attention confined to each packed sample — the reference path.
 
     q [B, H, T, D], k/v [B, KV, T, D], sample_ids [B, T] (padding is a sample of its own) → [B, H, T, D].
-    A block-diagonal causal mask over SDPA; the varlen (flash-attention) path replaces this function.
+    A block-diagonal causal mask over SDPA; on CUDA in bf16/fp16 `varlen_attention` replaces it.
     """
     T = q.shape[2]
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -189,21 +252,23 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(D, c.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments
     ) -> torch.Tensor:
         B, T, _ = x.shape
         D = self.c.head_dim
         q = self.q_proj(x).view(B, T, -1, D)
         k = self.k_proj(x).view(B, T, -1, D)
-        v = self.v_proj(x).view(B, T, -1, D).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, D)
         if self.c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, heads, T, D]
-        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
+        cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        y = attention(q, k, v, sample_ids)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        if use_varlen(q):
+            y = varlen_attention(q, k, v, seg)  # [B, T, H, D]
+        else:
+            y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), seg.sample_ids).transpose(1, 2)
+        return self.o_proj(y.reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -230,9 +295,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(c, lora, targets)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sample_ids: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, sample_ids)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -281,11 +346,12 @@ class CausalLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scale).to(x.dtype)
         sin = (emb.sin() * self.rope_scale).to(x.dtype)
+        seg = segments(sample_ids) if use_varlen(x) else Segments(sample_ids, sample_ids, 0)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, sample_ids, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, seg, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, sample_ids)
+                x = layer(x, cos, sin, seg)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
