@@ -162,7 +162,8 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
     return path
 
 
-def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, work: Path, extra_train: dict, lengths: str) -> dict:
+def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, work: Path, extra_train: dict, lengths: str,
+               extra_env: dict | None = None) -> dict:
     run = work / f"run-{model_dir.name}-{lengths}-{int(time.time())}"
     shard = write_random_shards(run / "data", (steps + warmup) * batch, seq, PRESETS[model_dir.name]["config"]["vocab_size"], lengths)
     plan = {
@@ -184,7 +185,7 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
         "resume_from": None,
     }
     (run / "plan.json").write_text(json.dumps(plan))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine"), **(extra_env or {})}
     proc = subprocess.run([sys.executable, "-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env=env, capture_output=True, text=True)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     steps_ev = [e for e in events if e.get("event") == "step"]
@@ -212,7 +213,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--work", default=None, help="where model directories and runs go (default: a temp dir)")
     ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--variants", default="default", help="comma list of Tuna settings: default, mix (packed length mix)")
+    ap.add_argument("--variants", default="default",
+                    help="comma list of Tuna settings: default; mix (a support-transcript length mix, packed); "
+                         "sdpa (the reference attention path); nockpt (no gradient checkpointing: the speed setting)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/train needs a CUDA GPU"
@@ -232,9 +235,10 @@ def main() -> None:
             r["hf_peft"] = bench_hf(model_dir, batch, seq, args.steps, args.warmup)
             log(f"  HF+PEFT {r['hf_peft']}")
         for v in args.variants.split(","):
-            extra = {}
+            extra = {"gradient_checkpointing": False} if v == "nockpt" else {}
+            env = {"TUNA_ATTENTION": "sdpa"} if v == "sdpa" else {}
             lengths = "mix" if v == "mix" else "full"
-            r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths)
+            r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env)
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
         for k, v in r.items():
             if isinstance(v, dict) and "tokens_per_s" in v:
