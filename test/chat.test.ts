@@ -198,3 +198,18 @@ describe("tuna chat in a terminal (tmux)", () => {
     },
   );
 });
+
+describe("tuna chat with the real engine", () => {
+  it("answers piped messages on the tiny model, greedy answers repeatable", () => {
+    const input = ["hello", "/think off", "hello", "/reset", "/think on", "hello"].join("\n");
+    const r = chat(input, {}, ["--max-new-tokens", "5", "--temperature", "0"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/ready on cpu \(float32\)/);
+    const turns = r.stdout.split("you> ").slice(1);
+    const answers = turns.filter((t) => t.startsWith("hello\n")).map((t) => t.slice("hello\n".length));
+    expect(answers).toHaveLength(3);
+    for (const a of answers) expect(a).toMatch(/\[cut off at 5 tokens\]\n$|\n$/);
+    // Same conversation, thinking mode and greedy decoding: the same answer (first and third).
+    expect(answers[2]).toBe(answers[0]);
+  });
+});

@@ -142,7 +142,7 @@ export function bfclToJsonSchema(v: unknown): unknown {
     if (k === "type" && typeof x === "string") out[k] = BFCL_TO_JSON[x] ?? x;
     else if (k === "properties" && x && typeof x === "object" && !Array.isArray(x)) {
       out[k] = Object.fromEntries(Object.entries(x).map(([p, s]) => [p, bfclToJsonSchema(s)]));
-    } else if (k === "items") out[k] = bfclToJsonSchema(x);
+    } else if (k === "items" || k === "parameters") out[k] = bfclToJsonSchema(x);
     else out[k] = x;
   }
   return out;
