@@ -16,24 +16,32 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
+from .loss import linear_cross_entropy
 from .models import load_model
 from .protocol import TrainPlan, emit, log
 
 
 def weighted_ce_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Σ_t w[t]·CE(logits[t-1], token[t]) over the batch, in fp32 (a 0-dim tensor)."""
+    """Σ_t w[t]·CE(logits[t-1], token[t]) over the batch, in fp32 (a 0-dim tensor).
+
+    Only trained targets reach the output layer, and they go through it in row chunks (loss.py), so neither
+    prompt tokens' logits nor the whole [N, V] fp32 logits tensor ever exist."""
     hidden = model(batch.input_ids, batch.position_ids, batch.sample_ids)  # [B, T, C]
     w = batch.loss_weight[:, 1:]
     keep = w > 0
-    logits = model.logits(hidden[:, :-1][keep]).float()  # [N, V] only for trained targets
-    ce = F.cross_entropy(logits, batch.input_ids[:, 1:][keep], reduction="none")
-    return (ce * w[keep]).sum()
+    return linear_cross_entropy(
+        hidden[:, :-1][keep],  # [N, C]
+        model.output_weight,
+        batch.input_ids[:, 1:][keep],
+        w[keep],
+        logit_scale=getattr(model, "logit_scale", 1.0),
+        logit_softcap=getattr(model, "logit_softcap", None),
+    )
 
 
 def lr_at(step: int, plan: TrainPlan) -> float:
@@ -263,7 +271,9 @@ def train(plan: TrainPlan) -> None:
                 )
                 interval_start, interval_tokens = now, 0
 
-            if t.eval_every and val_batches and step % t.eval_every == 0:
+            final = step == t.max_steps
+            # Every eval_every steps, and always after the last step (eval_every 0 = only then).
+            if val_batches and ((t.eval_every and step % t.eval_every == 0) or final):
                 phase = f"evaluation at step {step}"
                 val = evaluate(model, val_batches, device)
                 emit({"event": "eval", "step": step, "val_loss": val})
