@@ -63,6 +63,7 @@ describe("eval config", () => {
     }
     expect(err?.code).toBe("CONFIG_INVALID");
     expect(err?.message).toContain(file);
+    expect(err?.hint).toContain("docs/eval-config.md");
     expect(err?.message).toMatch(/line 4: sets\.general\.max_drop: .*\(given: 2\)/);
     expect(err?.message).toMatch(/line 5: generation\.temperature: .*\(given: -1\)/);
     expect(err?.message).toMatch(/judge\.url: .*"not-a-url"/);

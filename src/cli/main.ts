@@ -7,6 +7,7 @@ import { register as registerDemo } from "./demo.ts";
 import { register as registerEval } from "./eval.ts";
 import { register as registerMerge } from "./merge.ts";
 import { register as registerModel } from "./model.ts";
+import { register as registerSweep } from "./sweep.ts";
 import { register as registerTemplate } from "./template.ts";
 import { register as registerTokenize } from "./tokenize.ts";
 import { register as registerTrain } from "./train.ts";
@@ -24,6 +25,7 @@ for (const register of [
   registerMerge,
   registerEval,
   registerChat,
+  registerSweep,
   registerDemo,
 ]) {
   register(program);

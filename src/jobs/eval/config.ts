@@ -2,6 +2,7 @@
 // optional LLM judge. docs/eval-config.md documents every field; defaults live here and nowhere else.
 import { z } from "zod";
 import { parseConfig, readYaml } from "../../config/load.ts";
+import { TunaError } from "../../errors.ts";
 
 export const GenerationConfig = z
   .object({
@@ -144,5 +145,20 @@ export type EvalConfigInput = z.input<typeof EvalConfig>;
 
 /** Reads and validates an eval config file; every problem is listed with its line. */
 export function loadEvalConfig(file: string): EvalConfig {
-  return parseConfig(EvalConfig, readYaml(file), file);
+  return withDocsHint(() => parseConfig(EvalConfig, readYaml(file), file), "docs/eval-config.md");
+}
+
+/** parseConfig's hint names the run config's docs; point at the right page. */
+export function withDocsHint<T>(f: () => T, doc: string): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof TunaError && e.code === "CONFIG_INVALID") {
+      throw new TunaError(e.code, e.message.slice(e.where ? e.where.length + 2 : 0), {
+        where: e.where,
+        hint: `see ${doc} for every field, its default and what it allows`,
+      });
+    }
+    throw e;
+  }
 }
