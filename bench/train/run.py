@@ -215,7 +215,8 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--variants", default="default",
                     help="comma list of Tuna settings: default; mix (a support-transcript length mix, packed); "
-                         "sdpa (the reference attention path); nockpt (no gradient checkpointing: the speed setting)")
+                         "sdpa (the reference attention path); nockpt (no gradient checkpointing: the speed setting); "
+                         "compile (TUNA_COMPILE=1: regional torch.compile of the decoder layers)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/train needs a CUDA GPU"
@@ -236,7 +237,7 @@ def main() -> None:
             log(f"  HF+PEFT {r['hf_peft']}")
         for v in args.variants.split(","):
             extra = {"gradient_checkpointing": False} if v == "nockpt" else {}
-            env = {"TUNA_ATTENTION": "sdpa"} if v == "sdpa" else {}
+            env = {"TUNA_ATTENTION": "sdpa"} if v == "sdpa" else {"TUNA_COMPILE": "1"} if v == "compile" else {}
             lengths = "mix" if v == "mix" else "full"
             r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env)
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")

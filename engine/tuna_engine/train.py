@@ -9,6 +9,7 @@ for prompt tokens.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -158,6 +159,11 @@ def train(plan: TrainPlan) -> None:
         raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
     val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
     optimizer = make_optimizer(model, plan, device)
+    if device.type == "cuda" and os.environ.get("TUNA_COMPILE") == "1":
+        # Experimental (docs/performance.md): compile each decoder layer (regional compilation: one graph,
+        # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels.
+        for layer in model.model.layers:
+            layer.compile()
     packs_per_step = t.micro_batch_size * t.grad_accum
     ckpt_root = Path(plan.output.checkpoints_dir)
 
