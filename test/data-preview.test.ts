@@ -58,6 +58,7 @@ function parse(out: string): Shown[] {
   });
 }
 
+const ESC = String.fromCharCode(27);
 const spans = (body: string) => [...body.matchAll(/⟦([^⟦⟧]*)⟧/gs)].map((m) => m[1]);
 const unmarked = (body: string) => body.replaceAll(OPEN, "").replaceAll(CLOSE, "");
 
@@ -186,7 +187,7 @@ describe("tuna data preview", () => {
     const colored = markTrained(text, ranges, true);
     expect(colored).not.toContain("⟦");
     // Strip ANSI: the same text; the trained part is inside the green escape.
-    expect(colored.replace(/\x1b\[[\d;]*m/g, "")).toBe(text);
+    expect(colored.replace(new RegExp(`${ESC}\\[[\\d;]*m`, "g"), "")).toBe(text);
     expect(colored.endsWith("\x1b[32mhello\x1b[1;35m<|im_end|>\x1b[0m\x1b[32m\x1b[0m")).toBe(true);
     // The CLI honours NO_COLOR even where it would otherwise colour (stdout here is a pipe: brackets either way).
     const r = tuna(["data", "preview", config, "-n", "1", "--source", "knowledge"], { NO_COLOR: "1" });

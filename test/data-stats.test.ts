@@ -192,7 +192,9 @@ describe("tuna data stats", () => {
     // The longest bar is the largest count (40 cells); an empty bucket has none.
     const biggest = counts.indexOf(Math.max(...counts));
     expect(rows[biggest][2]).toBe("█".repeat(40));
-    rows.forEach((r, i) => expect(r[2] === "").toBe(counts[i] === 0));
+    rows.forEach((r, i) => {
+      expect(r[2] === "").toBe(counts[i] === 0);
+    });
     expect(text).toMatch(/packing at max_length 1,024: \d+ packs, \d+\.\d% full/);
     expect(text).toMatch(/samples by thinking mode: on \d+, off \d+/);
   });
