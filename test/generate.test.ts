@@ -1,6 +1,7 @@
 // The generation client against a stand-in engine that speaks the protocol (test/fixtures/generate/
 // fake-engine.mjs): readiness, many requests in flight, stop/length/cancel, engine errors as TunaError,
 // streaming decode of split UTF-8 characters, and chatOnce's prompt/stop ids/parse with the real Qwen3 files.
+import { execFileSync } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -232,5 +233,42 @@ describe("chatOnce", () => {
     expect(sent.stop_ids).toContain(imEnd);
     expect(prompt).toContain("freeze_card");
     expect(prompt.endsWith("<|im_start|>assistant\n")).toBe(true);
+  });
+});
+
+describe("startGenerator with the real engine (tiny model)", () => {
+  it("streams, runs requests together, and cancels one", async () => {
+    const dir = join(tmp, "tiny");
+    execFileSync("node", [join(REPO_ROOT, "bin/tuna.mjs"), "model", "init", dir, "--preset", "tiny"], {
+      cwd: REPO_ROOT,
+      stdio: "ignore",
+    });
+    const prev = process.env.TUNA_PYTHON;
+    if (savedPython === undefined) delete process.env.TUNA_PYTHON;
+    else process.env.TUNA_PYTHON = savedPython;
+    try {
+      const gen = await startGenerator({ modelDir: dir, device: "cpu", maxBatchSize: 4 });
+      expect(gen.device).toContain("cpu");
+      const prompt = [151644, 872, 198, 14990, 151645, 198, 151644, 77091, 198];
+      let seen = 0;
+      const long = gen.generate({ promptIds: prompt, maxNewTokens: 4000, id: "long" }, (_n, all) => {
+        seen = all.length;
+        if (all.length >= 3) gen.cancel("long");
+      });
+      const a = gen.generate({ promptIds: prompt, maxNewTokens: 6 });
+      const b = gen.generate({ promptIds: prompt, maxNewTokens: 6 });
+      const [l, ra, rb] = await Promise.all([long, a, b]);
+      expect(l.reason).toBe("cancelled");
+      expect(l.ids.length).toBeLessThan(4000);
+      expect(seen).toBe(l.ids.length);
+      expect(ra).toMatchObject({ reason: "length", generatedTokens: 6, promptTokens: prompt.length });
+      expect(ra.ids).toHaveLength(6);
+      // Greedy: the same prompt gives the same ids, alone or batched, and the cancelled one began the same way.
+      expect(rb.ids).toEqual(ra.ids);
+      expect(l.ids.slice(0, 3)).toEqual(ra.ids.slice(0, 3));
+      await gen.close();
+    } finally {
+      process.env.TUNA_PYTHON = prev;
+    }
   });
 });
