@@ -4,21 +4,21 @@
 // random, so the test checks structure and consistency (same prompts for every model, report numbers equal to
 // what the predictions give), not quality.
 import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REPO_ROOT } from "../src/engine/runner.ts";
-import type { TunaError } from "../src/errors.ts";
+import { TunaError } from "../src/errors.ts";
 import { gsm8kCorrect } from "../src/eval/gsm8k.ts";
 import { scoreAnswer } from "../src/eval/text-metrics.ts";
 import { thinkingRate } from "../src/eval/thinking.ts";
 import { scoreToolFiles } from "../src/eval/tool-eval.ts";
 import { EvalConfig, loadEvalConfig } from "../src/jobs/eval/config.ts";
 import { parseJudgeScore } from "../src/jobs/eval/judge.ts";
-import { bfclToJsonSchema, type Prediction, readPredictions } from "../src/jobs/eval/run.ts";
+import { bfclToJsonSchema, type Prediction, readPredictions, resolveAdapters } from "../src/jobs/eval/run.ts";
 import { testPython } from "./helpers/python.ts";
 
 const TUNA = join(REPO_ROOT, "bin/tuna.mjs");
@@ -93,6 +93,24 @@ describe("eval config", () => {
         required: ["a"],
       },
     });
+  });
+
+  it("names listed adapters by their run folder, and refuses two of one name or a folder without an adapter", () => {
+    const run = join(tmp, "runs", "demo-20250101");
+    const plain = join(tmp, "my adapter");
+    for (const d of [join(run, "adapter"), plain]) {
+      mkdirSync(d, { recursive: true });
+      writeFileSync(join(d, "adapter_config.json"), "{}");
+    }
+    expect(resolveAdapters([run, plain])).toEqual({
+      "demo-20250101": join(run, "adapter"),
+      "my-adapter": plain,
+    });
+    expect(resolveAdapters({ a: join(run, "adapter") })).toEqual({ a: join(run, "adapter") });
+    expect(() => resolveAdapters([run, join(run, "adapter")])).toThrow(
+      /two adapters are named "demo-20250101"/,
+    );
+    expect(() => resolveAdapters([tmp])).toThrow(TunaError);
   });
 
   it("reads the judge's last SCORE and scales it", () => {
