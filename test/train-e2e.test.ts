@@ -1,7 +1,7 @@
 // Issue "Tuna v0" end to end: `tuna train` on the tiny model for a few steps on CPU — the loss falls, the run
 // directory holds everything DESIGN.md names, and the adapter loads with peft over transformers' Qwen3 giving
 // the same logits as Tuna's engine; `tuna merge` writes a model transformers loads with those logits.
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -98,5 +98,39 @@ describe("tuna train (tiny model, CPU)", () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/line \d+: method\.r: .*\(given: -2\)/);
     expect(r.stderr).toMatch(/dtype: .*"float32".*\(given: "float64"\)/);
+  });
+
+  it("Ctrl-C stops the engine with its error shown, exits non-zero, and the run directory keeps what it wrote", async () => {
+    const config = writeConfig("interrupt.yaml", "");
+    writeFileSync(config, readFileSync(config, "utf8").replace("max_steps: 8,", "max_steps: 500, save_every: 1,").replace(`${join(work, "runs")}`, `${join(work, "runs-int")}`));
+    const child = spawn(process.execPath, [join(REPO_ROOT, "bin/tuna.mjs"), "train", config], { cwd: REPO_ROOT });
+    let stderr = "";
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    // Interrupt once the first checkpoint is announced.
+    await new Promise<void>((resolveWait, reject) => {
+      const timer = setInterval(() => {
+        if (/checkpoint/.test(stderr)) {
+          clearInterval(timer);
+          child.kill("SIGINT");
+          resolveWait();
+        }
+      }, 100);
+      child.on("exit", () => {
+        clearInterval(timer);
+        reject(new Error(`tuna exited before a checkpoint:\n${stderr}`));
+      });
+    });
+    const code = await new Promise<number | null>((r) => child.on("close", (c) => r(c)));
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/engine error \[INTERRUPTED\]/);
+    expect(stderr).toMatch(/the run directory keeps everything written so far/);
+    const run = join(work, "runs-int", readdirSync(join(work, "runs-int"))[0]);
+    const summary = JSON.parse(readFileSync(join(run, "summary.json"), "utf8"));
+    expect(summary.status).toBe("interrupted");
+    expect(readdirSync(join(run, "checkpoints")).some((d) => /^step-\d+$/.test(d))).toBe(true);
+    const events = readFileSync(join(run, "events.jsonl"), "utf8");
+    expect(events).toContain('"code":"INTERRUPTED"');
   });
 });
