@@ -218,6 +218,7 @@ def main() -> None:
                          "sdpa (the reference attention path); nockpt (no gradient checkpointing: the speed setting); "
                          "compile (TUNA_COMPILE=1: regional torch.compile of the decoder layers)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--profile-dir", default=None, help="write a per-operation profile of Tuna's third step here")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/train needs a CUDA GPU"
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-bench-"))
@@ -238,6 +239,8 @@ def main() -> None:
         for v in args.variants.split(","):
             extra = {"gradient_checkpointing": False} if v == "nockpt" else {}
             env = {"TUNA_ATTENTION": "sdpa"} if v == "sdpa" else {"TUNA_COMPILE": "1"} if v == "compile" else {}
+            if args.profile_dir and v == "default":
+                env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}.txt")
             lengths = "mix" if v == "mix" else "full"
             r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env)
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")

@@ -23,7 +23,7 @@ from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
 from .loss import linear_cross_entropy
-from .models import load_model
+from .models import Quant4bit, count_params, load_model, prequantized_config
 from .protocol import TrainPlan, emit, log
 
 
@@ -134,14 +134,43 @@ def evaluate(model: torch.nn.Module, val_batches: list[Batch], device: torch.dev
     return total / max(weight, 1e-9)
 
 
+class _StepProfile:
+    """TUNA_PROFILE=<file>: the third step of a run under torch.profiler, its per-operation table written to
+    <file> (docs/performance.md explains how to read it). Forward, backward and the loss; not the optimizer."""
+
+    def __init__(self, path: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.path = path
+        self.prof = profile(activities=acts)
+        self.prof.__enter__()
+
+    def finish(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        Path(self.path).write_text(self.prof.key_averages().table(sort_by=key, row_limit=40))
+
+
+def profile_step(step: int, start_step: int) -> _StepProfile | None:
+    path = os.environ.get("TUNA_PROFILE")
+    return _StepProfile(path) if path and step == start_step + 3 else None
+
+
 def train(plan: TrainPlan) -> None:
     t0 = time.time()
     t = plan.train
-    if plan.method.type == "qlora":
+    lora = plan.method.lora if plan.method.type in ("lora", "qlora") else None
+    quant = Quant4bit(keep_16bit=plan.method.keep_16bit or ()) if plan.method.type == "qlora" else None
+    if plan.method.type == "full" and prequantized_config(plan.model.path) is not None:
         raise EngineError(
-            "UNSUPPORTED", 'method.type: "qlora" is not wired into the trainer yet', hint='use "lora" for now'
+            "UNSUPPORTED",
+            f"{plan.model.path}/config.json: a 4-bit (bitsandbytes) model cannot be fully fine-tuned",
+            hint='use method "qlora" (or "lora") on it, or a 16-bit model directory for "full"',
+            field="method.type",
         )
-    lora = plan.method.lora if plan.method.type == "lora" else None
     lora_layers = plan.method.trainable_layers if lora is not None else None
     device = pick_device(plan)
     torch.manual_seed(t.seed)
@@ -150,7 +179,9 @@ def train(plan: TrainPlan) -> None:
 
     # ---- model, data, optimizer -------------------------------------------------------------------------
     phase = "loading the model"
-    model = load_model(plan.model.path, plan.model.dtype, device, lora, lora_layers, seed=t.seed)
+    model = load_model(plan.model.path, plan.model.dtype, device, lora, lora_layers, seed=t.seed, quant=quant)
+    if model.quantization is not None:
+        log(f"QLoRA: decoder projections in NF4 ({model.quantization['source']})")
     trainable = set_trainable(model, plan)
     model.gradient_checkpointing = t.gradient_checkpointing
     model.train()
@@ -184,7 +215,7 @@ def train(plan: TrainPlan) -> None:
         state["last_checkpoint"] = str(src)
         log(f"resuming from {src} at step {state['step']}")
 
-    n_total = sum(p.numel() for p in model.parameters())
+    n_total = count_params(model)
     n_train = sum(p.numel() for p in trainable)
     emit(
         {
@@ -228,6 +259,7 @@ def train(plan: TrainPlan) -> None:
                 g["lr"] = lr
             packs = take_packs(train_packs, t.seed, state["data_position"], packs_per_step)
             batches = micro_batches(packs, t.micro_batch_size)
+            profiling = profile_step(step, start_step)
             weight = sum(b.trained_tokens for b in batches)
             total = torch.zeros((), device=device)
             for b in batches:
@@ -238,6 +270,8 @@ def train(plan: TrainPlan) -> None:
                 total += ce_sum.detach()
                 interval_tokens += b.real_tokens
             loss = float(total) / max(weight, 1e-9)
+            if profiling is not None:
+                profiling.finish()
             if not math.isfinite(loss):
                 last = state.get("last_checkpoint")
                 raise EngineError(
