@@ -67,6 +67,12 @@ def variants(base: dict) -> list[tuple[str | None, dict]]:
     full["method"] = {"type": "full", "trainable_layers": [0, 1], "trainable_modules": ["mlp"]}
     full["train"]["early_stopping_patience"] = 3
     out.append((None, full))
+    qlora = copy.deepcopy(base)
+    qlora["method"].update(type="qlora", keep_16bit=["layers.0.mlp.down_proj", "o_proj"])
+    out.append((None, qlora))
+    bad_keep = copy.deepcopy(qlora)
+    bad_keep["method"]["keep_16bit"] = ["mlp", 3]
+    out.append(("method.keep_16bit", bad_keep))
     mutate("train.micro_batch_size", lambda p: p["train"].update(micro_batch_size=0))
     mutate("train.scheduler", lambda p: p["train"].update(scheduler="step"))
     mutate("train.learning_rate", lambda p: p["train"].update(learning_rate=-1))

@@ -30,6 +30,9 @@ SIDE_FILES = (
 )
 
 
+QUANTIZATION_FILE = "tuna_quantization.json"
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -56,6 +59,11 @@ def save_adapter(
     )
     cfg = adapter_config(spec, base_model_name, layers)
     (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    # QLoRA: how the base was quantized, so `merge` folds the adapter into the weights it was trained
+    # against (the dequantized NF4 ones). peft and vLLM read only the two files above.
+    quantization = getattr(model, "quantization", None)
+    if quantization is not None:
+        (out_dir / QUANTIZATION_FILE).write_text(json.dumps(quantization, indent=2) + "\n")
 
 
 def adapter_tensors_for_model(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -114,6 +122,7 @@ def save_hf_model(
     cfg["torch_dtype"] = dtype_name
     cfg["dtype"] = dtype_name
     cfg.update(config_updates or {})
+    cfg.pop("quantization_config", None)  # what is written here is never 4-bit
     (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in SIDE_FILES:
         if (Path(source_dir) / f).is_file():

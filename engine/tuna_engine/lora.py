@@ -8,6 +8,9 @@ prefix. The math follows peft 0.21 `tuners/lora/layer.py` + `dora.py` line by li
     cast to fp32 for the adapter path and the sum cast back to the base dtype;
   - DoRA's weight norm ||W + s·BA||_row computed from a detached BA and itself detached (DoRA paper §4.3:
     treating the norm as a constant saves memory and barely changes the gradient).
+QLoRA: `Linear.to_4bit_base()` swaps the 16-bit `weight`/`bias` for a `base_layer` (quant/Linear4bit, NF4,
+every piece of state a registered tensor, so FSDP2 can shard it), as peft wraps a bitsandbytes layer; the
+adapter math is unchanged and sees the dequantized weight where it needs W (DoRA's norm, merging).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .protocol import LORA_PROJECTIONS, LoraSpec
+from .quant import Linear4bit
 
 PEFT_PREFIX = "base_model.model."
 
@@ -45,6 +49,7 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.base_layer: Linear4bit | None = None  # QLoRA: the frozen NF4 base (then weight/bias are None)
         self.lora = lora
         if lora is not None:
             self.scaling = lora_scaling(lora)
@@ -53,6 +58,28 @@ class Linear(nn.Module):
             self.lora_dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else nn.Identity()
             if lora.use_dora:
                 self.lora_magnitude_vector = nn.Parameter(torch.empty(out_features, dtype=torch.float32))
+
+    def to_4bit_base(self, compute_dtype: torch.dtype) -> None:
+        """Replace the 16-bit weight (and bias) by an empty NF4 `base_layer` on the same device (the meta
+        device while a model is built); the loader fills it (models/__init__.py)."""
+        device = self.weight.device
+        del self.weight, self.bias
+        self.weight = self.bias = None  # type: ignore[assignment]
+        self.base_layer = Linear4bit(
+            self.in_features, self.out_features, False, compute_dtype=compute_dtype, device=device
+        )
+
+    def base_weight(self) -> torch.Tensor:
+        """The frozen [out, in] base weight: the parameter, or the NF4 base dequantized (no grad)."""
+        return self.weight if self.base_layer is None else self.base_layer.dequantize()
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.base_layer is not None:
+            return self.base_layer(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def base_bias(self) -> torch.Tensor | None:
+        return self.bias if self.base_layer is None else self.base_layer.bias
 
     @torch.no_grad()
     def reset_lora(self) -> None:
@@ -63,7 +90,7 @@ class Linear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         if self.lora.use_dora:
-            self.lora_magnitude_vector.copy_(self.dora_weight_norm(self.weight.float()))
+            self.lora_magnitude_vector.copy_(self.dora_weight_norm(self.base_weight().float()))
 
     def dora_weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
         """||W + s·BA|| over each output row, shape [out_features]; BA enters detached (peft `get_weight_norm`)."""
@@ -71,7 +98,7 @@ class Linear(nn.Module):
         return torch.linalg.norm(weight + self.scaling * lora_weight, dim=1).to(weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = F.linear(x, self.weight, self.bias)
+        result = self.base_forward(x)
         if self.lora is None:
             return result
         out_dtype = result.dtype
@@ -80,11 +107,12 @@ class Linear(nn.Module):
             result = result + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
         else:
             # peft DoraLinearLayer.forward: (m/||W+sBA|| - 1)·(xWᵀ) + (m/||W+sBA||)·s·B(A(x)), norm detached.
-            weight = self.weight.to(x.dtype)
+            weight = self.base_weight().to(x.dtype)
             norm = self.dora_weight_norm(weight).detach()
             mag_norm_scale = (self.lora_magnitude_vector / norm).view(1, -1)
+            bias = self.base_bias()
             if isinstance(self.lora_dropout, nn.Identity) or not self.training:
-                base_result = result if self.bias is None else result - self.bias
+                base_result = result if bias is None else result - bias
             else:
                 x = self.lora_dropout(x)
                 base_result = F.linear(x, weight)
@@ -95,7 +123,7 @@ class Linear(nn.Module):
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """The base weight with the adapter folded in, computed in fp32 (peft `merge` / DoRA `merge_safe`)."""
-        w = self.weight.float()
+        w = self.base_weight().float()
         if self.lora is None:
             return w
         delta = self.scaling * (self.lora_B.weight.float() @ self.lora_A.weight.float())
@@ -106,7 +134,7 @@ class Linear(nn.Module):
 
     def extra_repr(self) -> str:
         lora = "" if self.lora is None else f", lora_r={self.lora.r}, dora={self.lora.use_dora}"
-        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}{lora}"
+        return f"in={self.in_features}, out={self.out_features}, bias={self.base_bias() is not None}{lora}"
 
 
 # ---- PEFT adapter layout ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ chat-template files copied from the base model directory).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,16 +16,17 @@ from safetensors.torch import load_file
 
 from .checkpoint import load_weights_into
 from .errors import EngineError
-from .export import save_hf_model
+from .export import QUANTIZATION_FILE, save_hf_model
 from .lora import Linear, read_adapter_config
-from .models import DTYPES, load_model
+from .models import DTYPES, Quant4bit, load_model
 from .protocol import MergePlan, emit
 
 
 def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Hugging Face-named weights with every adapter folded in; NF4 bases are dequantized first."""
     state: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
-        if ".lora_" in name:
+        if ".lora_" in name or ".base_layer." in name:
             continue
         module_name, _, pname = name.rpartition(".")
         module = model.get_submodule(module_name)
@@ -32,7 +34,23 @@ def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             state[name] = module.merged_weight()
         else:
             state[name] = p.detach()
+    for name, module in model.named_modules():
+        if isinstance(module, Linear) and module.base_layer is not None:
+            state[f"{name}.weight"] = module.merged_weight()
+            if module.base_layer.bias is not None:
+                state[f"{name}.bias"] = module.base_layer.bias.detach()
     return state
+
+
+def read_quantization(adapter_dir: str) -> Quant4bit | None:
+    """The QLoRA base recipe saved beside an adapter trained on a base quantized at load time."""
+    path = Path(adapter_dir) / QUANTIZATION_FILE
+    if not path.is_file():
+        return None
+    q = json.loads(path.read_text())
+    if q.get("source") != "quantized_at_load":
+        return None  # a pre-quantized base directory is 4-bit by itself
+    return Quant4bit(keep_16bit=tuple(q.get("keep_16bit") or ()), dtype=q.get("dtype"))
 
 
 def merge(plan: MergePlan) -> None:
@@ -50,8 +68,12 @@ def merge(plan: MergePlan) -> None:
         )
     n = len(load_file(str(adapter_file)))
     emit({"event": "log", "message": f"merging {n} adapter tensors from {plan.adapter_dir}"})
-    # Build in fp32 so the fold is exact, then write in the requested dtype.
-    model = load_model(plan.model.path, "float32", device, spec, layers)
+    # Build in fp32 so the fold is exact, then write in the requested dtype. An adapter trained with QLoRA is
+    # folded into the dequantized NF4 base it was trained on (quantized again the same way, deterministically).
+    quant = read_quantization(plan.adapter_dir)
+    if quant is not None:
+        emit({"event": "log", "message": "QLoRA adapter: folding into the dequantized 4-bit base"})
+    model = load_model(plan.model.path, "float32", device, spec, layers, quant=quant)
     load_weights_into(model, Path(plan.adapter_dir), lora=True)
     save_hf_model(
         merged_state_dict(model),

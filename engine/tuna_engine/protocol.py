@@ -56,6 +56,10 @@ class MethodSpec:
     # Full fine-tuning only: train only parameters whose dotted name contains one of these module names
     # ("mlp", "self_attn", "q_proj", "embed_tokens", "norm", "lm_head"). None = all modules.
     trainable_modules: tuple[str, ...] | None = None
+    # QLoRA only: decoder projections that keep 16-bit weights (module-path fragments matched on whole dotted
+    # components, like transformers' llm_int8_skip_modules: "layers.0.mlp.down_proj", "o_proj", "mlp").
+    # Embeddings, norms and lm_head are always 16-bit. None = every projection is 4-bit.
+    keep_16bit: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,10 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         lora=lora,
         trainable_layers=r.get(me, "trainable_layers", "method.trainable_layers", "int[]", optional=True),
         trainable_modules=r.get(me, "trainable_modules", "method.trainable_modules", "str[]", optional=True),
+        keep_16bit=r.get(me, "keep_16bit", "method.keep_16bit", "str[]", optional=True),
     )
+    if method.keep_16bit is not None and mtype != "qlora":
+        r.problems.append('method.keep_16bit: only for method.type "qlora"')
     if method.trainable_modules is not None and mtype != "full":
         r.problems.append(
             'method.trainable_modules: only for method.type "full" (LoRA uses lora.target_modules)'

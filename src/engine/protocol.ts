@@ -39,6 +39,10 @@ export const TrainPlan = z.object({
     /** Full fine-tuning only: train only parameters under these module names (embed_tokens, self_attn, q_proj,
      * mlp, gate_proj, norm, lm_head, ...). Absent/null = all modules. */
     trainable_modules: z.array(z.string()).nullable().optional(),
+    /** QLoRA only: decoder projections that keep 16-bit weights, named by module path or a dotted part of it
+     * ("layers.0.mlp.down_proj", "o_proj", "mlp"), as transformers' llm_int8_skip_modules. Embeddings, norms
+     * and lm_head are always 16-bit. Absent/null = every projection is 4-bit NF4. */
+    keep_16bit: z.array(z.string()).nullable().optional(),
   }),
   train: z.object({
     seed: z.number().int(),

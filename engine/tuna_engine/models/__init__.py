@@ -4,11 +4,20 @@
 model never exists twice in memory), materialises it on the target device, and copies each checkpoint tensor
 in, checking names and shapes: a missing, unexpected or mis-shaped tensor is an error naming the tensor and
 the file. LoRA parameters are initialised like peft's.
+
+QLoRA (`quant=Quant4bit(...)`): the decoder's projections get an NF4 base (quant/Linear4bit) under LoRA.
+From a 16-bit directory each projection's weight is read, cast, quantized on the target device and dropped
+one at a time, so the whole 16-bit model never exists there; embeddings, norms and lm_head stay 16-bit, as
+do the projections named in `keep_16bit`. A pre-quantized bitsandbytes directory (config.json
+`quantization_config`) loads as is: a projection is 4-bit exactly when the checkpoint holds its
+`weight.quant_state.bitsandbytes__nf4` (so `llm_int8_skip_modules` is honoured by what was saved).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +25,10 @@ import torch
 from safetensors import safe_open
 
 from ..errors import EngineError
+from ..lora import Linear
 from ..protocol import LoraSpec
+from ..quant import Linear4bit, quantize_weight, read_quantization_config
+from ..quant.convert import QUANT_STATE_KEY, linear4bit_from_checkpoint, should_skip
 from . import llama
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -116,22 +128,64 @@ def weight_files(model_dir: str) -> dict[str, str]:
         return {k: str(single) for k in f.keys()}  # noqa: SIM118
 
 
+@dataclass(frozen=True)
+class Quant4bit:
+    """QLoRA: which decoder projections keep 16-bit weights (module-path fragments, as
+    llm_int8_skip_modules: "layers.0.mlp.down_proj", "mlp", "self_attn.o_proj")."""
+
+    keep_16bit: tuple[str, ...] = ()
+    # dtype the 16-bit weight is cast to before quantizing, and that dequantization returns (bitsandbytes'
+    # quant-state "dtype"); None = the model dtype. A merge sets the training dtype here to rebuild the
+    # exact base the adapter was trained on while folding in fp32.
+    dtype: str | None = None
+
+
 def build_model(
     c: llama.Config,
     device: torch.device,
     dtype: torch.dtype,
     lora: LoraSpec | None,
     lora_layers: tuple[int, ...] | None,
+    four_bit: set[str] | None = None,
 ) -> llama.CausalLM:
-    """The model with uninitialised base weights in `dtype` (LoRA parameters stay fp32) on `device`."""
+    """The model with uninitialised base weights in `dtype` (LoRA parameters stay fp32) on `device`; the
+    linears named in `four_bit` get an empty NF4 base for the loader to fill."""
     with torch.device("meta"):
         model = llama.CausalLM(c, lora, lora_layers)
+    for name in sorted(four_bit or ()):  # outside the meta context: Linear4bit computes its code tables
+        model.get_submodule(name).to_4bit_base(dtype)
     for name, p in model.named_parameters():
-        if not _is_lora(name):
+        if not _is_lora(name) and ".base_layer." not in name:
             p.data = p.data.to(dtype)
     model.to_empty(device=device)
     model.reset_buffers()
     return model
+
+
+def projection_names(model: torch.nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, Linear)]
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters as the 16-bit model counts them (a 4-bit weight of [out, in] counts out·in, not its bytes)."""
+    n = sum(p.numel() for name, p in model.named_parameters() if ".base_layer." not in name)
+    for m in model.modules():
+        if isinstance(m, Linear4bit):
+            n += m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0)
+    return n
+
+
+def prequantized_config(model_dir: str) -> Any:
+    """config.json's bitsandbytes quantization_config (None for a 16-bit model); unsupported ones are errors."""
+    try:
+        return read_quantization_config(model_dir)
+    except ValueError as e:
+        raise EngineError(
+            "UNSUPPORTED_ARCHITECTURE",
+            str(e),
+            hint="Tuna loads bitsandbytes NF4 (4-bit) checkpoints or 16/32-bit ones",
+            field="quantization_config",
+        ) from e
 
 
 def load_model(
@@ -141,7 +195,10 @@ def load_model(
     lora: LoraSpec | None = None,
     lora_layers: tuple[int, ...] | None = None,
     seed: int = 0,
+    quant: Quant4bit | None = None,
 ) -> llama.CausalLM:
+    """Build and load a model. A pre-quantized (bitsandbytes NF4) directory always loads with 4-bit
+    projections; a 16-bit one gets them when `quant` is given (QLoRA)."""
     c = model_config(model_dir)
     if lora_layers is not None:
         bad = [i for i in lora_layers if i >= c.num_layers]
@@ -151,8 +208,42 @@ def load_model(
                 f"method.trainable_layers: layers {bad} do not exist "
                 f"(the model has {c.num_layers}: 0..{c.num_layers - 1})",
             )
-    model = build_model(c, device, DTYPES[dtype], lora, lora_layers)
-    load_weights(model, model_dir)
+    files = weight_files(model_dir)
+    prequantized = prequantized_config(model_dir) is not None
+    four_bit: set[str] | None = None
+    if prequantized:
+        suffix = f".weight.{QUANT_STATE_KEY}"
+        four_bit = {k[: -len(suffix)] for k in files if k.endswith(suffix)}
+    elif quant is not None:
+        with torch.device("meta"):
+            names = projection_names(llama.CausalLM(c))
+        keep = quant.keep_16bit
+        unused = [k for k in keep if not any(should_skip(n, (k,)) for n in names)]
+        if unused:
+            raise EngineError(
+                "PLAN_INVALID",
+                f"method.keep_16bit: {unused} match(es) no projection of the model (e.g. {names[0]})",
+                hint='name projections by their module path or a part of it: "layers.0.mlp.down_proj", '
+                '"self_attn.o_proj", "mlp"',
+                field="method.keep_16bit",
+            )
+        four_bit = {n for n in names if not should_skip(n, keep)}
+    model = build_model(c, device, DTYPES[dtype], lora, lora_layers, four_bit)
+    quant_dtype = DTYPES[quant.dtype] if quant is not None and quant.dtype else None
+    load_weights(model, model_dir, files, quant_dtype)
+    # What a merge must redo to see the base this adapter was trained on (written beside the adapter).
+    model.quantization = (
+        None
+        if four_bit is None
+        else {
+            "quant_type": "nf4",
+            "source": "prequantized" if prequantized else "quantized_at_load",
+            "keep_16bit": list(quant.keep_16bit) if quant is not None and not prequantized else [],
+            "dtype": (quant.dtype if quant is not None and quant.dtype else dtype),
+            "blocksize": 64,
+            "double_quant": True,
+        }
+    )
     torch.manual_seed(seed)
     for m in model.modules():
         if hasattr(m, "reset_lora"):
@@ -161,12 +252,32 @@ def load_model(
 
 
 @torch.no_grad()
-def load_weights(model: llama.CausalLM, model_dir: str) -> None:
-    files = weight_files(model_dir)
-    params = {n: p for n, p in model.named_parameters(remove_duplicate=False) if not _is_lora(n)}
+def load_weights(
+    model: llama.CausalLM,
+    model_dir: str,
+    files: dict[str, str] | None = None,
+    quant_dtype: torch.dtype | None = None,
+) -> None:
+    """Copy the checkpoint in, checking names and shapes both ways. NF4 bases (`Linear.base_layer`) are
+    filled one projection at a time: quantized on the device from the 16-bit tensor, or taken as stored."""
+    files = files or weight_files(model_dir)
+    dtype = model.model.embed_tokens.weight.dtype
+    four_bit = {n: m for n, m in model.named_modules() if isinstance(m, Linear) and m.base_layer is not None}
+    params = {
+        n: p
+        for n, p in model.named_parameters(remove_duplicate=False)
+        if not _is_lora(n) and ".base_layer." not in n
+    }
+    expected = set(params)
+    for name in four_bit:
+        expected.add(f"{name}.weight")
+        if _has_bias(model.config, name):
+            expected.add(f"{name}.bias")
+    quant_keys = {k for k in files for n in four_bit if k.startswith(f"{n}.weight.")}
     if model.config.tie_word_embeddings:
         params.pop("lm_head.weight", None)
-    missing = sorted(set(params) - set(files))
+        expected.discard("lm_head.weight")
+    missing = sorted(expected - set(files))
     if missing:
         raise EngineError(
             "MODEL_WEIGHTS_MISMATCH",
@@ -177,7 +288,8 @@ def load_weights(model: llama.CausalLM, model_dir: str) -> None:
     unexpected = sorted(
         k
         for k in files
-        if k not in params
+        if k not in expected
+        and k not in quant_keys
         and not k.endswith(IGNORED_KEY_SUFFIXES)
         and not (k == "lm_head.weight" and model.config.tie_word_embeddings)
     )
@@ -188,21 +300,73 @@ def load_weights(model: llama.CausalLM, model_dir: str) -> None:
             + ", ".join(unexpected[:5]),
             hint="config.json and the safetensors files come from different models",
         )
-    by_file: dict[str, list[str]] = {}
-    for name in params:
-        by_file.setdefault(files[name], []).append(name)
-    for path, names in by_file.items():
-        with safe_open(path, "pt", device="cpu") as f:
-            for name in names:
-                p = params[name]
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(p.shape):
+    with ExitStack() as stack:
+        handles = {
+            path: stack.enter_context(safe_open(path, "pt", device="cpu"))
+            for path in sorted(set(files.values()))
+        }
+
+        def shape_of(name: str) -> tuple[int, ...]:
+            return tuple(handles[files[name]].get_slice(name).get_shape())
+
+        def check(name: str, want: tuple[int, ...]) -> None:
+            if shape_of(name) != want:
+                raise EngineError(
+                    "MODEL_WEIGHTS_MISMATCH",
+                    f"{files[name]}: tensor {name} has shape {list(shape_of(name))} but config.json implies "
+                    f"{list(want)}",
+                    hint="config.json and the safetensors files come from different models",
+                )
+
+        for name, p in params.items():
+            check(name, tuple(p.shape))
+            p.copy_(handles[files[name]].get_tensor(name))
+        device = model.model.embed_tokens.weight.device
+        for name, m in four_bit.items():
+            bias_key = f"{name}.bias"
+            bias = (
+                handles[files[bias_key]].get_tensor(bias_key).to(device, dtype) if bias_key in files else None
+            )
+            if f"{name}.weight.{QUANT_STATE_KEY}" in files:  # stored in NF4: take it as is
+                own = {
+                    k: handles[files[k]].get_tensor(k)
+                    for k in files
+                    if k.startswith(f"{name}.weight") or k == bias_key
+                }
+                if bias is not None:
+                    check(bias_key, (m.out_features,))
+                try:
+                    base = linear4bit_from_checkpoint(own, name, compute_dtype=dtype)
+                except ValueError as e:
+                    raise EngineError(
+                        "MODEL_WEIGHTS_MISMATCH", f"{files[name + '.weight']}: {e}", field=name
+                    ) from e
+                if (base.out_features, base.in_features) != (m.out_features, m.in_features):
                     raise EngineError(
                         "MODEL_WEIGHTS_MISMATCH",
-                        f"{path}: tensor {name} has shape {list(shape)} but config.json implies {list(p.shape)}",
-                        hint="config.json and the safetensors files come from different models",
+                        f"{files[name + '.weight']}: 4-bit tensor {name}.weight has shape "
+                        f"{[base.out_features, base.in_features]} but config.json implies "
+                        f"{[m.out_features, m.in_features]}",
                     )
-                p.copy_(f.get_tensor(name))
+                base = base.to(device)
+            else:  # 16-bit in the file: quantize on the device, one projection at a time
+                check(f"{name}.weight", (m.out_features, m.in_features))
+                w = handles[files[f"{name}.weight"]].get_tensor(f"{name}.weight")
+                w = w.to(device, quant_dtype or dtype)
+                if bias is not None:
+                    check(bias_key, (m.out_features,))
+                base = Linear4bit.from_nf4(quantize_weight(w), bias, compute_dtype=dtype)
+                del w
+            m.base_layer = base
+
+
+def _has_bias(c: llama.Config, name: str) -> bool:
+    proj = name.rsplit(".", 1)[-1]
+    if proj in ("q_proj", "k_proj", "v_proj"):
+        return c.qkv_bias
+    if proj == "o_proj":
+        return c.o_bias
+    return c.mlp_bias
 
 
 def _is_lora(name: str) -> bool:

@@ -193,7 +193,9 @@ _VARLEN, _VARLEN_ARGS = _load_varlen()
 
 def use_varlen(q: torch.Tensor) -> bool:
     return (
-        _VARLEN is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+        _VARLEN is not None
+        and q.is_cuda
+        and q.dtype in (torch.bfloat16, torch.float16)
         and os.environ.get("TUNA_ATTENTION", "auto") != "sdpa"
     )
 
@@ -214,8 +216,14 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Seg
             k = k.repeat_interleave(H // k.shape[2], dim=2)
             v = v.repeat_interleave(H // v.shape[2], dim=2)
     out = _VARLEN(
-        q.reshape(B * T, H, D), k.reshape(B * T, -1, D), v.reshape(B * T, -1, D),
-        seg.cu_seqlens, seg.cu_seqlens, seg.max_len, seg.max_len, **kw,
+        q.reshape(B * T, H, D),
+        k.reshape(B * T, -1, D),
+        v.reshape(B * T, -1, D),
+        seg.cu_seqlens,
+        seg.cu_seqlens,
+        seg.max_len,
+        seg.max_len,
+        **kw,
     )
     return out.view(B, T, H, D)
 
@@ -251,9 +259,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(D, c.rms_norm_eps)
             self.k_norm = RMSNorm(D, c.rms_norm_eps)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
         B, T, _ = x.shape
         D = self.c.head_dim
         q = self.q_proj(x).view(B, T, -1, D)
@@ -267,7 +273,9 @@ class Attention(nn.Module):
         if use_varlen(q):
             y = varlen_attention(q, k, v, seg)  # [B, T, H, D]
         else:
-            y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), seg.sample_ids).transpose(1, 2)
+            y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), seg.sample_ids).transpose(
+                1, 2
+            )
         return self.o_proj(y.reshape(B, T, -1))
 
 
@@ -294,9 +302,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c, lora, targets)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -327,6 +333,8 @@ class CausalLM(nn.Module):
         inv_freq, self.rope_scale = rope_inv_freq(c)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.gradient_checkpointing = False
+        # Set by the loader for QLoRA: how the 4-bit base was made (saved beside the adapter for merging).
+        self.quantization: dict[str, Any] | None = None
 
     def reset_buffers(self) -> None:
         """Recompute non-persistent buffers (after building on the meta device and `to_empty`)."""
