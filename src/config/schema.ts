@@ -36,6 +36,9 @@ export const MethodConfig = z
       .default("all-linear"),
     use_rslora: z.boolean().default(false),
     use_dora: z.boolean().default(false),
+    /** qlora only: projections kept in 16 bit, by module path or a dotted part of it ("layers.0.mlp.down_proj",
+     * "o_proj", "mlp"). Embeddings, norms and lm_head are always 16-bit. */
+    keep_16bit: z.array(z.string().min(1)).optional(),
   })
   .strict();
 

@@ -63,6 +63,8 @@ export function buildTrainPlan(args: {
               use_rslora: m.use_rslora,
               use_dora: m.use_dora,
             },
+      // The engine refuses keep_16bit for a method other than qlora, naming the field.
+      ...(m.keep_16bit ? { keep_16bit: m.keep_16bit } : {}),
     },
     train: {
       seed: t.seed,
