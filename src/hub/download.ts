@@ -63,7 +63,7 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
   let hashes: Hashes | null = null;
   let fetched = 0;
 
-  await withRetries(
+  const attempt = withRetries(
     async () => {
       let offset = existsSync(part) ? statSync(part).size : 0;
       if (file.size !== null && offset > file.size) {
@@ -134,10 +134,24 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
     },
     {
       ...o.http,
-      onRetry: o.http.onRetry,
+      onRetry: (n, wait, e) => o.http.onRetry?.(n, wait, new TransientError(`${file.path}: ${e.message}`)),
     },
   );
 
+  try {
+    await attempt;
+  } catch (e) {
+    if (!(e instanceof TransientError)) throw e;
+    const kept = existsSync(part) ? statSync(part).size : 0;
+    throw new TunaError(
+      "HUB_NETWORK",
+      `${file.path}: download failed after ${o.http.retries} retries: ${e.message}${kept > 0 ? `; ${kept} bytes kept in ${part}` : ""}`,
+      {
+        hint: "run the same pull again: it resumes where it stopped (--retries raises the number of tries)",
+        cause: e,
+      },
+    );
+  }
   const h = hashes as unknown as Hashes;
   const size = h.bytes;
   const sha256 = h.sha256.digest("hex");

@@ -197,7 +197,7 @@ export async function pullModel(o: PullOptions): Promise<PullResult> {
   if (firstError) throw firstError;
 
   checkShards(dir, files);
-  result.sort((a, b) => a.path.localeCompare(b.path));
+  result.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   return {
     dir,
     hub: client.hub,
