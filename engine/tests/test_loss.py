@@ -66,3 +66,16 @@ def test_only_requested_gradients_and_no_grad_mode() -> None:
 def test_default_chunk_keeps_logits_small() -> None:
     assert default_chunk_rows(151936) * 151936 * 4 <= 64 * 2**20
     assert default_chunk_rows(256) == 4096
+
+
+def test_output_bias_gets_its_gradient() -> None:
+    """Some architectures (Phi) have a bias on lm_head; the generic backend passes it in."""
+    h, w, t, tw = case(torch.float32)
+    b = (torch.randn(w.shape[0]) * 0.3).requires_grad_()
+    ref = reference_linear_cross_entropy(h, w, t, tw, bias=b)
+    refs = torch.autograd.grad(ref, (h, w, b))
+    got = linear_cross_entropy(h, w, t, tw, chunk_rows=6, bias=b)
+    gots = torch.autograd.grad(got, (h, w, b))
+    assert float((got - ref).detach().abs()) <= 1e-6 * float(ref.detach().abs())
+    for g, r in zip(gots, refs, strict=True):
+        assert float((g - r).abs().max()) <= 1e-6 * float(r.abs().max())

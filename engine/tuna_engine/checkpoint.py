@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import EngineError
 from .export import adapter_tensors_for_model, fsync_dir, fsync_tree, full_state_dict, save_adapter
+from .lora import adapter_parameters
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -112,12 +113,13 @@ def latest_checkpoint(path: str) -> Path:
 @torch.no_grad()
 def load_weights_into(model: nn.Module, ckpt: Path, lora: bool) -> None:
     """Copy checkpointed trainable weights into `model`, checking the names match both ways."""
-    params = dict(model.named_parameters())
     if lora:
+        params = adapter_parameters(model)
         f = ckpt / "adapter_model.safetensors"
         tensors = adapter_tensors_for_model(load_file(str(f)), str(f))
-        expected = {n for n in params if ".lora_" in n}
+        expected = set(params)
     else:
+        params = dict(model.named_parameters())
         f = ckpt / "model.safetensors"
         tensors = load_file(str(f))
         expected = {n for n in params if ".lora_" not in n}

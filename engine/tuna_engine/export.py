@@ -57,7 +57,8 @@ def save_adapter(
     save_file(
         adapter_state_dict(model), str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"}
     )
-    cfg = adapter_config(spec, base_model_name, layers)
+    # The generic backend knows the module names peft resolved (e.g. GPT-NeoX's query_key_value).
+    cfg = adapter_config(spec, base_model_name, layers, getattr(model, "adapter_target_modules", None))
     (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     # QLoRA: how the base was quantized, so `merge` folds the adapter into the weights it was trained
     # against (the dequantized NF4 ones). peft and vLLM read only the two files above.

@@ -144,17 +144,25 @@ def is_adapter_param(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name or name.endswith(".lora_magnitude_vector")
 
 
+def adapter_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Adapter parameters by their peft name less the `base_model.model.` prefix. Our models name them so
+    already; the generic backend (peft layers, `.default.` in the names) maps its own."""
+    own = getattr(model, "adapter_parameters", None)
+    if callable(own):
+        return own()
+    return {name: p for name, p in model.named_parameters() if is_adapter_param(name)}
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter tensors under peft's key names (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`)."""
-    return {
-        PEFT_PREFIX + name: p.detach().contiguous()
-        for name, p in model.named_parameters()
-        if is_adapter_param(name)
-    }
+    return {PEFT_PREFIX + name: p.detach().contiguous() for name, p in adapter_parameters(model).items()}
 
 
 def adapter_config(
-    spec: LoraSpec, base_model_name: str, layers_to_transform: tuple[int, ...] | None
+    spec: LoraSpec,
+    base_model_name: str,
+    layers_to_transform: tuple[int, ...] | None,
+    target_modules: list[str] | None = None,
 ) -> dict[str, Any]:
     """adapter_config.json as peft 0.21 writes it for a LoRA on a causal LM (fields peft and vLLM read)."""
     return {
@@ -164,7 +172,7 @@ def adapter_config(
         "r": spec.r,
         "lora_alpha": spec.alpha,
         "lora_dropout": spec.dropout,
-        "target_modules": sorted(resolve_targets(spec)),
+        "target_modules": target_modules or sorted(resolve_targets(spec)),
         "use_rslora": spec.use_rslora,
         "use_dora": spec.use_dora,
         "bias": "none",

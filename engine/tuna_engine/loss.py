@@ -39,6 +39,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx: Any,
         hidden: torch.Tensor,  # [N, C]
         weight: torch.Tensor,  # [V, C]
+        bias: torch.Tensor | None,  # [V] (a few architectures' lm_head has one)
         targets: torch.Tensor,  # [N] int64
         token_weight: torch.Tensor,  # [N] fp32
         chunk: int,
@@ -46,16 +47,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         softcap: float | None,
     ) -> torch.Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
         N = hidden.shape[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         for s in range(0, N, chunk):
             h = hidden[s : s + chunk]
             tgt = targets[s : s + chunk]
             w = token_weight[s : s + chunk]
             rows = torch.arange(h.shape[0], device=h.device)
-            z = F.linear(h, weight).float()  # [n, V]
+            z = F.linear(h, weight, bias).float()  # [n, V]
             if scale != 1.0:
                 z = z * scale
             tanh = None
@@ -64,7 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 z = softcap * tanh
             lse = torch.logsumexp(z, dim=-1)  # [n]
             total += ((lse - z[rows, tgt]) * w).sum()
-            if not (need_h or need_w):
+            if not (need_h or need_w or need_b):
                 continue
             # ∂(w·CE)/∂z = w·(softmax(z) − onehot), in place in z's buffer.
             g = z.sub_(lse[:, None]).exp_()
@@ -79,17 +82,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_h[s : s + chunk] = g @ weight
             if grad_w is not None:
                 grad_w += (g.t() @ h).float()
+            if grad_b is not None:
+                grad_b += g.float().sum(0)
         # Intermediates (not inputs or outputs), so kept on ctx rather than through save_for_backward.
-        ctx.grad_h, ctx.grad_w, ctx.weight_dtype = grad_h, grad_w, weight.dtype
+        ctx.grad_h, ctx.grad_w, ctx.grad_b, ctx.weight_dtype = grad_h, grad_w, grad_b, weight.dtype
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        grad_h, grad_w = ctx.grad_h, ctx.grad_w
-        ctx.grad_h = ctx.grad_w = None
-        gh = grad_h * grad_out.to(grad_h.dtype) if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None, None, None
+        grad_h, grad_w, grad_b = ctx.grad_h, ctx.grad_w, ctx.grad_b
+        ctx.grad_h = ctx.grad_w = ctx.grad_b = None
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        gb = (grad_b * grad_out).to(ctx.weight_dtype) if grad_b is not None else None
+        return gh, gw, gb, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -101,15 +107,16 @@ def linear_cross_entropy(
     chunk_rows: int | None = None,
     logit_scale: float = 1.0,
     logit_softcap: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Σ_i token_weight[i]·CE(hidden[i] Wᵀ, targets[i]) as a 0-dim fp32 tensor, differentiable in hidden and W.
+    """Σ_i token_weight[i]·CE(hidden[i] Wᵀ + b, targets[i]) as a 0-dim fp32 tensor, differentiable in hidden and W.
 
     hidden [N, C] (model dtype), weight [V, C], targets [N] int, token_weight [N] float. Rows with weight 0
     cost as much as the others: drop them before calling.
     """
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
     return _LinearCrossEntropy.apply(
-        hidden, weight, targets.long(), token_weight.float(), chunk, float(logit_scale), logit_softcap
+        hidden, weight, bias, targets.long(), token_weight.float(), chunk, float(logit_scale), logit_softcap
     )
 
 
@@ -121,9 +128,10 @@ def reference_linear_cross_entropy(
     *,
     logit_scale: float = 1.0,
     logit_softcap: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The unfused computation (all logits at once), the reference `linear_cross_entropy` is tested against."""
-    z = F.linear(hidden, weight).float() * logit_scale
+    z = F.linear(hidden, weight, bias).float() * logit_scale
     if logit_softcap is not None:
         z = logit_softcap * torch.tanh(z / logit_softcap)
     return (F.cross_entropy(z, targets.long(), reduction="none") * token_weight.float()).sum()

@@ -18,7 +18,7 @@ from .checkpoint import load_weights_into
 from .errors import EngineError
 from .export import QUANTIZATION_FILE, save_hf_model
 from .lora import Linear, read_adapter_config
-from .models import DTYPES, Quant4bit, load_model
+from .models import DTYPES, Quant4bit, is_own_architecture, load_model
 from .protocol import MergePlan, emit
 
 
@@ -58,6 +58,30 @@ def merge(plan: MergePlan) -> None:
     device = torch.device(
         "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
+    if not is_own_architecture(plan.model.path):
+        # The generic backend's adapters: peft folds them (in fp32) into the transformers model.
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(plan.model.path, dtype=torch.float32).to(device)
+        merged = PeftModel.from_pretrained(base, plan.adapter_dir).merge_and_unload()
+        save_hf_model(
+            merged.state_dict(),
+            plan.model.path,
+            Path(plan.output_dir),
+            DTYPES[plan.model.dtype],
+            plan.max_shard_bytes,
+        )
+        emit(
+            {
+                "event": "done",
+                "steps": 0,
+                "final_loss": None,
+                "adapter_dir": plan.output_dir,
+                "elapsed_s": time.time() - t0,
+            }
+        )
+        return
     spec, layers = read_adapter_config(plan.adapter_dir)
     adapter_file = Path(plan.adapter_dir) / "adapter_model.safetensors"
     if not adapter_file.is_file():

@@ -23,7 +23,7 @@ from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
 from .loss import linear_cross_entropy
-from .models import Quant4bit, count_params, load_model, prequantized_config
+from .models import Quant4bit, count_params, load_for_training, prequantized_config
 from .protocol import TrainPlan, emit, log
 
 
@@ -42,6 +42,7 @@ def weighted_ce_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         w[keep],
         logit_scale=getattr(model, "logit_scale", 1.0),
         logit_softcap=getattr(model, "logit_softcap", None),
+        bias=getattr(model, "output_bias", None),
     )
 
 
@@ -179,7 +180,9 @@ def train(plan: TrainPlan) -> None:
 
     # ---- model, data, optimizer -------------------------------------------------------------------------
     phase = "loading the model"
-    model = load_model(plan.model.path, plan.model.dtype, device, lora, lora_layers, seed=t.seed, quant=quant)
+    model = load_for_training(
+        plan.model.path, plan.model.dtype, device, plan.method.type, lora, lora_layers, t.seed, quant
+    )
     if model.quantization is not None:
         log(f"QLoRA: decoder projections in NF4 ({model.quantization['source']})")
     trainable = set_trainable(model, plan)
@@ -190,7 +193,7 @@ def train(plan: TrainPlan) -> None:
         raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
     val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
     optimizer = make_optimizer(model, plan, device)
-    if device.type == "cuda" and os.environ.get("TUNA_COMPILE") == "1":
+    if device.type == "cuda" and os.environ.get("TUNA_COMPILE") == "1" and hasattr(model, "model"):
         # Experimental (docs/performance.md): compile each decoder layer (regional compilation: one graph,
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels.
         for layer in model.model.layers:

@@ -168,11 +168,57 @@ def projection_names(model: torch.nn.Module) -> list[str]:
 
 def count_params(model: torch.nn.Module) -> int:
     """Parameters as the 16-bit model counts them (a 4-bit weight of [out, in] counts out·in, not its bytes)."""
-    n = sum(p.numel() for name, p in model.named_parameters() if ".base_layer." not in name)
+    n, seen = 0, set()
     for m in model.modules():
         if isinstance(m, Linear4bit):
             n += m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0)
+            continue
+        for p in m.parameters(recurse=False):
+            if id(p) not in seen:  # tied embeddings count once
+                seen.add(id(p))
+                n += p.numel()
     return n
+
+
+def is_own_architecture(model_dir: str) -> bool:
+    return read_config(model_dir).get("model_type") in llama.SUPPORTED
+
+
+def load_for_training(
+    model_dir: str,
+    dtype: str,
+    device: torch.device,
+    method: str,
+    lora: LoraSpec | None,
+    lora_layers: tuple[int, ...] | None,
+    seed: int,
+    quant: Quant4bit | None,
+) -> torch.nn.Module:
+    """Our model code for the families we have (models/llama.py), else the generic transformers + peft backend
+    (models/generic.py; LoRA only). An architecture neither can load is UNSUPPORTED_ARCHITECTURE naming both."""
+    try:
+        model_config(model_dir)
+    except EngineError as e:
+        if e.code != "UNSUPPORTED_ARCHITECTURE" or is_own_architecture(model_dir):
+            raise
+        from .generic import load_generic
+
+        if method != "lora":
+            raise EngineError(
+                "UNSUPPORTED",
+                f'{e.message}; the generic transformers backend takes it, but only for method "lora" '
+                f"(method.type is {method!r})",
+                hint='use method "lora" for this architecture, or a Qwen3 / Qwen2.5 / Llama 3.x model',
+                field="method.type",
+            ) from e
+        if prequantized_config(model_dir) is not None:
+            raise EngineError(
+                "UNSUPPORTED",
+                f"{e.message}; a 4-bit checkpoint of it cannot be trained by the generic backend",
+                field="quantization_config",
+            ) from e
+        return load_generic(model_dir, DTYPES[dtype], device, lora, lora_layers, seed, e.message)
+    return load_model(model_dir, dtype, device, lora, lora_layers, seed=seed, quant=quant)
 
 
 def prequantized_config(model_dir: str) -> Any:
