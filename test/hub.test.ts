@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TunaError } from "../src/errors.ts";
 import { globToRegExp, MANIFEST, pullModel, readManifest } from "../src/hub/index.ts";
+import { DownloadProgress } from "../src/hub/progress.ts";
 import { COMMIT, NEEDED, sink, tinyFiles, tuna } from "./fixtures/hub/helpers.ts";
 import { type FakeRepo, type HubServer, sha256, startHubServer } from "./fixtures/hub/server.ts";
 
@@ -215,6 +216,18 @@ describe("tuna model pull (Hugging Face layout)", () => {
     expect(readFileSync(join(dir, "tokenizer_config.json")).equals(data("tokenizer_config.json"))).toBe(true);
   });
 
+  it("a stalled connection times out and is retried from where it stopped", async () => {
+    const shard = "model-00002-of-00002.safetensors";
+    hub.faults.stall.set(shard, { afterBytes: 50_000, times: 1 });
+    const i = mark();
+    const dir = newDir();
+    const r = await pull("acme/tiny", dir, { stallMs: 300 });
+    const gets = since(i).filter((l) => l.file === shard && l.server === "cdn");
+    expect(gets.map((l) => l.range)).toEqual([undefined, "bytes=50000-"]);
+    expect(r.stderr).toMatch(/retry 1 .*model-00002-of-00002\.safetensors: no data for 0.3s/);
+    expect(readFileSync(join(dir, shard)).equals(data(shard))).toBe(true);
+  });
+
   it("gated model: 401 without a token, 403 with a token that has no access, each saying what to do", async () => {
     const no = await pullError("acme/gated", newDir());
     expect(no.code).toBe("HUB_GATED");
@@ -296,6 +309,38 @@ describe("tuna model pull (Hugging Face layout)", () => {
     const bad = await tuna(["model", "pull", "acme/tiny", "--hub", "civitai"]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--hub "civitai" is not one of huggingface, modelscope');
+  });
+});
+
+describe("progress", () => {
+  const stream = (isTTY: boolean) => {
+    const s = sink();
+    (s.out as { isTTY?: boolean }).isTTY = isTTY;
+    return s;
+  };
+  it("a terminal gets one rewritten line with bar, bytes, rate and ETA", async () => {
+    const s = stream(true);
+    const p = new DownloadProgress(10_000_000, 2, s.out);
+    p.bytes(1_000_000);
+    await new Promise((r) => setTimeout(r, 120));
+    p.bytes(1_000_000);
+    const text = s.text();
+    expect(text.startsWith("\r\x1b[2K")).toBe(true);
+    expect(text).not.toContain("\n");
+    const line = p.line();
+    expect(line).toMatch(/^████░+ 20% │ 2\.0 MB\/10\.0 MB │ [\d.]+ MB\/s │ ETA \d+s │ file 1\/2$/);
+    p.fileDone("a.safetensors", 2_000_000, 2_000_000);
+    expect(s.text()).toContain("\r\x1b[2K  ✓ a.safetensors 2.0 MB\n");
+  });
+  it("a log gets plain lines", () => {
+    const s = stream(false);
+    const p = new DownloadProgress(4_000, 1, s.out, 0);
+    p.bytes(1_000);
+    p.fileDone("config.json", 4_000, 1_000);
+    expect(s.text()).toMatch(
+      /^ {2}█+░+ 25% │ 1\.0 KB\/4\.0 KB │ .*\n {2}✓ config\.json 4\.0 KB \(resumed: 1\.0 KB fetched\)\n$/,
+    );
+    expect(s.text()).not.toContain("\r");
   });
 });
 

@@ -35,7 +35,10 @@ export function stallTimer(ms: number): Stall {
   let t: NodeJS.Timeout | undefined;
   const arm = () => {
     clearTimeout(t);
-    t = setTimeout(() => ctl.abort(new TransientError(`no data for ${(ms / 1000).toFixed(0)}s`)), ms);
+    t = setTimeout(
+      () => ctl.abort(new TransientError(`no data for ${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)}s`)),
+      ms,
+    );
     t.unref?.();
   };
   arm();
