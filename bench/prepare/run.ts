@@ -44,19 +44,27 @@ if (args[0] === "--child") {
     pack: { max_length: maxLength },
   });
   const t0 = performance.now();
-  const marks: { at: number; line: string }[] = [];
+  // CPU seconds of the whole process (all threads): on a shared box wall time depends on the neighbours, CPU
+  // time much less; CPU / 2 is what the work needs on two idle cores at best.
+  const cpu = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  };
+  const marks: { at: number; cpu: number; line: string }[] = [];
   const manifest = await prepareShards({
     config,
     modelDir: MODEL,
     dataDir,
     workers,
-    say: (s) => marks.push({ at: (performance.now() - t0) / 1000, line: s }),
+    say: (s) => marks.push({ at: (performance.now() - t0) / 1000, cpu: cpu(), line: s }),
   });
   const seconds = (performance.now() - t0) / 1000;
   process.stdout.write(
     `${JSON.stringify({
       seconds,
       conversations_ready_s: marks[0]?.at,
+      conversations_cpu_s: marks[0]?.cpu,
+      cpu_s: cpu(),
       peakRssMB: process.resourceUsage().maxRSS / 1024,
       log: marks.map((m) => `[${m.at.toFixed(1)}s] ${m.line}`),
       train: { ...manifest.splits.train, shards: manifest.splits.train.shards.length },
@@ -93,7 +101,8 @@ process.stdout.write(
     `${t.packs} packs of ≤${maxLength} (${(100 * t.pack_efficiency).toFixed(1)}% full), ${t.dropped_too_long} too long\n` +
     `  ${r.seconds.toFixed(1)} s total (${r.conversations_ready_s.toFixed(1)} s to conversations), ` +
     `${(size / 1e6 / r.seconds).toFixed(1)} MB/s, ${(t.tokens / r.seconds / 1e6).toFixed(2)} M tokens/s, ` +
-    `peak RSS ${r.peakRssMB.toFixed(0)} MB (workers: ${workers ?? "auto"})\n`,
+    `peak RSS ${r.peakRssMB.toFixed(0)} MB (workers: ${workers ?? "auto"})\n` +
+    `  CPU: ${r.cpu_s.toFixed(1)} s in all threads (${r.conversations_cpu_s.toFixed(1)} s to conversations, ${(r.cpu_s - r.conversations_cpu_s).toFixed(1)} s render + tokenize + mask + pack)\n`,
 );
 process.stdout.write(
   `${JSON.stringify({ seconds: r.seconds, mbPerS: size / 1e6 / r.seconds, peakRssMB: r.peakRssMB, conversations_ready_s: r.conversations_ready_s })}\n`,
