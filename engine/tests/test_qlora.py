@@ -301,3 +301,45 @@ def test_keep_16bit_that_matches_nothing_is_named(tmp_path: Path) -> None:
         load_model(str(tmp_path), "float32", CPU, spec, quant=Quant4bit(keep_16bit=("mlp", "layers.7.mlp")))
     assert e.value.code == "PLAN_INVALID" and "['layers.7.mlp']" in e.value.message
     assert e.value.field == "method.keep_16bit"
+
+
+def test_bitsandbytes_saved_directory_matches_bitsandbytes(tmp_path: Path) -> None:
+    """A directory written by transformers + bitsandbytes itself (llm_int8_skip_modules set) loads as is: each
+    4-bit weight dequantizes to exactly what bitsandbytes' dequantize_4bit gives, and the logits equal those of
+    the 16-bit model holding those dequantized weights. (bitsandbytes' own CPU 4-bit matmul is not the
+    reference for the logits: it differs from an fp32 matmul on the same weights by ~1e-3.)"""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    src = tmp_path / "src"
+    make_hf_model(src, "qwen3", dtype=torch.bfloat16)
+    q = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+        llm_int8_skip_modules=["lm_head", "layers.1.self_attn.o_proj"],
+    )
+    bnb = AutoModelForCausalLM.from_pretrained(
+        src, quantization_config=q, device_map="cpu", dtype=torch.float32
+    )
+    bnb.save_pretrained(tmp_path / "bnb")
+    ours = load_model(str(tmp_path / "bnb"), "float32", CPU).eval()
+    assert ours.model.layers[1].self_attn.o_proj.base_layer is None
+    ref_model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    n4 = 0
+    with torch.no_grad():
+        for name, m in bnb.named_modules():
+            if type(m).__name__ != "Linear4bit":
+                continue
+            w = bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state)
+            assert torch.equal(ours.get_submodule(name).base_layer.dequantize(), w), name
+            ref_model.get_submodule(name).weight.copy_(w)
+            n4 += 1
+    assert n4 == 13  # 14 projections, one kept in 16 bit
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = ref_model(ids).logits
+        got = ours.logits(ours(ids, torch.arange(16).expand(2, 16), torch.zeros_like(ids)))
+    assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
