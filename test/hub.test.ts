@@ -1,6 +1,15 @@
 // `tuna model pull` against a fake Hugging Face hub on loopback (its real API and URL layout, LFS files
 // redirected to a separate CDN origin): the needed files only, verified, resumable, idempotent, clear errors.
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -174,6 +183,22 @@ describe("tuna model pull (Hugging Face layout)", () => {
     expect(gets[0].bytes).toBeLessThan(size);
     expect(readFileSync(join(dir, shard)).equals(data(shard))).toBe(true);
     expect(existsSync(part)).toBe(false);
+  });
+
+  it("a .part left from another version of the file is discarded after it fails to verify", async () => {
+    const dir = newDir();
+    const shard = "model-00002-of-00002.safetensors";
+    const size = data(shard).length;
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, `${shard}.part`), Buffer.alloc(1000, 7));
+    const i = mark();
+    await pull("acme/tiny", dir);
+    const gets = since(i).filter((l) => l.file === shard && l.server === "cdn");
+    expect(gets.map((l) => [l.range, l.bytes])).toEqual([
+      ["bytes=1000-", size - 1000],
+      [undefined, size],
+    ]);
+    expect(readFileSync(join(dir, shard)).equals(data(shard))).toBe(true);
   });
 
   it("a corrupted byte fails the sha256 check, naming the file, expected and actual; the .part is removed", async () => {

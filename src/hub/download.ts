@@ -62,6 +62,9 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
   let expected = { sha256: file.sha256, gitSha1: file.gitSha1 };
   let hashes: Hashes | null = null;
   let fetched = 0;
+  // A .part left by an earlier run may belong to an older version of the file: if the result does not verify,
+  // it is thrown away and the file downloaded once more from the start.
+  const stalePart = existsSync(part) && statSync(part).size > 0;
 
   const attempt = withRetries(
     async () => {
@@ -166,10 +169,20 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
       },
     );
   };
-  if (file.size !== null && size !== file.size) throw fail("size", `${file.size} bytes`, `${size} bytes`);
-  if (expected.sha256 && expected.sha256 !== sha256) throw fail("sha256", expected.sha256, sha256);
-  if (expected.gitSha1 && gitSha1 && expected.gitSha1 !== gitSha1)
-    throw fail("git blob sha1", expected.gitSha1, gitSha1);
+  const bad: [string, string | number, string | number] | null =
+    file.size !== null && size !== file.size
+      ? ["size", `${file.size} bytes`, `${size} bytes`]
+      : expected.sha256 && expected.sha256 !== sha256
+        ? ["sha256", expected.sha256, sha256]
+        : expected.gitSha1 && gitSha1 && expected.gitSha1 !== gitSha1
+          ? ["git blob sha1", expected.gitSha1, gitSha1]
+          : null;
+  if (bad && stalePart) {
+    unlinkSync(part);
+    const again = await downloadFile(o);
+    return { ...again, fetched: again.fetched + fetched };
+  }
+  if (bad) throw fail(...bad);
   await rename(part, dest);
   return { path: file.path, size, sha256, gitSha1: expected.gitSha1 ? gitSha1 : undefined, fetched };
 }
