@@ -73,6 +73,7 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
         unlinkSync(part); // longer than the file can be: not a prefix of it
         offset = 0;
       }
+      if (hashes === null && offset > 0) o.onBytes?.(offset); // an earlier run's bytes count as done
       if (hashes === null || hashes.bytes !== offset)
         hashes = offset > 0 ? await Hashes.ofFile(part, file.size) : new Hashes(file.size);
       if (file.size !== null && offset === file.size && offset > 0) return; // complete from an earlier run
@@ -87,6 +88,7 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
           await res.body?.cancel();
           if (file.size === null) return;
           unlinkSync(part);
+          o.onBytes?.(-offset);
           hashes = null;
           throw new TransientError(`HTTP 416 for a ${offset}-byte .part of ${file.path}; starting over`);
         }
@@ -179,6 +181,7 @@ export async function downloadFile(o: DownloadOptions): Promise<Downloaded> {
           : null;
   if (bad && stalePart) {
     unlinkSync(part);
+    o.onBytes?.(-size);
     const again = await downloadFile(o);
     return { ...again, fetched: again.fetched + fetched };
   }
