@@ -62,7 +62,6 @@ export function register(program: Command): void {
       const model = await loadChatModel(modelDir);
       const gen = await startGenerator({ modelDir, adapters: { tuned: summary.adapter_dir! }, device: "cpu", maxBatchSize: 1 });
       try {
-        process.stdout.write("  assistant: ");
         const answer = await chatOnce({
           gen,
           model,
@@ -70,9 +69,10 @@ export function register(program: Command): void {
           thinking: false,
           adapter: "tuned",
           sampling: { maxNewTokens: 48, temperature: 0 },
-          onText: (piece) => process.stdout.write(piece.replace(/\n/g, " ")),
         });
-        say(`\n  (${answer.generatedTokens} tokens, stopped by ${answer.reason === "stop" ? "<|im_end|>" : "the length limit"})`);
+        // As a JSON string: a random model's output is often whitespace and control characters.
+        say(`  assistant: ${JSON.stringify(answer.text)}`);
+        say(`  (${answer.generatedTokens} tokens, stopped by ${answer.reason === "stop" ? "<|im_end|>" : "the length limit"})`);
       } finally {
         await gen.close();
       }
