@@ -65,14 +65,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if softcap is not None:
                 tanh = torch.tanh(z / softcap)
                 z = softcap * tanh
-            lse = torch.logsumexp(z, dim=-1)  # [n]
-            total += ((lse - z[rows, tgt]) * w).sum()
+            # One exp pass serves both the loss and its gradient: e = exp(z − max) in z's buffer,
+            # lse = max + log Σe, softmax = e / Σe.
+            picked = z[rows, tgt]  # [n]
+            zmax = z.amax(dim=-1)  # [n]
+            e = z.sub_(zmax[:, None]).exp_()
+            sum_e = e.sum(dim=-1)
+            total += ((zmax + sum_e.log() - picked) * w).sum()
             if not (need_h or need_w or need_b):
                 continue
-            # ∂(w·CE)/∂z = w·(softmax(z) − onehot), in place in z's buffer.
-            g = z.sub_(lse[:, None]).exp_()
-            g[rows, tgt] -= 1.0
-            g.mul_(w[:, None])
+            # ∂(w·CE)/∂z = w·(softmax(z) − onehot), in place.
+            g = e.mul_((w / sum_e)[:, None])
+            g[rows, tgt] -= w
             if tanh is not None:
                 g.mul_(1.0 - tanh * tanh)
             if scale != 1.0:
