@@ -23,20 +23,24 @@ CPU = torch.device("cpu")
 NEOX_TARGETS = ["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"]
 
 
-def make_neox(path: Path, seed: int = 0):
-    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+def make_neox(path: Path, seed: int = 0, family: str = "gpt_neox"):
+    """A tiny random GPT-NeoX (or Phi: lm_head with a bias, partial rotary, q/k/v/dense names) saved to path."""
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, PhiConfig
 
     torch.manual_seed(seed)
-    cfg = GPTNeoXConfig(
+    common = dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         vocab_size=256,
         max_position_embeddings=512,
-        rotary_pct=0.5,
         tie_word_embeddings=False,
     )
+    if family == "phi":
+        cfg = PhiConfig(**common, partial_rotary_factor=0.5)
+    else:
+        cfg = GPTNeoXConfig(**common, rotary_pct=0.5)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
         for name, p in hf.named_parameters():
@@ -46,27 +50,39 @@ def make_neox(path: Path, seed: int = 0):
     return hf.eval()
 
 
-def spec(dora: bool = False) -> LoraSpec:
-    return LoraSpec(
-        r=4, alpha=8, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=dora
-    )
+def spec(dora: bool = False, targets: tuple[str, ...] = ("all-linear",)) -> LoraSpec:
+    return LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=targets, use_rslora=False, use_dora=dora)
 
 
-@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
-def test_packed_step_matches_peft(tmp_path: Path, dora: bool) -> None:
+@pytest.mark.parametrize(
+    "family,dora,targets",
+    [
+        ("gpt_neox", False, ("all-linear",)),
+        ("gpt_neox", True, ("all-linear",)),
+        ("phi", False, ("q_proj", "v_proj")),
+    ],
+    ids=["neox-lora", "neox-dora", "phi-qv-lm_head-bias"],
+)
+def test_packed_step_matches_peft(tmp_path: Path, family: str, dora: bool, targets: tuple[str, ...]) -> None:
     """Packed rows (several samples, padding) through our generic model = each sample alone through peft:
     the loss and every adapter gradient, with both packing modes (position_ids, explicit 4-D mask)."""
     from peft import LoraConfig, get_peft_model
 
-    make_neox(tmp_path)
-    ours = load_for_training(str(tmp_path), "float32", CPU, "lora", spec(dora), None, 0, None)
+    make_neox(tmp_path, family=family)
+    ours = load_for_training(str(tmp_path), "float32", CPU, "lora", spec(dora, targets), None, 0, None)
     assert isinstance(ours, GenericCausalLM) and ours.packing == "position_ids"
-    assert ours.adapter_target_modules == NEOX_TARGETS
+    assert ours.adapter_target_modules == (NEOX_TARGETS if family == "gpt_neox" else sorted(targets))
+    assert (ours.output_bias is not None) == (family == "phi")
     from transformers import AutoModelForCausalLM
 
     pm = get_peft_model(
         AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32),
-        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=dora),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules="all-linear" if targets == ("all-linear",) else list(targets),
+            use_dora=dora,
+        ),
     )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -79,7 +95,10 @@ def test_packed_step_matches_peft(tmp_path: Path, dora: bool) -> None:
                 )
     mapped = adapter_tensors_for_model({k: v for k, v in pm.named_parameters() if "lora_" in k}, "peft")
     params = adapter_parameters(ours)
-    assert set(mapped) == set(params) and len(params) == (3 if dora else 2) * 4 * 2
+    assert (
+        set(mapped) == set(params)
+        and len(params) == (3 if dora else 2) * (4 if family == "gpt_neox" else 2) * 2
+    )
     with torch.no_grad():
         for k, v in mapped.items():
             params[k].copy_(v)
@@ -100,7 +119,7 @@ def test_packed_step_matches_peft(tmp_path: Path, dora: bool) -> None:
         ours.zero_grad()
         got = weighted_ce_sum(ours, batch) / batch.loss_weight[:, 1:].sum()
         got.backward()
-        assert abs(float(got) - float(ref)) / float(ref) < 1e-5, packing
+        assert abs(float(got.detach()) - float(ref.detach())) / float(ref.detach()) < 1e-5, packing
         for k, gr in ref_grads.items():
             err = float((params[k].grad - gr).abs().max() / gr.abs().max().clamp_min(1e-12))
             assert err < 1e-5, (packing, k, err)

@@ -314,6 +314,7 @@ def test_unknown_architecture(tmp_path: Path) -> None:
     err = only(events, "error")
     assert code != 0 and err["code"] == "UNSUPPORTED_ARCHITECTURE"
     assert "config.json: model_type: 'gemma3'" in err["message"] and "Gemma3ForCausalLM" in err["message"]
+    assert "the generic transformers backend (AutoModelForCausalLM + peft) was tried" in err["message"]
 
 
 def test_nan_loss_names_step_and_last_checkpoint(tmp_path: Path) -> None:

@@ -148,24 +148,33 @@ def load_generic(
 
     try:
         cfg = AutoConfig.from_pretrained(model_dir)
-    except (ValueError, KeyError, OSError) as e:
-        raise fail(f"{path}: {str(e).splitlines()[0]}") from e
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise fail(f"{path}: {type(e).__name__}: {first}") from e
     try:
         hf_cls = AutoModelForCausalLM._model_mapping[type(cfg)]
     except KeyError as e:
         raise fail(f"{path}: {type(cfg).__name__} has no causal-LM class in transformers") from e
     archs = getattr(cfg, "architectures", None) or []
     if archs and archs[0] != hf_cls.__name__:
-        raise fail(f"{path}: architectures {archs} is not the causal LM {hf_cls.__name__}")
+        # config.json names another class (e.g. Gemma3ForCausalLM for a model_type whose auto class is the
+        # multimodal one): use it when transformers has it and it is a causal LM.
+        import transformers
+
+        named = getattr(transformers, archs[0], None) if archs[0].endswith("ForCausalLM") else None
+        if named is None:
+            raise fail(f"{path}: architectures {archs} is not a causal-LM class of transformers")
+        hf_cls = named
     try:
-        hf, info = AutoModelForCausalLM.from_pretrained(
+        hf, info = hf_cls.from_pretrained(
             model_dir,
             dtype=dtype,
             attn_implementation=attn_implementation(hf_cls, device, dtype),
             output_loading_info=True,
         )
-    except (ValueError, OSError, RuntimeError) as e:
-        raise fail(f"{model_dir}: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # transformers raises many kinds on a config it cannot build; all mean "no"
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise fail(f"{model_dir}: {hf_cls.__name__}.from_pretrained: {type(e).__name__}: {first}") from e
     missing = sorted(info.get("missing_keys") or [])
     unexpected = sorted(info.get("unexpected_keys") or [])
     mismatched = info.get("mismatched_keys") or []
