@@ -65,6 +65,7 @@ def test_only_requested_gradients_and_no_grad_mode() -> None:
 
 def test_default_chunk_keeps_logits_small() -> None:
     assert default_chunk_rows(151936) * 151936 * 4 <= 64 * 2**20
+    assert default_chunk_rows(151936, "cuda") * 151936 * 4 <= 512 * 2**20
     assert default_chunk_rows(256) == 4096
 
 

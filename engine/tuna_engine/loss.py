@@ -23,14 +23,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# Rows per chunk: about 64 MiB of fp32 logits per chunk (e.g. 110 rows for Qwen3's 151,936-token vocabulary,
-# 4096 rows at most). Measured on CPU, the time per row does not improve with bigger chunks (docs/engine.md).
-CHUNK_BYTES = 64 * 2**20
+# Rows per chunk: about 64 MiB of fp32 logits per chunk on CPU (110 rows for Qwen3's 151,936-token
+# vocabulary; measured there, bigger chunks are not faster, docs/engine.md), 512 MiB on a GPU (883 rows: each
+# chunk's matmuls stay large enough to fill the card), 4096 rows at most.
+CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 512 * 2**20}
 MAX_CHUNK_ROWS = 4096
 
 
-def default_chunk_rows(vocab: int) -> int:
-    return max(1, min(MAX_CHUNK_ROWS, CHUNK_BYTES // (4 * vocab)))
+def default_chunk_rows(vocab: int, device: torch.device | str = "cpu") -> int:
+    budget = CHUNK_BYTES.get(torch.device(device).type, CHUNK_BYTES["cpu"])
+    return max(1, min(MAX_CHUNK_ROWS, budget // (4 * vocab)))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -118,7 +120,7 @@ def linear_cross_entropy(
     hidden [N, C] (model dtype), weight [V, C], targets [N] int, token_weight [N] float. Rows with weight 0
     cost as much as the others: drop them before calling.
     """
-    chunk = chunk_rows or default_chunk_rows(weight.shape[0])
+    chunk = chunk_rows or default_chunk_rows(weight.shape[0], weight.device)
     return _LinearCrossEntropy.apply(
         hidden, weight, bias, targets.long(), token_weight.float(), chunk, float(logit_scale), logit_softcap
     )
