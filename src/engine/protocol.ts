@@ -125,7 +125,11 @@ export const StepEvent = z.object({
   memory_gib: z.number().nullable(),
 });
 export const EvalEvent = z.object({ event: z.literal("eval"), step: z.number(), val_loss: z.number() });
-export const CheckpointEvent = z.object({ event: z.literal("checkpoint"), step: z.number(), path: z.string() });
+export const CheckpointEvent = z.object({
+  event: z.literal("checkpoint"),
+  step: z.number(),
+  path: z.string(),
+});
 export const DoneEvent = z.object({
   event: z.literal("done"),
   steps: z.number(),
@@ -194,7 +198,11 @@ export type GenerateRequest = z.infer<typeof GenerateRequest>;
 export const CancelRequest = z.object({ type: z.literal("cancel"), id: z.string() });
 
 export const ReadyEvent = z.object({ event: z.literal("ready"), device: z.string(), dtype: z.string() });
-export const TokenEvent = z.object({ event: z.literal("token"), id: z.string(), token_ids: z.array(z.number()) });
+export const TokenEvent = z.object({
+  event: z.literal("token"),
+  id: z.string(),
+  token_ids: z.array(z.number()),
+});
 export const FinishedEvent = z.object({
   event: z.literal("finished"),
   id: z.string(),
@@ -203,5 +211,11 @@ export const FinishedEvent = z.object({
   generated_tokens: z.number(),
   elapsed_s: z.number(),
 });
-export const GenerateEvent = z.discriminatedUnion("event", [ReadyEvent, TokenEvent, FinishedEvent, ErrorEvent, LogEvent]);
+export const GenerateEvent = z.discriminatedUnion("event", [
+  ReadyEvent,
+  TokenEvent,
+  FinishedEvent,
+  ErrorEvent,
+  LogEvent,
+]);
 export type GenerateEvent = z.infer<typeof GenerateEvent>;
