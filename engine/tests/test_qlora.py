@@ -364,16 +364,3 @@ def test_qlora_resume_is_exact_with_gradient_checkpointing(tmp_path: Path) -> No
     assert code == 0, err
     got = {e["step"]: e["loss"] for e in events if e["event"] == "step"}
     assert sorted(got) == [4, 5, 6] and all(got[s] == ref[s] for s in got), (got, ref)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotImplementedError,
-    reason="quant/ (owned elsewhere): Linear4bit() inside `with torch.device('meta')` fails in "
-    "blockwise.dynamic_map (.tolist() of a meta tensor); the engine builds its 4-bit placeholders outside the "
-    "context with device='meta' instead. Remove this marker when dynamic_map computes on the CPU explicitly.",
-)
-def test_linear4bit_builds_inside_a_meta_device_context() -> None:
-    with torch.device("meta"):
-        m = Linear4bit(64, 64)
-    assert m.weight.is_meta
