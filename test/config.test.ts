@@ -71,3 +71,28 @@ describe("run config", () => {
     }
   });
 });
+
+describe("config → plan.json", () => {
+  it("passes method and train settings through to the engine's plan, computing steps and warm-up", async () => {
+    const { buildTrainPlan } = await import("../src/jobs/train/plan.ts");
+    const p = write(
+      [
+        "model: m",
+        "data: { sources: [ { path: a.jsonl } ] }",
+        "method: { type: qlora, keep_16bit: [o_proj], trainable_layers: [0, 2] }",
+        "train: { epochs: 2, micro_batch_size: 2, grad_accum: 3, compile: true, early_stopping_patience: 2, eval_every: 5, warmup_ratio: 0.1 }",
+        "device: cpu",
+      ].join("\n"),
+    );
+    const config = parseConfig(RunConfig, readYaml(p), p);
+    const split = { samples: 40, packs: 31, tokens: 0, trained_tokens: 0, padding_tokens: 0, pack_efficiency: 1, dropped_too_long: 0, truncated: 0, dropped_no_trained_tokens: 0, shards: ["train-00000.safetensors"], length_histogram: [] };
+    const manifest = { format: "tuna-shards" as const, version: 1 as const, created: "", tokenizer_hash: "", template_hash: "", max_length: 2048, splits: { train: split }, rejected: {}, config: {} };
+    const plan = buildTrainPlan({ config, modelDir: "/m", runDir: "/r", manifest });
+    // ceil(2 epochs × 31 packs / (2 × 3)) = 11 steps; warm-up round(0.1 × 11) = 1
+    expect(plan.train).toMatchObject({ max_steps: 11, warmup_steps: 1, compile: true, early_stopping_patience: 2, eval_every: 5 });
+    expect(plan.method).toMatchObject({ type: "qlora", keep_16bit: ["o_proj"], trainable_layers: [0, 2] });
+    expect(plan.method.lora).toMatchObject({ r: 16, alpha: 32, target_modules: ["all-linear"] });
+    expect(plan.model).toEqual({ path: "/m", dtype: "float32" });
+    expect(plan.data.train).toEqual(["/r/data/train-00000.safetensors"]);
+  });
+});

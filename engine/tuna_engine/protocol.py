@@ -84,6 +84,8 @@ class TrainSpec:
     save_every: int
     # Stop after this many evaluations without a new best validation loss; None = never stop early.
     early_stopping_patience: int | None = None
+    # CUDA only: regional torch.compile of the decoder layers (docs/performance.md).
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,7 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         early_stopping_patience=r.get(
             t, "early_stopping_patience", "train.early_stopping_patience", "int", optional=True, min=1
         ),
+        compile=bool(r.get(t, "compile", "train.compile", "bool", optional=True)),
     )
     device = r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda"))
     o = r.obj(raw, "output", "output")

@@ -193,8 +193,9 @@ def train(plan: TrainPlan) -> None:
         raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
     val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
     optimizer = make_optimizer(model, plan, device)
-    if device.type == "cuda" and os.environ.get("TUNA_COMPILE") == "1" and hasattr(model, "model"):
-        # Experimental (docs/performance.md): compile each decoder layer (regional compilation: one graph,
+    compile_layers = t.compile or os.environ.get("TUNA_COMPILE") == "1"
+    if device.type == "cuda" and compile_layers and hasattr(model, "model"):
+        # train.compile (docs/performance.md): compile each decoder layer (regional compilation: one graph,
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels.
         for layer in model.model.layers:
             layer.compile()

@@ -39,6 +39,10 @@ export const MethodConfig = z
     /** qlora only: projections kept in 16 bit, by module path or a dotted part of it ("layers.0.mlp.down_proj",
      * "o_proj", "mlp"). Embeddings, norms and lm_head are always 16-bit. */
     keep_16bit: z.array(z.string().min(1)).optional(),
+    /** Freezing: LoRA adapters only on these decoder layers (full: only these layers train). */
+    trainable_layers: z.array(z.number().int().min(0)).min(1).optional(),
+    /** Full fine-tuning only: train only parameters under these module names (e.g. mlp, q_proj, lm_head). */
+    trainable_modules: z.array(z.string().min(1)).min(1).optional(),
   })
   .strict();
 
@@ -60,6 +64,10 @@ export const TrainConfig = z
     max_grad_norm: z.number().min(0).default(1),
     optimizer: z.enum(["adamw", "adamw8bit"]).default("adamw"),
     gradient_checkpointing: z.boolean().default(true),
+    /** CUDA: regional torch.compile of the decoder layers (1.5–1.8× measured; docs/performance.md). */
+    compile: z.boolean().default(false),
+    /** Stop after this many validation evaluations without a new best (needs eval_every); absent = never. */
+    early_stopping_patience: z.number().int().positive().optional(),
     log_every: z.number().int().positive().default(1),
     /** Validation loss every N steps (0 = only at the end). */
     eval_every: z.number().int().min(0).default(0),

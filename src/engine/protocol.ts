@@ -62,6 +62,8 @@ export const TrainPlan = z.object({
     adam_beta2: z.number(),
     adam_eps: z.number(),
     gradient_checkpointing: z.boolean(),
+    /** CUDA only: regional torch.compile of the decoder layers (docs/performance.md). Absent = off. */
+    compile: z.boolean().optional(),
     log_every: z.number().int().positive(),
     eval_every: z.number().int().min(0),
     save_every: z.number().int().min(0),

@@ -65,6 +65,8 @@ export function buildTrainPlan(args: {
             },
       // The engine refuses keep_16bit for a method other than qlora, naming the field.
       ...(m.keep_16bit ? { keep_16bit: m.keep_16bit } : {}),
+      ...(m.trainable_layers ? { trainable_layers: m.trainable_layers } : {}),
+      ...(m.trainable_modules ? { trainable_modules: m.trainable_modules } : {}),
     },
     train: {
       seed: t.seed,
@@ -82,6 +84,8 @@ export function buildTrainPlan(args: {
       adam_beta2: 0.999,
       adam_eps: 1e-8,
       gradient_checkpointing: t.gradient_checkpointing,
+      compile: t.compile,
+      ...(t.early_stopping_patience ? { early_stopping_patience: t.early_stopping_patience } : {}),
       log_every: t.log_every,
       eval_every: t.eval_every,
       save_every: t.save_every,
