@@ -42,9 +42,33 @@ const PY_WHITESPACE = new Set(
   " \t\n\v\f\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000",
 );
 
+/** PY_WHITESPACE as a table over UTF-16 units (all of them are BMP code points, none a surrogate). */
+const PY_WHITESPACE_UNIT = (() => {
+  const t = new Uint8Array(0x3001);
+  for (const c of PY_WHITESPACE) t[c.charCodeAt(0)] = 1;
+  return t;
+})();
+
+const hasSurrogate = (s: string) => /[\ud800-\udfff]/.test(s);
+
 /** Python str.strip/lstrip/rstrip. `chars` is a set of characters (code points), undefined = whitespace. */
 export function pyStrip(s: string, chars: string | undefined, left: boolean, right: boolean): string {
-  const set = chars === undefined ? PY_WHITESPACE : new Set(chars);
+  // Scanning the ends by UTF-16 unit is exact when the set has no surrogates: a unit of an astral character (or
+  // a lone surrogate) in `s` is then never in the set, just as its code point is not.
+  if (chars === undefined || !hasSurrogate(chars)) {
+    let a = 0;
+    let b = s.length;
+    if (chars === undefined) {
+      const ws = PY_WHITESPACE_UNIT;
+      if (left) while (a < b && ws[s.charCodeAt(a)] === 1) a++;
+      if (right) while (b > a && ws[s.charCodeAt(b - 1)] === 1) b--;
+    } else {
+      if (left) while (a < b && chars.includes(s[a])) a++;
+      if (right) while (b > a && chars.includes(s[b - 1])) b--;
+    }
+    return a === 0 && b === s.length ? s : s.slice(a, b);
+  }
+  const set = new Set(chars);
   const cps = Array.from(s);
   let a = 0;
   let b = cps.length;

@@ -14,6 +14,36 @@ export interface TokenizedSample {
  * between two tokens; a span that starts or ends inside a token is MASK_NOT_TOKEN_ALIGNED, never rounded.
  */
 export function tokenizeSample(tokenizer: Tokenizer, sample: Sample): TokenizedSample {
+  return tokenizeAtBoundaries(tokenizer, sample) ?? tokenizeWithOffsets(tokenizer, sample);
+}
+
+/**
+ * The fast path: the tokenizer reports, for each span boundary, the first token at or after it (encodeAt), with no
+ * per-token offsets. Returns null when the tokenizer has no encodeAt, the spans are not in order, or a boundary
+ * falls inside a token: the offsets path then gives the same result or the detailed error.
+ */
+function tokenizeAtBoundaries(tokenizer: Tokenizer, sample: Sample): TokenizedSample | null {
+  if (!tokenizer.encodeAt) return null;
+  const spans = sample.trainedSpans;
+  const positions: number[] = new Array(spans.length * 2);
+  for (let k = 0; k < spans.length; k++) {
+    positions[2 * k] = spans[k][0];
+    positions[2 * k + 1] = spans[k][1];
+    if (spans[k][1] < spans[k][0] || (k > 0 && spans[k][0] < spans[k - 1][1])) return null;
+  }
+  const { ids, at } = tokenizer.encodeAt(sample.text, positions);
+  const lossWeight = new Float32Array(ids.length);
+  for (let k = 0; k < spans.length; k++) {
+    const a = at[2 * k];
+    const b = at[2 * k + 1];
+    // The checks of tokenizeWithOffsets, in its order: alignment first, then an empty span, then the first token.
+    if (a < 0 || b < 0 || b <= a || a === 0) return null;
+    lossWeight.fill(1, a, b);
+  }
+  return { ids, lossWeight };
+}
+
+function tokenizeWithOffsets(tokenizer: Tokenizer, sample: Sample): TokenizedSample {
   const { ids, offsets } = tokenizer.encodeWithOffsets(sample.text);
   const n = ids.length;
   const lossWeight = new Float32Array(n);

@@ -11,7 +11,7 @@ import { BytePairModel, MergeTable } from "./bpe.ts";
 import { BYTE_TO_CHAR, CHAR_TO_BYTE } from "./bytelevel.ts";
 import { buildNormalizer, type Normalizer } from "./normalizer.ts";
 import { GPT2_PATTERN, type NextWord, splitterFor } from "./pretokenizer.ts";
-import type { EncodeOptions, Encoding, Tokenizer } from "./types.ts";
+import type { EncodeOptions, Encoding, PositionedEncoding, Tokenizer } from "./types.ts";
 
 const AddedTokenSchema = z.object({
   id: z.number().int().nonnegative(),
@@ -121,11 +121,21 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
   return splitter ?? ((_s, _i, end) => end);
 }
 
-/** Growable Int32Array for ids (and Uint32Array pairs for offsets). */
+/** Growable Int32Array for ids (and Uint32Array pairs for offsets), and the state of `encodeAt`'s position
+ * lookup: positions are resolved in order as tokens are appended, each to the first token starting at or after
+ * it, so only words that straddle a position need their per-token offsets. */
 class IdSink {
   ids: Int32Array;
   n = 0;
   offsets: Uint32Array | null;
+  /** Ascending character positions to resolve (encodeAt), else null. */
+  pos: ArrayLike<number> | null = null;
+  /** Next unresolved position. */
+  pk = 0;
+  /** at[k]: index of the first token starting at or after pos[k], or -1 when the token before it ends after it. */
+  at: Int32Array | null = null;
+  /** End (in the caller's string) of the last token appended. */
+  prevEnd = 0;
   constructor(cap: number, withOffsets: boolean) {
     this.ids = new Int32Array(Math.max(16, cap));
     this.offsets = withOffsets ? new Uint32Array(this.ids.length * 2) : null;
@@ -142,6 +152,22 @@ class IdSink {
       o.set(this.offsets.subarray(0, this.n * 2));
       this.offsets = o;
     }
+  }
+  /** Token `index` covers [start, end): resolve the positions at or before its start. */
+  resolve(start: number, end: number, index: number): void {
+    const pos = this.pos!;
+    const at = this.at!;
+    while (this.pk < pos.length && pos[this.pk] <= start) {
+      at[this.pk] = this.prevEnd > pos[this.pk] ? -1 : index;
+      this.pk++;
+    }
+    this.prevEnd = end;
+  }
+  /** After the last token: positions left point past it. */
+  finish(): void {
+    const pos = this.pos!;
+    const at = this.at!;
+    for (; this.pk < pos.length; this.pk++) at[this.pk] = this.prevEnd > pos[this.pk] ? -1 : this.n;
   }
 }
 
@@ -161,6 +187,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   private readonly tokenBytes: Int32Array;
   private cache = new Map<string, number | Int32Array>();
   private decodeBytes: (Uint8Array | undefined)[] = [];
+  private scratch = new Uint32Array(64);
 
   constructor(
     json: TokenizerJson,
@@ -300,6 +327,29 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     return { ids: sink.ids.slice(0, sink.n), offsets: sink.offsets!.slice(0, sink.n * 2) };
   }
 
+  /**
+   * Ids, and for each of `positions` (character offsets, ascending) the index of the first token that starts at or
+   * after it, or -1 when the token before that one ends after it (the position falls inside a token). The same
+   * answer as a binary search over encodeWithOffsets' offsets, at about the cost of `encode`: offsets are computed
+   * only for the words a position falls strictly inside.
+   */
+  encodeAt(text: string, positions: ArrayLike<number>, opts?: EncodeOptions): PositionedEncoding {
+    for (let k = 1; k < positions.length; k++) {
+      if (!(positions[k] >= positions[k - 1])) {
+        throw new TunaError(
+          "BAD_ARGUMENT",
+          `encodeAt positions must be ascending; got ${positions[k - 1]} then ${positions[k]} at index ${k}`,
+        );
+      }
+    }
+    const sink = new IdSink((text.length >> 1) + 16, false);
+    sink.pos = positions;
+    sink.at = new Int32Array(positions.length);
+    this.run(text, opts?.splitSpecial ?? false, sink);
+    sink.finish();
+    return { ids: sink.ids.slice(0, sink.n), at: sink.at };
+  }
+
   private run(text: string, splitSpecial: boolean, sink: IdSink): void {
     if (!this.rawAdded) {
       this.piece(text, 0, text.length, splitSpecial, sink);
@@ -315,6 +365,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
           sink.offsets[sink.n * 2] = segs[k + 1];
           sink.offsets[sink.n * 2 + 1] = segs[k + 2];
         }
+        if (sink.pos) sink.resolve(segs[k + 1], segs[k + 2], sink.n);
         sink.ids[sink.n++] = id;
       }
     }
@@ -346,6 +397,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       } else {
         sink.reserve(1);
         if (sink.offsets) this.mapSpan(sink, st, en, a, align);
+        if (sink.pos) sink.resolve(mapStart(st, a, align), mapEnd(st, en, a, align), sink.n);
         sink.ids[sink.n++] = id;
       }
     }
@@ -353,13 +405,8 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
 
   private mapSpan(sink: IdSink, st: number, en: number, base: number, align: Uint32Array | null): void {
     const o = sink.offsets!;
-    if (align === null) {
-      o[sink.n * 2] = base + st;
-      o[sink.n * 2 + 1] = base + en;
-    } else {
-      o[sink.n * 2] = base + align[st * 2];
-      o[sink.n * 2 + 1] = base + (en > st ? align[(en - 1) * 2 + 1] : align[st * 2]);
-    }
+    o[sink.n * 2] = mapStart(st, base, align);
+    o[sink.n * 2 + 1] = mapEnd(st, en, base, align);
   }
 
   /** Pre-tokenize s[from, end) (s is a whole piece) and append the BPE ids of every word. */
@@ -388,10 +435,14 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       if (typeof v === "number") {
         if (sink.n >= sink.ids.length) sink.reserve(1);
         if (sink.offsets) this.mapSpan(sink, shift + i, shift + j, base, align);
+        else if (sink.pos) {
+          sink.resolve(mapStart(shift + i, base, align), mapEnd(shift + i, shift + j, base, align), sink.n);
+        }
         sink.ids[sink.n++] = v;
       } else {
         sink.reserve(v.length);
-        if (sink.offsets) this.wordOffsets(s, i, j, v, sink, base, align, shift);
+        if (sink.offsets) this.wordOffsets(s, i, j, v, sink.offsets, sink.n, base, align, shift);
+        else if (sink.pos) this.resolveWord(s, i, j, v, sink, base, align, shift);
         sink.ids.set(v, sink.n);
         sink.n += v.length;
       }
@@ -399,13 +450,41 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     }
   }
 
-  /** Offsets of the tokens of one word: each token's bytes, widened to the whole characters they touch. */
-  private wordOffsets(
+  /** encodeAt's lookup for one word of several tokens: per-token offsets only when a position falls inside it. */
+  private resolveWord(
     s: string,
     i: number,
     j: number,
     ids: Int32Array,
     sink: IdSink,
+    base: number,
+    align: Uint32Array | null,
+    shift: number,
+  ): void {
+    const ws = mapStart(shift + i, base, align);
+    const we = mapEnd(shift + i, shift + j, base, align);
+    const pos = sink.pos!;
+    // Positions at or before the word's start resolve to its first token; one inside it needs the tokens' offsets.
+    sink.resolve(ws, we, sink.n);
+    if (sink.pk >= pos.length || pos[sink.pk] >= we) return;
+    if (this.scratch.length < ids.length * 2) this.scratch = new Uint32Array(ids.length * 4);
+    const o = this.scratch;
+    this.wordOffsets(s, i, j, ids, o, 0, base, align, shift);
+    for (let k = 1; k < ids.length; k++) {
+      sink.prevEnd = o[2 * k - 1];
+      sink.resolve(o[2 * k], o[2 * k + 1], sink.n + k);
+    }
+  }
+
+  /** Offsets of the tokens of one word: each token's bytes, widened to the whole characters they touch; written
+   * as pairs into `out` from pair index `at`. */
+  private wordOffsets(
+    s: string,
+    i: number,
+    j: number,
+    ids: Int32Array,
+    out: Uint32Array,
+    at: number,
     base: number,
     align: Uint32Array | null,
     shift: number,
@@ -442,10 +521,9 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
         eu += mu;
         [mb, mu] = charLen(eu);
       }
-      this.mapSpan(sink, shift + start, shift + eu + mu, base, align);
-      sink.n++;
+      out[(at + k) * 2] = mapStart(shift + start, base, align);
+      out[(at + k) * 2 + 1] = mapEnd(shift + start, shift + eu + mu, base, align);
     }
-    sink.n -= ids.length;
   }
 
   decode(ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string {
@@ -494,6 +572,17 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   idToToken(id: number): string | undefined {
     return this.idToTok[id];
   }
+}
+
+/** Start in the caller's string of normalized unit `st` of a piece that starts at `base` there. */
+function mapStart(st: number, base: number, align: Uint32Array | null): number {
+  return align === null ? base + st : base + align[st * 2];
+}
+
+/** End in the caller's string of the normalized units [st, en). */
+function mapEnd(st: number, en: number, base: number, align: Uint32Array | null): number {
+  if (align === null) return base + en;
+  return base + (en > st ? align[(en - 1) * 2 + 1] : align[st * 2]);
 }
 
 function toByteLevel(word: string): string {
