@@ -72,13 +72,20 @@ const reqFiles = [join(root, "engine", "requirements.txt")];
 if (forTests) reqFiles.push(join(root, "engine", "requirements-test.txt"));
 const pyHash = hashFiles(reqFiles, torchSpec);
 const stampName = forTests ? "python-test" : "python";
-if (!existsSync(py) || !stamped(stampName, pyHash) ) {
+if (!existsSync(py) || !stamped(stampName, pyHash)) {
   if (!existsSync(py)) {
     const base = process.env.PYTHON ?? "python3";
     run(base, ["-m", "venv", venv]);
   }
   run(py, ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", torchSpec]);
-  run(py, ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", ...reqFiles.flatMap((f) => ["-r", f])]);
+  run(py, [
+    "-m",
+    "pip",
+    "install",
+    "--quiet",
+    "--disable-pip-version-check",
+    ...reqFiles.flatMap((f) => ["-r", f]),
+  ]);
   writeFileSync(join(stampDir, stampName), pyHash);
   // A test environment is a superset of the run-time one.
   if (forTests) writeFileSync(join(stampDir, "python"), hashFiles([reqFiles[0]], torchSpec));

@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { z } from "zod";
+import type { z } from "zod";
 import { parseConfig, readYaml } from "../src/config/load.ts";
 import { MethodConfig, PackConfig, RunConfig, TemplateConfig, TrainConfig } from "../src/config/schema.ts";
 import { isTunaError } from "../src/errors.ts";
@@ -18,7 +18,12 @@ describe("run config", () => {
     const p = write("model: m\ndata: { sources: [ { path: a.jsonl } ] }\n");
     const c = parseConfig(RunConfig, readYaml(p), p);
     expect(c.method).toMatchObject({ type: "lora", r: 16, alpha: 32, target_modules: "all-linear" });
-    expect(c.train).toMatchObject({ epochs: 1, learning_rate: 2e-4, scheduler: "cosine", gradient_checkpointing: true });
+    expect(c.train).toMatchObject({
+      epochs: 1,
+      learning_rate: 2e-4,
+      scheduler: "cosine",
+      gradient_checkpointing: true,
+    });
     expect(c.pack.max_length).toBe(2048);
     expect(c.template).toEqual({ thinking: "auto", loss_on: "all" });
   });
@@ -67,7 +72,8 @@ describe("run config", () => {
       expect(start, heading).toBeGreaterThan(-1);
       const end = doc.indexOf("\n## ", start + 3);
       const section = doc.slice(start, end === -1 ? undefined : end);
-      for (const key of Object.keys(schema.shape)) expect(section, `${heading} ${key}`).toContain(`| \`${key}\` |`);
+      for (const key of Object.keys(schema.shape))
+        expect(section, `${heading} ${key}`).toContain(`| \`${key}\` |`);
     }
   });
 });
@@ -85,11 +91,39 @@ describe("config → plan.json", () => {
       ].join("\n"),
     );
     const config = parseConfig(RunConfig, readYaml(p), p);
-    const split = { samples: 40, packs: 31, tokens: 0, trained_tokens: 0, padding_tokens: 0, pack_efficiency: 1, dropped_too_long: 0, truncated: 0, dropped_no_trained_tokens: 0, shards: ["train-00000.safetensors"], length_histogram: [] };
-    const manifest = { format: "tuna-shards" as const, version: 1 as const, created: "", tokenizer_hash: "", template_hash: "", max_length: 2048, splits: { train: split }, rejected: {}, config: {} };
+    const split = {
+      samples: 40,
+      packs: 31,
+      tokens: 0,
+      trained_tokens: 0,
+      padding_tokens: 0,
+      pack_efficiency: 1,
+      dropped_too_long: 0,
+      truncated: 0,
+      dropped_no_trained_tokens: 0,
+      shards: ["train-00000.safetensors"],
+      length_histogram: [],
+    };
+    const manifest = {
+      format: "tuna-shards" as const,
+      version: 1 as const,
+      created: "",
+      tokenizer_hash: "",
+      template_hash: "",
+      max_length: 2048,
+      splits: { train: split },
+      rejected: {},
+      config: {},
+    };
     const plan = buildTrainPlan({ config, modelDir: "/m", runDir: "/r", manifest });
     // ceil(2 epochs × 31 packs / (2 × 3)) = 11 steps; warm-up round(0.1 × 11) = 1
-    expect(plan.train).toMatchObject({ max_steps: 11, warmup_steps: 1, compile: true, early_stopping_patience: 2, eval_every: 5 });
+    expect(plan.train).toMatchObject({
+      max_steps: 11,
+      warmup_steps: 1,
+      compile: true,
+      early_stopping_patience: 2,
+      eval_every: 5,
+    });
     expect(plan.method).toMatchObject({ type: "qlora", keep_16bit: ["o_proj"], trainable_layers: [0, 2] });
     expect(plan.method.lora).toMatchObject({ r: 16, alpha: 32, target_modules: ["all-linear"] });
     expect(plan.model).toEqual({ path: "/m", dtype: "float32" });

@@ -3,10 +3,10 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { Rng } from "../src/model/init.ts";
 import { packFirstFitDecreasing } from "../src/pack/pack.ts";
 import { SplitWriter } from "../src/pack/shards.ts";
 import { readSafetensors } from "../src/util/safetensors.ts";
-import { Rng } from "../src/model/init.ts";
 import { testPython } from "./helpers/python.ts";
 
 describe("first-fit-decreasing packing", () => {
@@ -16,7 +16,12 @@ describe("first-fit-decreasing packing", () => {
     expect(packs.flat().sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     for (const p of packs) expect(p.reduce((a, i) => a + lengths[i], 0)).toBeLessThanOrEqual(10);
     // FFD by hand: 8→A, 7→B, 6→C, 5→D, 4→C(10), 3→B(10), 2→A(10), 1→D(6)
-    expect(packs).toEqual([[4, 3], [0, 1], [7, 6], [2, 5]]);
+    expect(packs).toEqual([
+      [4, 3],
+      [0, 1],
+      [7, 6],
+      [2, 5],
+    ]);
     expect(usedTokens).toBe(36);
     expect(paddingTokens).toBe(4);
   });
@@ -51,7 +56,13 @@ describe("shard writer", () => {
     expect(w.add(sample(4, 400, 9))).toBe("dropped_no_trained_tokens");
     expect(w.add(sample(6, 500, 0))).toBe("kept");
     const stats = w.finish();
-    expect(stats).toMatchObject({ samples: 3, packs: 2, tokens: 14, dropped_too_long: 1, dropped_no_trained_tokens: 1 });
+    expect(stats).toMatchObject({
+      samples: 3,
+      packs: 2,
+      tokens: 14,
+      dropped_too_long: 1,
+      dropped_no_trained_tokens: 1,
+    });
     // trained: 3 + 2 + 5 (first token of each sample never trained)
     expect(stats.trained_tokens).toBe(10);
     const f = readSafetensors(join(dir, stats.shards[0]));

@@ -2,7 +2,7 @@
 // directory holds everything DESIGN.md names, and the adapter loads with peft over transformers' Qwen3 giving
 // the same logits as Tuna's engine; `tuna merge` writes a model transformers loads with those logits.
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -10,7 +10,11 @@ import { REPO_ROOT } from "../src/engine/runner.ts";
 import { testPython } from "./helpers/python.ts";
 
 const tuna = (args: string[], cwd = REPO_ROOT) =>
-  spawnSync(process.execPath, [join(REPO_ROOT, "bin/tuna.mjs"), ...args], { cwd, encoding: "utf8", timeout: 600_000 });
+  spawnSync(process.execPath, [join(REPO_ROOT, "bin/tuna.mjs"), ...args], {
+    cwd,
+    encoding: "utf8",
+    timeout: 600_000,
+  });
 
 let work: string;
 let modelDir: string;
@@ -50,10 +54,22 @@ describe("tuna train (tiny model, CPU)", () => {
     const runs = readdirSync(join(work, "runs"));
     expect(runs).toHaveLength(1);
     const run = join(work, "runs", runs[0]);
-    for (const f of ["config.json", "plan.json", "events.jsonl", "summary.json", "data/manifest.json", "data/data-report.json", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"]) {
+    for (const f of [
+      "config.json",
+      "plan.json",
+      "events.jsonl",
+      "summary.json",
+      "data/manifest.json",
+      "data/data-report.json",
+      "adapter/adapter_config.json",
+      "adapter/adapter_model.safetensors",
+    ]) {
       expect(existsSync(join(run, f)), f).toBe(true);
     }
-    const events = readFileSync(join(run, "events.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    const events = readFileSync(join(run, "events.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     const losses = events.filter((e) => e.event === "step").map((e) => e.loss as number);
     expect(losses).toHaveLength(8);
     // Six different packs, so part of the fall is noise between packs; a learning model still falls clearly.
@@ -70,10 +86,19 @@ describe("tuna train (tiny model, CPU)", () => {
 
     const merged = tuna(["merge", run, "--out", join(work, "merged")]);
     expect(merged.status, merged.stderr).toBe(0);
-    const out = execFileSync(testPython(), [join(REPO_ROOT, "test/fixtures/e2e/compare_adapter.py"), modelDir, join(run, "adapter"), join(work, "merged")], {
-      encoding: "utf8",
-      env: { ...process.env, PYTHONPATH: join(REPO_ROOT, "engine") },
-    });
+    const out = execFileSync(
+      testPython(),
+      [
+        join(REPO_ROOT, "test/fixtures/e2e/compare_adapter.py"),
+        modelDir,
+        join(run, "adapter"),
+        join(work, "merged"),
+      ],
+      {
+        encoding: "utf8",
+        env: { ...process.env, PYTHONPATH: join(REPO_ROOT, "engine") },
+      },
+    );
     const cmp = JSON.parse(out.trim().split("\n").at(-1)!);
     expect(cmp.adapter_effect).toBeGreaterThan(1e-3); // the adapter changes the model...
     expect(cmp.rel_diff).toBeLessThan(1e-5); // ...identically in peft and in Tuna's engine
@@ -102,8 +127,15 @@ describe("tuna train (tiny model, CPU)", () => {
 
   it("Ctrl-C stops the engine with its error shown, exits non-zero, and the run directory keeps what it wrote", async () => {
     const config = writeConfig("interrupt.yaml", "");
-    writeFileSync(config, readFileSync(config, "utf8").replace("max_steps: 8,", "max_steps: 500, save_every: 1,").replace(`${join(work, "runs")}`, `${join(work, "runs-int")}`));
-    const child = spawn(process.execPath, [join(REPO_ROOT, "bin/tuna.mjs"), "train", config], { cwd: REPO_ROOT });
+    writeFileSync(
+      config,
+      readFileSync(config, "utf8")
+        .replace("max_steps: 8,", "max_steps: 500, save_every: 1,")
+        .replace(`${join(work, "runs")}`, `${join(work, "runs-int")}`),
+    );
+    const child = spawn(process.execPath, [join(REPO_ROOT, "bin/tuna.mjs"), "train", config], {
+      cwd: REPO_ROOT,
+    });
     let stderr = "";
     child.stderr.on("data", (d) => {
       stderr += d;

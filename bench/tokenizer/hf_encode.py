@@ -50,7 +50,7 @@ def main() -> None:
         if mode == "default" and "--offsets" in args:
             n = int(args[args.index("--offsets") + 1])
             parts = []
-            for text, e in zip(texts[:n], encs[:n]):
+            for text, e in zip(texts[:n], encs[:n], strict=True):
                 pos = utf16_positions(text)
                 offs = np.array(e.offsets, dtype=np.int64).reshape(-1, 2)
                 parts.append(pos[offs].astype("<i4").reshape(-1))

@@ -3,21 +3,26 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
-import { TunaError } from "../errors.ts";
 import { MergePlan, PROTOCOL_VERSION, TrainPlan } from "../engine/protocol.ts";
 import { startEngine } from "../engine/runner.ts";
+import { TunaError } from "../errors.ts";
 
 export function register(program: Command): void {
   program
     .command("merge <run-dir>")
     .description("Merge a run's LoRA adapter into its base model: a full Hugging Face model directory")
     .option("--out <dir>", "output directory (default: <run-dir>/merged)")
-    .option("--dtype <dtype>", "dtype of the written weights: float32, bfloat16, float16 (default: the run's)")
+    .option(
+      "--dtype <dtype>",
+      "dtype of the written weights: float32, bfloat16, float16 (default: the run's)",
+    )
     .option("--device <device>", "auto, cpu or cuda", "auto")
     .action(async (runDir: string, o: { out?: string; dtype?: string; device: string }) => {
       const planPath = join(runDir, "plan.json");
       if (!existsSync(planPath)) {
-        throw new TunaError("RUN_NOT_FOUND", `${planPath} does not exist`, { hint: "pass a run directory made by `tuna train`" });
+        throw new TunaError("RUN_NOT_FOUND", `${planPath} does not exist`, {
+          hint: "pass a run directory made by `tuna train`",
+        });
       }
       const train = TrainPlan.parse(JSON.parse(readFileSync(planPath, "utf8")));
       if (!existsSync(join(train.output.adapter_dir, "adapter_config.json"))) {
@@ -34,7 +39,10 @@ export function register(program: Command): void {
         device: o.device,
       });
       if (!plan.success) {
-        throw new TunaError("BAD_OPTION", plan.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+        throw new TunaError(
+          "BAD_OPTION",
+          plan.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "),
+        );
       }
       const mergePlanPath = join(runDir, "merge_plan.json");
       writeFileSync(mergePlanPath, `${JSON.stringify(plan.data, null, 2)}\n`);
@@ -42,7 +50,11 @@ export function register(program: Command): void {
       const r = await engine.done;
       if (r.code !== 0 || r.error) {
         const e = r.error;
-        throw new TunaError(e?.code ?? "ENGINE_CRASHED", e?.message ?? `the engine exited with ${r.code ?? r.signal}:\n${r.stderrTail}`, { hint: e?.hint });
+        throw new TunaError(
+          e?.code ?? "ENGINE_CRASHED",
+          e?.message ?? `the engine exited with ${r.code ?? r.signal}:\n${r.stderrTail}`,
+          { hint: e?.hint },
+        );
       }
       console.log(`merged model: ${plan.data.output_dir}`);
     });

@@ -8,30 +8,36 @@ import { resume, train } from "../jobs/train/run.ts";
 export function register(program: Command): void {
   program
     .command("train [config]")
-    .description("Fine-tune: data → chat template → tokens and loss mask → packed shards → engine → LoRA adapter")
+    .description(
+      "Fine-tune: data → chat template → tokens and loss mask → packed shards → engine → LoRA adapter",
+    )
     .option("--resume <run-dir>", "continue an interrupted run from its latest checkpoint")
     .option("--strict", "fail on the first invalid record instead of skipping and counting it")
     .option("--max-steps <n>", "override train.max_steps (quick trials)")
-    .action(async (configPath: string | undefined, o: { resume?: string; strict?: boolean; maxSteps?: string }) => {
-      let summary: Awaited<ReturnType<typeof train>>;
-      if (o.resume) {
-        summary = await resume(o.resume);
-      } else {
-        if (!configPath) throw new TunaError("USAGE", "tuna train needs a config file (or --resume <run-dir>)");
-        const config = parseConfig(RunConfig, readYaml(configPath), configPath);
-        if (o.maxSteps !== undefined) {
-          const n = Number(o.maxSteps);
-          if (!Number.isInteger(n) || n <= 0) throw new TunaError("BAD_OPTION", `--max-steps "${o.maxSteps}" is not a positive integer`);
-          config.train.max_steps = n;
+    .action(
+      async (configPath: string | undefined, o: { resume?: string; strict?: boolean; maxSteps?: string }) => {
+        let summary: Awaited<ReturnType<typeof train>>;
+        if (o.resume) {
+          summary = await resume(o.resume);
+        } else {
+          if (!configPath)
+            throw new TunaError("USAGE", "tuna train needs a config file (or --resume <run-dir>)");
+          const config = parseConfig(RunConfig, readYaml(configPath), configPath);
+          if (o.maxSteps !== undefined) {
+            const n = Number(o.maxSteps);
+            if (!Number.isInteger(n) || n <= 0)
+              throw new TunaError("BAD_OPTION", `--max-steps "${o.maxSteps}" is not a positive integer`);
+            config.train.max_steps = n;
+          }
+          summary = await train({ config, configPath, strict: o.strict });
         }
-        summary = await train({ config, configPath, strict: o.strict });
-      }
-      if (summary.status !== "done") {
-        const e = summary.error;
-        process.stderr.write(
-          `training ${summary.status}${e ? ` [${e.code}]: ${e.message}` : ""}${e?.hint ? `\nhint: ${e.hint}` : ""}\nthe run directory keeps everything written so far: ${summary.run_dir}\n`,
-        );
-        process.exitCode = summary.status === "interrupted" ? 130 : 1;
-      }
-    });
+        if (summary.status !== "done") {
+          const e = summary.error;
+          process.stderr.write(
+            `training ${summary.status}${e ? ` [${e.code}]: ${e.message}` : ""}${e?.hint ? `\nhint: ${e.hint}` : ""}\nthe run directory keeps everything written so far: ${summary.run_dir}\n`,
+          );
+          process.exitCode = summary.status === "interrupted" ? 130 : 1;
+        }
+      },
+    );
 }

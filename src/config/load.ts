@@ -6,9 +6,18 @@ import type { z } from "zod";
 import { TunaError } from "../errors.ts";
 
 /** Formats zod issues as "field: got X; expected Y" lines, with the YAML line where the field is. */
-export function formatIssues(issues: z.core.$ZodIssue[], input: unknown, locate?: (path: PropertyKey[]) => number | undefined): string[] {
+export function formatIssues(
+  issues: z.core.$ZodIssue[],
+  input: unknown,
+  locate?: (path: PropertyKey[]) => number | undefined,
+): string[] {
   return issues.map((iss) => {
-    const path = iss.path.length ? iss.path.map((p) => (typeof p === "number" ? `[${p}]` : String(p))).join(".").replace(/\.\[/g, "[") : "(top level)";
+    const path = iss.path.length
+      ? iss.path
+          .map((p) => (typeof p === "number" ? `[${p}]` : String(p)))
+          .join(".")
+          .replace(/\.\[/g, "[")
+      : "(top level)";
     const got = valueAt(input, iss.path);
     const line = locate?.(iss.path);
     const gotText = got === undefined ? "missing" : JSON.stringify(got)?.slice(0, 80);
@@ -42,7 +51,9 @@ export function readYaml(file: string): LoadedYaml {
   if (doc.errors.length) {
     const e = doc.errors[0];
     const pos = e.linePos?.[0];
-    throw new TunaError("CONFIG_YAML", `${e.message.split("\n")[0]}`, { where: `${file}${pos ? `:${pos.line}` : ""}` });
+    throw new TunaError("CONFIG_YAML", `${e.message.split("\n")[0]}`, {
+      where: `${file}${pos ? `:${pos.line}` : ""}`,
+    });
   }
   return {
     value: doc.toJS(),

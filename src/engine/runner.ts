@@ -9,9 +9,9 @@ import { appendFileSync, existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import type { z } from "zod";
 import { TunaError } from "../errors.ts";
 import { EngineEvent, type ErrorEvent } from "./protocol.ts";
-import type { z } from "zod";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -28,7 +28,12 @@ export function enginePython(): string {
 
 export interface EngineRun {
   /** Resolves when the engine exits: the exit code, and its last error event if it sent one. */
-  done: Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: z.infer<typeof ErrorEvent>; stderrTail: string }>;
+  done: Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    error?: z.infer<typeof ErrorEvent>;
+    stderrTail: string;
+  }>;
   child: ChildProcess;
   /** Send one JSON request on stdin (long-lived commands such as generate). */
   send(request: unknown): void;
@@ -100,7 +105,11 @@ export function startEngine<E extends { event: string } = EngineEvent>(opts: Eng
 
   const done = new Promise<Awaited<EngineRun["done"]>>((resolveDone, reject) => {
     child.on("error", (err) =>
-      reject(new TunaError("ENGINE_SPAWN", `could not start the engine with ${py}: ${err.message}`, { cause: err })),
+      reject(
+        new TunaError("ENGINE_SPAWN", `could not start the engine with ${py}: ${err.message}`, {
+          cause: err,
+        }),
+      ),
     );
     // "close" fires after stdout is drained, so every event has been handled.
     child.on("close", (code, signal) => {

@@ -102,7 +102,14 @@ const DTYPES: Record<Preset["dtype"], { st: Dtype; bytes: number }> = {
 };
 
 /** Fill `out` (in the storage dtype) with normal(0, std) values, or ones for norm weights. */
-function fillChunk(out: Uint8Array, count: number, dtype: Preset["dtype"], rng: Rng, std: number, ones: boolean) {
+function fillChunk(
+  out: Uint8Array,
+  count: number,
+  dtype: Preset["dtype"],
+  rng: Rng,
+  std: number,
+  ones: boolean,
+) {
   const f32 = new Float32Array(count);
   if (ones) f32.fill(1);
   else {
@@ -153,7 +160,10 @@ export interface InitOptions {
   onProgress?: (doneBytes: number, totalBytes: number) => void;
 }
 
-export function initModel(dir: string, opts: InitOptions): { files: string[]; params: number; bytes: number } {
+export function initModel(
+  dir: string,
+  opts: InitOptions,
+): { files: string[]; params: number; bytes: number } {
   const preset = PRESETS[opts.preset];
   if (!preset) {
     throw new TunaError("UNKNOWN_PRESET", `unknown preset "${opts.preset}"`, {
@@ -161,7 +171,9 @@ export function initModel(dir: string, opts: InitOptions): { files: string[]; pa
     });
   }
   if (existsSync(dir) && readdirSync(dir).length > 0 && !opts.force) {
-    throw new TunaError("DIR_NOT_EMPTY", `${dir} exists and is not empty`, { hint: "pass --force to overwrite" });
+    throw new TunaError("DIR_NOT_EMPTY", `${dir} exists and is not empty`, {
+      hint: "pass --force to overwrite",
+    });
   }
   mkdirSync(dir, { recursive: true });
   const dtype = opts.dtype ?? preset.dtype;
@@ -186,7 +198,10 @@ export function initModel(dir: string, opts: InitOptions): { files: string[]; pa
   const names =
     groups.length === 1
       ? ["model.safetensors"]
-      : groups.map((_, i) => `model-${String(i + 1).padStart(5, "0")}-of-${String(groups.length).padStart(5, "0")}.safetensors`);
+      : groups.map(
+          (_, i) =>
+            `model-${String(i + 1).padStart(5, "0")}-of-${String(groups.length).padStart(5, "0")}.safetensors`,
+        );
 
   const rng = new Rng(opts.seed ?? 0);
   const std = preset.config.initializer_range;
@@ -222,7 +237,13 @@ export function initModel(dir: string, opts: InitOptions): { files: string[]; pa
     );
   }
 
-  const config = { ...preset.config, torch_dtype: dtype, dtype, transformers_version: "5.17.0", use_cache: true };
+  const config = {
+    ...preset.config,
+    torch_dtype: dtype,
+    dtype,
+    transformers_version: "5.17.0",
+    use_cache: true,
+  };
   writeFileSync(join(dir, "config.json"), `${JSON.stringify(config, null, 2)}\n`);
   writeFileSync(
     join(dir, "generation_config.json"),

@@ -38,7 +38,8 @@ export function packFirstFitDecreasing(lengths: ArrayLike<number>, maxLength: nu
   let used = 0;
   for (const i of order) {
     const len = lengths[i];
-    if (len > maxLength) throw new RangeError(`sample ${i} has ${len} tokens, more than maxLength ${maxLength}`);
+    if (len > maxLength)
+      throw new RangeError(`sample ${i} has ${len} tokens, more than maxLength ${maxLength}`);
     const slot = firstFit(len);
     if (slot === packs.length) packs.push([]);
     packs[slot].push(i);

@@ -6,7 +6,7 @@
 import { closeSync, mkdirSync, openSync, readSync, rmSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { TunaError } from "../errors.ts";
-import { SafetensorsWriter, bytesOf } from "../util/safetensors.ts";
+import { bytesOf, SafetensorsWriter } from "../util/safetensors.ts";
 import { packFirstFitDecreasing } from "./pack.ts";
 
 export interface TokenizedSample {
@@ -64,7 +64,10 @@ export class SplitWriter {
   add(sample: TokenizedSample): "kept" | "dropped_too_long" | "dropped_no_trained_tokens" {
     let { ids, lossWeight } = sample;
     if (ids.length !== lossWeight.length) {
-      throw new TunaError("PACK_MISMATCH", `${sample.source}: ${ids.length} tokens but ${lossWeight.length} loss weights`);
+      throw new TunaError(
+        "PACK_MISMATCH",
+        `${sample.source}: ${ids.length} tokens but ${lossWeight.length} loss weights`,
+      );
     }
     this.lengthsAll.push(ids.length);
     if (ids.length > this.opts.maxLength) {
@@ -109,7 +112,10 @@ export class SplitWriter {
     while (start < packs.length) {
       let end = start;
       let tokens = 0;
-      while (end < packs.length && (end === start || tokens + packTokens(packs[end], this.lengths) <= shardTokens)) {
+      while (
+        end < packs.length &&
+        (end === start || tokens + packTokens(packs[end], this.lengths) <= shardTokens)
+      ) {
         tokens += packTokens(packs[end], this.lengths);
         end++;
       }
@@ -206,8 +212,16 @@ export interface Manifest {
   config: unknown;
 }
 
-export function writeManifest(dir: string, manifest: Omit<Manifest, "format" | "version" | "created">): Manifest {
-  const full: Manifest = { format: "tuna-shards", version: 1, created: new Date().toISOString(), ...manifest };
+export function writeManifest(
+  dir: string,
+  manifest: Omit<Manifest, "format" | "version" | "created">,
+): Manifest {
+  const full: Manifest = {
+    format: "tuna-shards",
+    version: 1,
+    created: new Date().toISOString(),
+    ...manifest,
+  };
   writeFileSync(join(dir, "manifest.json"), `${JSON.stringify(full, null, 2)}\n`);
   return full;
 }

@@ -27,7 +27,10 @@ function headerFor(specs: [string, TensorSpec][], metadata?: Record<string, stri
   for (const [name, t] of specs) {
     const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
     if (expected !== t.byteLength) {
-      throw new TunaError("SAFETENSORS_SHAPE", `tensor ${name}: ${t.byteLength} bytes for shape [${t.shape}] ${t.dtype}, expected ${expected}`);
+      throw new TunaError(
+        "SAFETENSORS_SHAPE",
+        `tensor ${name}: ${t.byteLength} bytes for shape [${t.shape}] ${t.dtype}, expected ${expected}`,
+      );
     }
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.byteLength] };
     offset += t.byteLength;
@@ -65,9 +68,13 @@ export class SafetensorsWriter {
   private written = 0;
   write(bytes: Uint8Array): void {
     const spec = this.specs[this.next];
-    if (!spec) throw new TunaError("SAFETENSORS_ORDER", `write past the last declared tensor of ${this.path}`);
+    if (!spec)
+      throw new TunaError("SAFETENSORS_ORDER", `write past the last declared tensor of ${this.path}`);
     if (this.written + bytes.length > spec[1].byteLength) {
-      throw new TunaError("SAFETENSORS_ORDER", `tensor ${spec[0]} overflows its declared ${spec[1].byteLength} bytes`);
+      throw new TunaError(
+        "SAFETENSORS_ORDER",
+        `tensor ${spec[0]} overflows its declared ${spec[1].byteLength} bytes`,
+      );
     }
     writeAll(this.fd, bytes);
     this.written += bytes.length;
@@ -79,7 +86,10 @@ export class SafetensorsWriter {
 
   close(): void {
     if (this.next !== this.specs.length) {
-      throw new TunaError("SAFETENSORS_ORDER", `${this.path}: only ${this.next} of ${this.specs.length} tensors written`);
+      throw new TunaError(
+        "SAFETENSORS_ORDER",
+        `${this.path}: only ${this.next} of ${this.specs.length} tensors written`,
+      );
     }
     fsyncSync(this.fd);
     closeSync(this.fd);
@@ -92,7 +102,11 @@ function writeAll(fd: number, bytes: Uint8Array): void {
   while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
 }
 
-export function writeSafetensors(path: string, tensors: Record<string, TensorData>, metadata?: Record<string, string>): void {
+export function writeSafetensors(
+  path: string,
+  tensors: Record<string, TensorData>,
+  metadata?: Record<string, string>,
+): void {
   const entries = Object.entries(tensors);
   const w = new SafetensorsWriter(
     path,
@@ -112,9 +126,11 @@ export interface SafetensorsFile {
 /** Reads a whole (small) safetensors file; for shards and tests, not for model weights. */
 export function readSafetensors(path: string): SafetensorsFile {
   const buf = readFileSync(path);
-  if (buf.length < 8) throw new TunaError("SAFETENSORS_CORRUPT", `${path}: file shorter than its 8-byte header length`);
+  if (buf.length < 8)
+    throw new TunaError("SAFETENSORS_CORRUPT", `${path}: file shorter than its 8-byte header length`);
   const n = Number(buf.readBigUInt64LE(0));
-  if (8 + n > buf.length) throw new TunaError("SAFETENSORS_CORRUPT", `${path}: header length ${n} past end of file`);
+  if (8 + n > buf.length)
+    throw new TunaError("SAFETENSORS_CORRUPT", `${path}: header length ${n} past end of file`);
   const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>;
   const base = 8 + n;
   const tensors: Record<string, TensorData> = {};

@@ -14,14 +14,7 @@ import { z } from "zod";
 import { TunaError } from "../../errors.ts";
 import { runEval } from "../eval/run.ts";
 import { train } from "../train/run.ts";
-import {
-  baseRunConfig,
-  expandTrials,
-  type Params,
-  type SweepConfig,
-  trialEvalConfig,
-  trialRunConfig,
-} from "./config.ts";
+import { baseRunConfig, expandTrials, type SweepConfig, trialEvalConfig, trialRunConfig } from "./config.ts";
 
 export const TrialRecord = z.object({
   index: z.number().int(),

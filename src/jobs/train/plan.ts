@@ -14,7 +14,10 @@ export function hasCudaGpu(): boolean {
   }
 }
 
-export function resolveDevice(config: RunConfig): { device: "cpu" | "cuda"; dtype: TrainPlan["model"]["dtype"] } {
+export function resolveDevice(config: RunConfig): {
+  device: "cpu" | "cuda";
+  dtype: TrainPlan["model"]["dtype"];
+} {
   const device = config.device === "auto" ? (hasCudaGpu() ? "cuda" : "cpu") : config.device;
   // bf16 on CPU is slow and imprecise to compare; fp32 there unless asked.
   const dtype = config.dtype === "auto" ? (device === "cuda" ? "bfloat16" : "float32") : config.dtype;

@@ -12,12 +12,12 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { resolvePath } from "../../config/load.ts";
 import type { RunConfig } from "../../config/schema.ts";
-import { TunaError } from "../../errors.ts";
 import { type EngineEvent, TrainPlan } from "../../engine/protocol.ts";
 import { startEngine } from "../../engine/runner.ts";
+import { TunaError } from "../../errors.ts";
 import { buildTrainPlan } from "./plan.ts";
 import { prepareShards } from "./prepare.ts";
-import { ProgressPrinter, formatDuration } from "./progress.ts";
+import { formatDuration, ProgressPrinter } from "./progress.ts";
 
 export interface TrainSummary {
   run_dir: string;
@@ -33,7 +33,9 @@ export interface TrainSummary {
 }
 
 export function newRunId(configPath: string): string {
-  const stem = basename(configPath).replace(/\.(ya?ml|json)$/i, "").replace(/[^A-Za-z0-9_.-]/g, "-");
+  const stem = basename(configPath)
+    .replace(/\.(ya?ml|json)$/i, "")
+    .replace(/[^A-Za-z0-9_.-]/g, "-");
   const ts = new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
   return `${stem}-${ts}`;
 }
@@ -49,9 +51,13 @@ export function checkModelDir(dir: string): void {
   if (!existsSync(join(dir, "config.json"))) missing.push("config.json");
   if (!existsSync(join(dir, "tokenizer.json"))) missing.push("tokenizer.json");
   if (missing.length) {
-    throw new TunaError("MODEL_INCOMPLETE", `model directory ${dir} lacks ${missing.join(" and ")} (looked in ${resolve(dir)})`, {
-      hint: "a model directory needs config.json, safetensors weights, tokenizer.json and a chat template",
-    });
+    throw new TunaError(
+      "MODEL_INCOMPLETE",
+      `model directory ${dir} lacks ${missing.join(" and ")} (looked in ${resolve(dir)})`,
+      {
+        hint: "a model directory needs config.json, safetensors weights, tokenizer.json and a chat template",
+      },
+    );
   }
 }
 
@@ -74,7 +80,13 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const say = (s: string) => !opts.quiet && printer.say(s);
   say(`run ${runDir}`);
 
-  const manifest = await prepareShards({ config, modelDir, dataDir: join(runDir, "data"), strict: opts.strict, say });
+  const manifest = await prepareShards({
+    config,
+    modelDir,
+    dataDir: join(runDir, "data"),
+    strict: opts.strict,
+    say,
+  });
   const plan = buildTrainPlan({ config, modelDir, runDir, manifest });
   writeFileSync(join(runDir, "plan.json"), `${JSON.stringify(plan, null, 2)}\n`);
   return runEngine(runDir, plan, { quiet: opts.quiet, printer });
@@ -84,7 +96,9 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 export async function resume(runDir: string, opts: { quiet?: boolean } = {}): Promise<TrainSummary> {
   const planPath = join(runDir, "plan.json");
   if (!existsSync(planPath)) {
-    throw new TunaError("RUN_NOT_FOUND", `${planPath} does not exist`, { hint: "pass the run directory that `tuna train` printed" });
+    throw new TunaError("RUN_NOT_FOUND", `${planPath} does not exist`, {
+      hint: "pass the run directory that `tuna train` printed",
+    });
   }
   const plan = TrainPlan.parse(JSON.parse(readFileSync(planPath, "utf8")));
   plan.resume_from = resolve(runDir);
@@ -92,7 +106,11 @@ export async function resume(runDir: string, opts: { quiet?: boolean } = {}): Pr
   return runEngine(resolve(runDir), plan, { quiet: opts.quiet, printer: new ProgressPrinter() });
 }
 
-async function runEngine(runDir: string, plan: TrainPlan, o: { quiet?: boolean; printer: ProgressPrinter }): Promise<TrainSummary> {
+async function runEngine(
+  runDir: string,
+  plan: TrainPlan,
+  o: { quiet?: boolean; printer: ProgressPrinter },
+): Promise<TrainSummary> {
   const started = Date.now();
   let first = null as number | null;
   let last = null as number | null;
@@ -126,7 +144,9 @@ async function runEngine(runDir: string, plan: TrainPlan, o: { quiet?: boolean; 
           say(`step ${e.step}: checkpoint ${e.path}`);
           break;
         case "error":
-          say(`engine error [${e.code}]${e.step !== undefined ? ` at step ${e.step}` : ""}: ${e.message}${e.hint ? `\nhint: ${e.hint}` : ""}`);
+          say(
+            `engine error [${e.code}]${e.step !== undefined ? ` at step ${e.step}` : ""}: ${e.message}${e.hint ? `\nhint: ${e.hint}` : ""}`,
+          );
           break;
         case "log":
           break;
