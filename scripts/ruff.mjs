@@ -6,5 +6,9 @@ import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const py = process.env.TUNA_PYTHON ?? join(root, ".venv", "bin", "python");
-const r = spawnSync(py, ["-m", "ruff", "check", "--config", "engine/pyproject.toml", "engine", "bench", "test/fixtures"], { stdio: "inherit", cwd: root });
+const r = spawnSync(
+  py,
+  ["-m", "ruff", "check", "--config", "engine/pyproject.toml", "engine", "bench", "test/fixtures"],
+  { stdio: "inherit", cwd: root },
+);
 process.exit(r.status ?? 1);
