@@ -3,15 +3,24 @@
 Runs one command of a plan written by TypeScript (src/engine/protocol.ts). Writes one JSON event per stdout
 line (start, step, eval, checkpoint, done, error, log) and a human log on stderr. Every failure is an `error`
 event with a stable code and exits non-zero; SIGINT/SIGTERM stop at once without saving ("INTERRUPTED").
+
+Under torchrun (several processes, docs/distributed.md) only rank 0 writes events; every rank also writes its
+error event to <run_dir>/errors/rank-<r>.json, and rank 0, when stopped by torchrun because another rank failed,
+reports that rank's error instead of INTERRUPTED.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
+import time
 import traceback
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .errors import EngineError
 
@@ -34,6 +43,57 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _run_dir(plan_path: str) -> str | None:
+    try:
+        return str(json.loads(Path(plan_path).read_text())["run_dir"])
+    except Exception:  # an unreadable plan has its own error event already
+        return None
+
+
+def _other_rank_error(run_dir: str | None, rank: int, wait_s: float = 2.0) -> dict[str, Any] | None:
+    """The error event another rank wrote (distributed.py), waiting briefly for it to land."""
+    if run_dir is None:
+        return None
+    d = Path(run_dir) / "errors"
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = sorted(d.glob("rank-*.json")) if d.is_dir() else []
+        for f in found:
+            if f.name != f"rank-{rank}.json":
+                try:
+                    event = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if event.get("code") != "INTERRUPTED":  # stopped like rank 0, not the cause
+                    return event
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def _fail(event: dict[str, Any], plan_path: str, rank: int, world: int) -> None:
+    """Report an error event: stdout on rank 0 (emit), plus the per-rank error file under torchrun."""
+    if world > 1:
+        run_dir = _run_dir(plan_path)
+        if run_dir is not None:
+            from .distributed import Dist
+
+            tagged = {**event, "message": f"rank {rank}: {event.get('message', '')}"}
+            Dist(rank=rank, world=world, local_rank=0, strategy="fsdp").write_error(run_dir, tagged)
+            if rank == 0 and event.get("code") == "INTERRUPTED":
+                other = _other_rank_error(run_dir, rank)
+                if other is not None:  # torchrun stopped rank 0 because another rank failed: say which
+                    other.pop("rank", None)
+                    event = other
+            else:
+                event = tagged
+    emit(event)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tuna_engine",
@@ -45,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    rank, world = _world()
     try:
         if args.command == "train":
             from .train import train
@@ -62,37 +123,46 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except EngineError as e:
         log(f"error [{e.code}] {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
-        emit(e.event())
+        _fail(e.event(), args.plan, rank, world)
         return 1
     except MemoryError_ as e:  # outside the training loop (which names its phase itself): loading, merging
-        emit(
+        _fail(
             {
                 "event": "error",
                 "code": "OOM",
                 "message": f"out of memory: {str(e).splitlines()[0]}",
                 "hint": "use a smaller model or dtype bfloat16, free the GPU of other processes, or use qlora",
-            }
+            },
+            args.plan,
+            rank,
+            world,
         )
         return 1
     except Interrupted as e:
-        emit(
+        _fail(
             {
                 "event": "error",
                 "code": "INTERRUPTED",
                 "message": f"stopped by {e}; nothing new was saved",
                 "hint": "resume_from the run directory to continue from its last checkpoint",
-            }
+            },
+            args.plan,
+            rank,
+            world,
         )
         return 128 + e.signum
     except Exception as e:  # a bug or an unforeseen failure: still one error event, never a silent exit
         log(traceback.format_exc())
-        emit(
+        _fail(
             {
                 "event": "error",
                 "code": "INTERNAL",
                 "message": f"{type(e).__name__}: {e}",
                 "hint": "this is a bug in the engine; the traceback is on stderr",
-            }
+            },
+            args.plan,
+            rank,
+            world,
         )
         return 1
 

@@ -7,6 +7,10 @@ checkpoints_dir/step-N/ holds
   trainer_state.json  step, data position (packs consumed), schedule, best validation loss, patience count
 Atomic: everything is written to a hidden temp dir, fsynced, then renamed to step-N (rename is atomic on
 POSIX), so a crash while saving leaves no step-N at all and the previous checkpoint untouched.
+
+Under several processes (distributed.py) the files are the same: full tensors gathered from the shards,
+written by rank 0, and loading slices them into whatever shards the resuming run has, so a checkpoint does not
+depend on the number of processes that wrote it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,7 +30,11 @@ from torch import nn
 
 from .errors import EngineError
 from .export import adapter_tensors_for_model, fsync_dir, fsync_tree, full_state_dict, save_adapter
-from .lora import adapter_parameters
+from .lora import adapter_parameters, is_adapter_param
+
+if TYPE_CHECKING:
+    from .distributed import Dist
+    from .protocol import TrainPlan
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -51,13 +59,14 @@ def set_rng_state(s: dict[str, Any]) -> None:
 def save_checkpoint(
     final_dir: Path,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer_state: dict[str, Any] | None,
     trainer_state: dict[str, Any],
     lora_spec: Any,
     base_model_name: str,
     lora_layers: tuple[int, ...] | None,
 ) -> Path:
-    """Write a checkpoint to `final_dir` atomically (replacing an older one of the same name)."""
+    """Write a checkpoint to `final_dir` atomically (replacing an older one of the same name).
+    `optimizer_state` is `optimizer.state_dict()`; None writes weights only (no optimizer.pt / rng.pt)."""
     parent = final_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".tmp-{final_dir.name}-{os.getpid()}"
@@ -69,8 +78,8 @@ def save_checkpoint(
         else:
             state = {k: v.detach().contiguous() for k, v in full_state_dict(model).items()}
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
             torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
         fsync_tree(tmp)
@@ -130,13 +139,15 @@ def load_weights_into(model: nn.Module, ckpt: Path, lora: bool) -> None:
             f"{f}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})",
             hint="resume with the same model and method (LoRA rank, targets, layers) as the checkpointed run",
         )
+    from .distributed import to_local_like
+
     for name, t in tensors.items():
         if tuple(t.shape) != tuple(params[name].shape):
             raise EngineError(
                 "CHECKPOINT_MISMATCH",
                 f"{f}: tensor {name} has shape {list(t.shape)}, the model expects {list(params[name].shape)}",
             )
-        params[name].copy_(t)
+        params[name].copy_(to_local_like(t.to(params[name].dtype), params[name]))
 
 
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
@@ -152,5 +163,89 @@ def load_optimizer_and_rng(
             f"resume_from: {ckpt} holds weights only (no optimizer.pt / rng.pt), so training cannot continue exactly",
             hint="resume from a step-N checkpoint, or the run directory (→ its latest step-N)",
         )
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False))
+    state = torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=False)
+    if _is_sharded(optimizer):
+        from .distributed import shard_optimizer_state
+
+        state = shard_optimizer_state(optimizer, state)
+    optimizer.load_state_dict(state)
     return torch.load(ckpt / "rng.pt", weights_only=False)
+
+
+def _is_sharded(optimizer: torch.optim.Optimizer) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for g in optimizer.param_groups for p in g["params"])
+
+
+class _Gathered(nn.Module):
+    """Full parameters gathered from a sharded model, standing in for it where the single-process writers
+    (save_adapter, full_state_dict) read a model: same names, `adapter_parameters`, `quantization`."""
+
+    def __init__(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self._tensors = tensors
+        self.quantization = getattr(model, "quantization", None)
+
+    def adapter_parameters(self) -> dict[str, torch.Tensor]:
+        return {n: t for n, t in self._tensors.items() if is_adapter_param(n)}
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return iter(self._tensors.items())
+
+
+def _gather(model: nn.Module, lora_spec: Any) -> _Gathered:
+    from .distributed import gathered_parameters, unwrap
+
+    core = unwrap(model)
+    names = set(adapter_parameters(core)) if lora_spec is not None else None
+    return _Gathered(core, gathered_parameters(core, names))
+
+
+def save_checkpoint_distributed(
+    dist: Dist,
+    final_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict[str, Any],
+    lora_spec: Any,
+    base_model_name: str,
+    lora_layers: tuple[int, ...] | None,
+) -> Path:
+    """`save_checkpoint` for a sharded/replicated model: every rank gathers (collectives), rank 0 writes the
+    files a single process would write, then all ranks wait for it."""
+    from .distributed import gathered_optimizer_state
+
+    gathered = _gather(model, lora_spec)
+    opt_state = gathered_optimizer_state(optimizer) if optimizer is not None else None
+    if dist.is_main:
+        save_checkpoint(
+            final_dir, gathered, opt_state, trainer_state, lora_spec, base_model_name, lora_layers
+        )
+    dist.barrier()
+    return final_dir
+
+
+def save_outputs_distributed(
+    dist: Dist,
+    model: nn.Module,
+    lora_spec: Any,
+    plan: TrainPlan,
+    lora_layers: tuple[int, ...] | None,
+    out: Path,
+) -> None:
+    """The run's adapter (or full model) from a sharded/replicated model, written by rank 0."""
+    from .distributed import unwrap
+
+    gathered = _gather(model, lora_spec)
+    if dist.is_main:
+        if lora_spec is not None:
+            save_adapter(gathered, lora_spec, plan.base_model_name, lora_layers, out)
+        else:
+            from .export import save_hf_model
+
+            core = unwrap(model)
+            save_hf_model(
+                full_state_dict(gathered), plan.model.path, out, core.model.embed_tokens.weight.dtype
+            )
+    dist.barrier()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,16 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class DistributedSpec:
+    """Several processes under torchrun (docs/distributed.md). The world size comes from torchrun's
+    environment; `gpus` × `nnodes` is what the launcher asked for, checked against it."""
+
+    strategy: Literal["fsdp", "ddp"]
+    gpus: int
+    nnodes: int
+
+
+@dataclass(frozen=True)
 class TrainPlan:
     version: int
     command: Literal["train"]
@@ -107,6 +118,7 @@ class TrainPlan:
     output: OutputSpec
     base_model_name: str
     resume_from: str | None
+    distributed: DistributedSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -343,6 +355,14 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
     resume_from = r.get(raw, "resume_from", "resume_from", "str", optional=True)
     if "resume_from" not in raw:
         r.bad("resume_from", "a string or null", _MISSING)
+    distributed = None
+    if raw.get("distributed") is not None:
+        di = r.obj(raw, "distributed", "distributed")
+        distributed = DistributedSpec(
+            strategy=r.get(di, "strategy", "distributed.strategy", "enum", values=("fsdp", "ddp")),
+            gpus=r.get(di, "gpus", "distributed.gpus", "int", min=1),
+            nnodes=r.get(di, "nnodes", "distributed.nnodes", "int", min=1),
+        )
     if r.problems:
         raise _plan_error(source, r.problems)
     return TrainPlan(
@@ -357,6 +377,7 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         output=output,
         base_model_name=base_model_name,
         resume_from=resume_from,
+        distributed=distributed,
     )
 
 
@@ -529,13 +550,26 @@ class LogEvent(TypedDict):
     message: str
 
 
+def _rank() -> int | None:
+    """This process's rank under torchrun with several processes, else None (docs/distributed.md)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return int(os.environ.get("RANK", "0"))
+
+
 def emit(event: dict[str, Any]) -> None:
-    """One event per stdout line, flushed at once so TypeScript sees progress as it happens."""
+    """One event per stdout line, flushed at once so TypeScript sees progress as it happens. Under torchrun
+    only rank 0 speaks; other ranks' errors travel through <run_dir>/errors/ (distributed.py)."""
+    if (_rank() or 0) != 0:
+        return
     sys.stdout.write(json.dumps(event, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
 def log(message: str) -> None:
-    """Human log line (stderr)."""
+    """Human log line (stderr), prefixed with the rank under torchrun."""
+    rank = _rank()
+    if rank is not None:
+        message = "\n".join(f"[rank {rank}] {line}" for line in message.splitlines())
     sys.stderr.write(message + "\n")
     sys.stderr.flush()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed
 from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
@@ -31,18 +32,20 @@ def weighted_ce_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Σ_t w[t]·CE(logits[t-1], token[t]) over the batch, in fp32 (a 0-dim tensor).
 
     Only trained targets reach the output layer, and they go through it in row chunks (loss.py), so neither
-    prompt tokens' logits nor the whole [N, V] fp32 logits tensor ever exist."""
+    prompt tokens' logits nor the whole [N, V] fp32 logits tensor ever exist. `model` may be wrapped for
+    several processes (distributed.py); its output layer is read from the model itself."""
     hidden = model(batch.input_ids, batch.position_ids, batch.sample_ids)  # [B, T, C]
+    core = distributed.unwrap(model)
     w = batch.loss_weight[:, 1:]
     keep = w > 0
     return linear_cross_entropy(
         hidden[:, :-1][keep],  # [N, C]
-        model.output_weight,
+        core.output_weight,
         batch.input_ids[:, 1:][keep],
         w[keep],
-        logit_scale=getattr(model, "logit_scale", 1.0),
-        logit_softcap=getattr(model, "logit_softcap", None),
-        bias=getattr(model, "output_bias", None),
+        logit_scale=getattr(core, "logit_scale", 1.0),
+        logit_softcap=getattr(core, "logit_softcap", None),
+        bias=getattr(core, "output_bias", None),
     )
 
 
@@ -173,6 +176,14 @@ def train(plan: TrainPlan) -> None:
             field="method.type",
         )
     lora_layers = plan.method.trainable_layers if lora is not None else None
+    # Several processes under torchrun (distributed.py): None on the single-process path.
+    dist = distributed.setup(
+        plan.distributed.strategy if plan.distributed else None,
+        "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu",
+    )
+    if dist is not None:
+        distributed.check_plan(plan, dist)
+        dist.clear_error(plan.run_dir)
     device = pick_device(plan)
     torch.manual_seed(t.seed)
     random.seed(t.seed)
@@ -188,6 +199,12 @@ def train(plan: TrainPlan) -> None:
     trainable = set_trainable(model, plan)
     model.gradient_checkpointing = t.gradient_checkpointing
     model.train()
+    n_total = count_params(model)
+    n_train = sum(p.numel() for p in trainable)
+    if dist is not None:
+        # Every rank built the same model (same seed); now shard it (fsdp) or replicate it (ddp).
+        model = dist.wrap(model, device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
     train_packs = read_shards(plan.data.train)
     if not train_packs:
         raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
@@ -199,7 +216,9 @@ def train(plan: TrainPlan) -> None:
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels.
         for layer in model.model.layers:
             layer.compile()
-    packs_per_step = t.micro_batch_size * t.grad_accum
+    packs_per_step = t.micro_batch_size * t.grad_accum  # the global batch, whatever the process count
+    if dist is not None:
+        dist.local_grad_accum(t.grad_accum)  # each rank: grad_accum / world micro-batches (error if uneven)
     ckpt_root = Path(plan.output.checkpoints_dir)
 
     state: dict[str, Any] = {
@@ -219,28 +238,42 @@ def train(plan: TrainPlan) -> None:
         state["last_checkpoint"] = str(src)
         log(f"resuming from {src} at step {state['step']}")
 
-    n_total = count_params(model)
-    n_train = sum(p.numel() for p in trainable)
-    emit(
-        {
-            "event": "start",
-            "device": str(device),
-            "dtype": plan.model.dtype,
-            "params_total": n_total,
-            "params_trainable": n_train,
-            "total_steps": t.max_steps,
-            "start_step": state["step"],
-        }
-    )
+    start: dict[str, Any] = {
+        "event": "start",
+        "device": str(device),
+        "dtype": plan.model.dtype,
+        "params_total": n_total,
+        "params_trainable": n_train,
+        "total_steps": t.max_steps,
+        "start_step": state["step"],
+    }
+    if dist is not None:
+        start.update(world_size=dist.world, strategy=dist.strategy)
+        log(
+            f"{dist.strategy} over {dist.world} processes; this rank holds {distributed.local_numel(model):,} elements"
+        )
+    emit(start)
     log(f"{n_train:,} of {n_total:,} parameters train; {len(train_packs)} packs, {packs_per_step} per step")
 
     def save(step: int, final_dir: Path, with_optimizer: bool = True) -> Path:
         snapshot = {**state, "step": step, "schedule": {"kind": t.scheduler, "lr": lr_at(step - 1, plan)}}
         snapshot.pop("last_checkpoint", None)
+        if dist is not None:
+            # Gather full tensors on every rank (collectives), rank 0 writes what a single process writes.
+            return ckpt.save_checkpoint_distributed(
+                dist,
+                final_dir,
+                model,
+                optimizer if with_optimizer else None,
+                snapshot,
+                lora,
+                plan.base_model_name,
+                lora_layers,
+            )
         return ckpt.save_checkpoint(
             final_dir,
             model,
-            optimizer if with_optimizer else None,
+            optimizer.state_dict() if with_optimizer else None,
             snapshot,
             lora,
             plan.base_model_name,
@@ -262,18 +295,28 @@ def train(plan: TrainPlan) -> None:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             packs = take_packs(train_packs, t.seed, state["data_position"], packs_per_step)
+            if dist is not None:
+                packs = dist.rank_slice(packs)  # this rank's contiguous block of the global step
             batches = micro_batches(packs, t.micro_batch_size)
             profiling = profile_step(step, start_step)
             weight = sum(b.trained_tokens for b in batches)
-            total = torch.zeros((), device=device)
-            for b in batches:
-                phase = f"forward/backward of step {step} (micro-batch of {list(b.input_ids.shape)} tokens)"
-                b = b.to(device)
-                ce_sum = weighted_ce_sum(model, b)
-                (ce_sum / max(weight, 1e-9)).backward()
-                total += ce_sum.detach()
-                interval_tokens += b.real_tokens
-            loss = float(total) / max(weight, 1e-9)
+            if dist is None:
+                total = torch.zeros((), device=device)
+                for b in batches:
+                    phase = (
+                        f"forward/backward of step {step} (micro-batch of {list(b.input_ids.shape)} tokens)"
+                    )
+                    b = b.to(device)
+                    ce_sum = weighted_ce_sum(model, b)
+                    (ce_sum / max(weight, 1e-9)).backward()
+                    total += ce_sum.detach()
+                    interval_tokens += b.real_tokens
+                loss = float(total) / max(weight, 1e-9)
+            else:
+                loss, weight = distributed_step(dist, model, batches, weight, device, t.seed, step)
+                interval_tokens += int(
+                    dist.all_reduce_sum([float(sum(b.real_tokens for b in batches))], device)[0]
+                )
             if profiling is not None:
                 profiling.finish()
             if not math.isfinite(loss):
@@ -287,7 +330,7 @@ def train(plan: TrainPlan) -> None:
                 )
             phase = f"optimizer step {step}"
             max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            grad_norm = float(distributed.full(torch.nn.utils.clip_grad_norm_(trainable, max_norm)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step
@@ -320,6 +363,8 @@ def train(plan: TrainPlan) -> None:
             if val_batches and ((t.eval_every and step % t.eval_every == 0) or final):
                 phase = f"evaluation at step {step}"
                 val = evaluate(model, val_batches, device)
+                if dist is not None:  # every rank evaluates the same batches; decide on rank 0's number
+                    val = dist.broadcast_float(val, device)
                 emit({"event": "eval", "step": step, "val_loss": val})
                 if state["best_val_loss"] is None or val < state["best_val_loss"]:
                     state.update(best_val_loss=val, best_step=step, evals_since_best=0)
@@ -354,7 +399,9 @@ def train(plan: TrainPlan) -> None:
         # With early stopping on, the exported weights are the best ones (DESIGN: keep the best of a run).
         ckpt.load_weights_into(model, ckpt_root / "best", lora is not None)
         log(f"exporting the best weights (step {state['best_step']}, val loss {state['best_val_loss']:.4f})")
-    if lora is not None:
+    if dist is not None:
+        ckpt.save_outputs_distributed(dist, model, lora, plan, lora_layers, out)
+    elif lora is not None:
         save_adapter(model, lora, plan.base_model_name, lora_layers, out)
     else:
         save_hf_model(full_state_dict(model), plan.model.path, out, model.model.embed_tokens.weight.dtype)
@@ -369,6 +416,35 @@ def train(plan: TrainPlan) -> None:
             "best_val_loss": state["best_val_loss"],
         }
     )
+    distributed.shutdown(dist)
+
+
+def distributed_step(
+    dist: distributed.Dist,
+    model: torch.nn.Module,
+    batches: list[Batch],
+    local_weight: float,
+    device: torch.device,
+    seed: int,
+    step: int,
+) -> tuple[float, float]:
+    """Forward/backward of this rank's micro-batches of one step → (global loss, global trained tokens).
+
+    The trained-token count of the whole step is all-reduced first, so every rank divides by the same Σw;
+    FSDP/DDP average gradients over ranks, so the backward is scaled by the world size to make their mean
+    the sum Σ_ranks Σ w·∇CE / Σw, which is the single-process gradient."""
+    (weight,) = dist.all_reduce_sum([local_weight], device)
+    if not dist.is_main:
+        torch.manual_seed(dist.dropout_seed(seed, step))
+    total = torch.zeros((), device=device)
+    for i, b in enumerate(batches):
+        b = b.to(device)
+        with dist.grad_sync(model, last=i == len(batches) - 1):
+            ce_sum = weighted_ce_sum(model, b)
+            (ce_sum / max(weight, 1e-9) * dist.world).backward()
+        total += ce_sum.detach()
+    (ce_total,) = dist.all_reduce_sum([float(total)], device)
+    return ce_total / max(weight, 1e-9), weight
 
 
 def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineError:
