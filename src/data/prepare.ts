@@ -16,6 +16,13 @@ import { validRecords } from "./validate.ts";
 export interface PrepareOptions {
   /** Token counter (from src/tokenizer + src/template); needed for token filters and mixing by tokens. */
   countTokens?: (conv: Conversation) => number;
+  /**
+   * Called with each conversation kept (after PII redaction, dedup and filters, before the split and the mix), in
+   * reading order, so a caller can start work on it while reading goes on (the training command tokenizes
+   * ahead). A returned promise is awaited before the next record: backpressure. The same objects come back in
+   * `train` and `validation`.
+   */
+  onKept?: (conv: Conversation) => void | Promise<void>;
 }
 
 export interface Prepared {
@@ -122,6 +129,10 @@ export async function prepareConversations(
         continue;
       }
       kept.push(conv);
+      if (opts.onKept) {
+        const wait = opts.onKept(conv);
+        if (wait) await wait;
+      }
       n++;
       if (src.limit !== undefined && n >= src.limit) {
         await records.return(undefined);

@@ -73,7 +73,7 @@ export async function* tokenizeConversations(
           chars += convChars(convs[next]);
           batch.push(convs[next++]);
         }
-        pending.push(pool.run(k++ % n, batch, o.strict));
+        pending.push(pool.run(k++ % n, { convs: batch, strict: o.strict }) as Promise<BatchResult>);
       }
     };
     dispatch();
@@ -91,28 +91,34 @@ export async function* tokenizeConversations(
 
 type BatchResult = { out: TokenizedConvSample[][]; rej: Rejections } | { error: ErrorData };
 
-interface WorkerPool {
-  run(worker: number, convs: Conversation[], strict: boolean): Promise<BatchResult>;
+/** Sample workers (worker.ts); each answers its messages in order. */
+export interface WorkerPool {
+  readonly size: number;
+  run(
+    worker: number,
+    message: { convs: Conversation[]; strict: boolean; perConversation?: boolean },
+  ): Promise<unknown>;
   close(): Promise<void>;
 }
 
 const WORKER_URL = new URL("./worker.mjs", import.meta.url);
 
-async function startWorkers(ctx: SampleContext, n: number): Promise<WorkerPool> {
+export async function startWorkers(
+  ctx: Pick<SampleContext, "modelDir" | "policy">,
+  n: number,
+): Promise<WorkerPool> {
   const workers = Array.from(
     { length: n },
     () => new Worker(WORKER_URL, { workerData: { modelDir: ctx.modelDir, policy: ctx.policy } }),
   );
   // Each worker answers its batches in the order it got them: one FIFO of waiting callers per worker.
-  const waiting: { resolve: (r: BatchResult) => void; reject: (e: unknown) => void }[][] = workers.map(
-    () => [],
-  );
+  const waiting: { resolve: (r: unknown) => void; reject: (e: unknown) => void }[][] = workers.map(() => []);
   const ready = workers.map(
     (w, i) =>
       new Promise<void>((resolve, reject) => {
         w.once("message", (m: { ready?: boolean; error?: ErrorData }) => {
           if (m.ready) {
-            w.on("message", (r: BatchResult) => waiting[i].shift()?.resolve(r));
+            w.on("message", (r: unknown) => waiting[i].shift()?.resolve(r));
             resolve();
           } else
             reject(errorFromData(m.error ?? { code: "INTERNAL", message: "sample worker failed to start" }));
@@ -130,10 +136,11 @@ async function startWorkers(ctx: SampleContext, n: number): Promise<WorkerPool> 
     throw e;
   }
   return {
-    run: (i, convs, strict) =>
-      new Promise<BatchResult>((resolve, reject) => {
+    size: n,
+    run: (i, message) =>
+      new Promise<unknown>((resolve, reject) => {
         waiting[i].push({ resolve, reject });
-        workers[i].postMessage({ convs, strict });
+        workers[i].postMessage(message);
       }),
     close: async () => {
       await Promise.all(workers.map((w) => w.terminate()));

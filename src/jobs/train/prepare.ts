@@ -9,8 +9,9 @@ import type { RunConfig } from "../../config/schema.ts";
 import { prepareConversations } from "../../data/prepare.ts";
 import { TunaError } from "../../errors.ts";
 import { type Manifest, SplitWriter, writeManifest } from "../../pack/shards.ts";
-import { tokenizeConversations } from "../data/parallel.ts";
+import { defaultWorkers, tokenizeConversations } from "../data/parallel.ts";
 import { loadSampleContext, lossPolicy, newRejections, tokenCounter } from "../data/samples.ts";
+import { AheadTokenizer } from "../data/stream.ts";
 
 export interface PrepareArgs {
   config: RunConfig;
@@ -31,63 +32,76 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
   const strict = args.strict ?? config.data.validation.strict;
 
   const t0 = Date.now();
-  const prepared = await prepareConversations(
-    { ...config.data, validation: { ...config.data.validation, strict } },
-    { countTokens: tokenCounter(ctx) },
-  );
-  say(prepared.report.format());
+  // Render + tokenize + mask on worker threads while the main thread reads (stream.ts), unless workers is 0.
+  const workers = args.workers ?? defaultWorkers(Number.POSITIVE_INFINITY);
+  const ahead =
+    workers > 0 ? new AheadTokenizer(ctx, { workers, spillPath: join(dataDir, ".tokens.spill") }) : null;
+  try {
+    return await writeShards();
+  } finally {
+    await ahead?.close();
+  }
 
-  const rejections = newRejections();
-  const splits: Manifest["splits"] = {};
-  for (const [split, convs] of [
-    ["train", prepared.train],
-    ["validation", prepared.validation],
-  ] as const) {
-    if (convs.length === 0) continue;
-    const writer = new SplitWriter({
-      dir: dataDir,
-      split,
-      maxLength: config.pack.max_length,
-      overLength: config.pack.over_length,
-    });
-    for await (const samples of tokenizeConversations(convs, ctx, {
-      strict,
-      rejections,
-      workers: args.workers,
-    })) {
-      for (const s of samples) writer.add(s);
-    }
-    splits[split] = writer.finish();
-  }
-  if (!splits.train || splits.train.packs === 0) {
-    throw new TunaError("NO_TRAINING_DATA", "no training sample survived preparation", {
-      hint: `see ${join(dataDir, "data-report.json")} for what was skipped and why`,
-    });
-  }
-  writeFileSync(
-    join(dataDir, "data-report.json"),
-    `${JSON.stringify({ data: prepared.report.toJSON(), rejected: rejections }, null, 2)}\n`,
-  );
-  const manifest = writeManifest(dataDir, {
-    tokenizer_hash: tokenizer.hash,
-    template_hash: template.hash,
-    max_length: config.pack.max_length,
-    splits,
-    rejected: rejections.counts,
-    config: { data: config.data, template: config.template, pack: config.pack },
-  });
-  const tr = splits.train;
-  say(
-    `shards: ${tr.samples} train samples in ${tr.packs} packs of ≤${config.pack.max_length} tokens (${(100 * tr.pack_efficiency).toFixed(1)}% full), ${tr.trained_tokens} of ${tr.tokens} tokens trained${splits.validation ? `; ${splits.validation.samples} validation samples` : ""}; ${((Date.now() - t0) / 1000).toFixed(1)}s`,
-  );
-  const dropped = tr.dropped_too_long + (splits.validation?.dropped_too_long ?? 0);
-  if (dropped)
-    say(
-      `  ${dropped} samples longer than pack.max_length ${config.pack.max_length} dropped (pack.over_length: truncate keeps them cut)`,
+  async function writeShards(): Promise<Manifest> {
+    const prepared = await prepareConversations(
+      { ...config.data, validation: { ...config.data.validation, strict } },
+      { countTokens: tokenCounter(ctx), onKept: ahead?.push },
     );
-  for (const [code, n] of Object.entries(rejections.counts)) {
-    const ex = rejections.examples.find((e) => e.code === code);
-    say(`  ${n} conversations skipped [${code}], e.g. ${ex?.source}: ${ex?.message.split("\n")[0]}`);
+    await ahead?.finish();
+    say(prepared.report.format());
+
+    const rejections = newRejections();
+    const splits: Manifest["splits"] = {};
+    for (const [split, convs] of [
+      ["train", prepared.train],
+      ["validation", prepared.validation],
+    ] as const) {
+      if (convs.length === 0) continue;
+      const writer = new SplitWriter({
+        dir: dataDir,
+        split,
+        maxLength: config.pack.max_length,
+        overLength: config.pack.over_length,
+      });
+      if (ahead) {
+        for (const conv of convs) for (const s of ahead.samplesOf(conv, strict, rejections)) writer.add(s);
+      } else {
+        for await (const samples of tokenizeConversations(convs, ctx, { strict, rejections, workers: 0 })) {
+          for (const s of samples) writer.add(s);
+        }
+      }
+      splits[split] = writer.finish();
+    }
+    if (!splits.train || splits.train.packs === 0) {
+      throw new TunaError("NO_TRAINING_DATA", "no training sample survived preparation", {
+        hint: `see ${join(dataDir, "data-report.json")} for what was skipped and why`,
+      });
+    }
+    writeFileSync(
+      join(dataDir, "data-report.json"),
+      `${JSON.stringify({ data: prepared.report.toJSON(), rejected: rejections }, null, 2)}\n`,
+    );
+    const manifest = writeManifest(dataDir, {
+      tokenizer_hash: tokenizer.hash,
+      template_hash: template.hash,
+      max_length: config.pack.max_length,
+      splits,
+      rejected: rejections.counts,
+      config: { data: config.data, template: config.template, pack: config.pack },
+    });
+    const tr = splits.train;
+    say(
+      `shards: ${tr.samples} train samples in ${tr.packs} packs of ≤${config.pack.max_length} tokens (${(100 * tr.pack_efficiency).toFixed(1)}% full), ${tr.trained_tokens} of ${tr.tokens} tokens trained${splits.validation ? `; ${splits.validation.samples} validation samples` : ""}; ${((Date.now() - t0) / 1000).toFixed(1)}s`,
+    );
+    const dropped = tr.dropped_too_long + (splits.validation?.dropped_too_long ?? 0);
+    if (dropped)
+      say(
+        `  ${dropped} samples longer than pack.max_length ${config.pack.max_length} dropped (pack.over_length: truncate keeps them cut)`,
+      );
+    for (const [code, n] of Object.entries(rejections.counts)) {
+      const ex = rejections.examples.find((e) => e.code === code);
+      say(`  ${n} conversations skipped [${code}], e.g. ${ex?.source}: ${ex?.message.split("\n")[0]}`);
+    }
+    return manifest;
   }
-  return manifest;
 }
