@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -54,43 +55,50 @@ def _run_dir(plan_path: str) -> str | None:
         return None
 
 
-def _other_rank_error(run_dir: str | None, rank: int, wait_s: float = 2.0) -> dict[str, Any] | None:
-    """The error event another rank wrote (distributed.py), waiting briefly for it to land."""
-    if run_dir is None:
-        return None
+def _other_rank_errors(run_dir: str, rank: int, wait_s: float) -> list[dict[str, Any]]:
+    """Error events other ranks wrote (distributed.py), waiting up to `wait_s` for a first one to land."""
     d = Path(run_dir) / "errors"
     deadline = time.monotonic() + wait_s
     while True:
-        found = sorted(d.glob("rank-*.json")) if d.is_dir() else []
-        for f in found:
-            if f.name != f"rank-{rank}.json":
-                try:
-                    event = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if event.get("code") != "INTERRUPTED":  # stopped like rank 0, not the cause
-                    return event
-        if time.monotonic() >= deadline:
-            return None
+        found = []
+        for f in sorted(d.glob("rank-*.json")) if d.is_dir() else []:
+            if f.name == f"rank-{rank}.json":
+                continue
+            try:
+                found.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        if found or time.monotonic() >= deadline:
+            return found
         time.sleep(0.1)
 
 
 def _fail(event: dict[str, Any], plan_path: str, rank: int, world: int) -> None:
-    """Report an error event: stdout on rank 0 (emit), plus the per-rank error file under torchrun."""
+    """Report an error event: stdout on rank 0 (emit), plus the per-rank error file under torchrun.
+
+    When several ranks fail, the cause is the earliest error that is not INTERRUPTED (a rank that loses its
+    peer fails later, in a collective, or is stopped by torchrun), so rank 0 reports that one."""
+    # torchrun stops the other ranks (SIGTERM) as soon as one exits; finish reporting this error first.
     if world > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         run_dir = _run_dir(plan_path)
+        event = {
+            **event,
+            "message": f"rank {rank}: {event.get('message', '')}",
+            "rank": rank,
+            "time": time.time(),
+        }
         if run_dir is not None:
             from .distributed import Dist
 
-            tagged = {**event, "message": f"rank {rank}: {event.get('message', '')}"}
-            Dist(rank=rank, world=world, local_rank=0, strategy="fsdp").write_error(run_dir, tagged)
-            if rank == 0 and event.get("code") == "INTERRUPTED":
-                other = _other_rank_error(run_dir, rank)
-                if other is not None:  # torchrun stopped rank 0 because another rank failed: say which
-                    other.pop("rank", None)
-                    event = other
-            else:
-                event = tagged
+            Dist(rank=rank, world=world, local_rank=0, strategy="fsdp").write_error(run_dir, event)
+            if rank == 0 and event.get("code") in ("INTERRUPTED", "INTERNAL"):
+                candidates = [event, *_other_rank_errors(run_dir, rank, wait_s=2.0)]
+                causes = [e for e in candidates if e.get("code") != "INTERRUPTED"]
+                if causes:
+                    event = min(causes, key=lambda e: e.get("time", math.inf))
+        event = {k: v for k, v in event.items() if k not in ("rank", "time")}
     emit(event)
 
 

@@ -145,7 +145,7 @@ class Dist:
         d = Path(run_dir) / ERRORS_DIR
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".rank-{self.rank}.json.tmp"
-        tmp.write_text(json.dumps({**event, "rank": self.rank}) + "\n")
+        tmp.write_text(json.dumps({"rank": self.rank, **event}) + "\n")
         os.replace(tmp, d / f"rank-{self.rank}.json")
 
     def clear_error(self, run_dir: str) -> None:

@@ -14,15 +14,29 @@ export function register(program: Command): void {
     .option("--resume <run-dir>", "continue an interrupted run from its latest checkpoint")
     .option("--strict", "fail on the first invalid record instead of skipping and counting it")
     .option("--max-steps <n>", "override train.max_steps (quick trials)")
+    .option("--gpus <n>", "train on N GPUs of this machine under torchrun (sets distributed.gpus)")
     .action(
-      async (configPath: string | undefined, o: { resume?: string; strict?: boolean; maxSteps?: string }) => {
+      async (
+        configPath: string | undefined,
+        o: { resume?: string; strict?: boolean; maxSteps?: string; gpus?: string },
+      ) => {
         let summary: Awaited<ReturnType<typeof train>>;
         if (o.resume) {
           summary = await resume(o.resume);
         } else {
           if (!configPath)
             throw new TunaError("USAGE", "tuna train needs a config file (or --resume <run-dir>)");
-          const config = parseConfig(RunConfig, readYaml(configPath), configPath);
+          const loaded = readYaml(configPath);
+          if (o.gpus !== undefined) {
+            const n = Number(o.gpus);
+            if (!Number.isInteger(n) || n <= 0)
+              throw new TunaError("BAD_OPTION", `--gpus "${o.gpus}" is not a positive integer`, {
+                hint: "the number of GPUs of this machine to train on, e.g. --gpus 2",
+              });
+            const raw = (loaded.value ?? {}) as Record<string, unknown>;
+            loaded.value = { ...raw, distributed: { ...((raw.distributed ?? {}) as object), gpus: n } };
+          }
+          const config = parseConfig(RunConfig, loaded, configPath);
           if (o.maxSteps !== undefined) {
             const n = Number(o.maxSteps);
             if (!Number.isInteger(n) || n <= 0)

@@ -76,6 +76,20 @@ export const TrainConfig = z
   })
   .strict();
 
+/** `distributed:` — training on several GPUs under torchrun (docs/distributed.md). */
+export const DistributedConfig = z
+  .object({
+    /** Processes (GPUs) per node. */
+    gpus: z.number().int().min(1).default(1),
+    nnodes: z.number().int().min(1).default(1),
+    node_rank: z.number().int().min(0).default(0),
+    master_addr: z.string().min(1).default("127.0.0.1"),
+    master_port: z.number().int().min(1).max(65535).default(29500),
+    /** fsdp: FSDP2, weights/gradients/optimizer state sharded; ddp: a whole replica per GPU. */
+    strategy: z.enum(["fsdp", "ddp"]).default("fsdp"),
+  })
+  .strict();
+
 export const RunConfig = z
   .object({
     /** Model directory (Hugging Face layout: config.json, safetensors, tokenizer.json, chat template). */
@@ -88,10 +102,39 @@ export const RunConfig = z
     method: MethodConfig.default(MethodConfig.parse({})),
     train: TrainConfig.default(TrainConfig.parse({})),
     device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
+    /** Several GPUs (docs/distributed.md); `tuna train --gpus N` sets gpus. */
+    distributed: DistributedConfig.optional(),
     /** Weights/activations dtype; auto = bfloat16 on a GPU that has it, else float32. */
     dtype: z.enum(["auto", "float32", "bfloat16", "float16"]).default("auto"),
     /** Where run directories go. */
     output_dir: z.string().default("runs"),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    const d = c.distributed;
+    if (!d) return;
+    const world = d.gpus * d.nnodes;
+    if (c.train.grad_accum % world !== 0) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["train", "grad_accum"],
+        message: `train.grad_accum ${c.train.grad_accum} is not divisible by ${world} processes (distributed.gpus ${d.gpus} × nnodes ${d.nnodes}); the global batch micro_batch_size × grad_accum stays that of one GPU, so each process runs grad_accum / ${world} micro-batches — use a multiple of ${world}`,
+      });
+    }
+    if (d.node_rank >= d.nnodes) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["distributed", "node_rank"],
+        message: `distributed.node_rank ${d.node_rank} must be below nnodes ${d.nnodes}`,
+      });
+    }
+  });
 export type RunConfig = z.infer<typeof RunConfig>;
+
+/** The plan's `distributed` section for a config (undefined = one process). */
+export function distributedPlan(c: RunConfig): DistributedPlanFields | undefined {
+  const d = c.distributed;
+  if (!d || d.gpus * d.nnodes === 1) return undefined;
+  return { ...d };
+}
+export type DistributedPlanFields = z.infer<typeof DistributedConfig>;

@@ -15,6 +15,17 @@ export const LoraSpec = z.object({
   use_dora: z.boolean(),
 });
 
+export const DistributedPlan = z.object({
+  strategy: z.enum(["fsdp", "ddp"]),
+  /** Processes (GPUs) per node. */
+  gpus: z.number().int().min(1),
+  nnodes: z.number().int().min(1),
+  node_rank: z.number().int().min(0),
+  master_addr: z.string().min(1),
+  master_port: z.number().int().min(1).max(65535),
+});
+export type DistributedPlan = z.infer<typeof DistributedPlan>;
+
 export const TrainPlan = z.object({
   version: z.literal(PROTOCOL_VERSION),
   command: z.literal("train"),
@@ -79,6 +90,9 @@ export const TrainPlan = z.object({
   /** Written into adapter_config.json's base_model_name_or_path. */
   base_model_name: z.string(),
   resume_from: z.string().nullable(),
+  /** Several processes under torchrun (docs/distributed.md); absent = one process. The runner launches
+   * `python -m torch.distributed.run` from these; the engine checks gpus × nnodes against WORLD_SIZE. */
+  distributed: DistributedPlan.optional(),
 });
 export type TrainPlan = z.infer<typeof TrainPlan>;
 
@@ -110,6 +124,9 @@ export const StartEvent = z.object({
   params_trainable: z.number(),
   total_steps: z.number(),
   start_step: z.number(),
+  /** Under torchrun: the number of processes and how the model is spread over them. */
+  world_size: z.number().int().optional(),
+  strategy: z.enum(["fsdp", "ddp"]).optional(),
 });
 export const StepEvent = z.object({
   event: z.literal("step"),

@@ -4,14 +4,17 @@
 // - Every event line is validated with zod and appended to events.jsonl as it arrives, so a crash loses
 //   nothing the engine said. Non-JSON stdout lines are kept as log events.
 // - Ctrl-C is forwarded to the engine (which emits an INTERRUPTED error event and exits); a second Ctrl-C kills it.
+// - A train plan with a `distributed` section runs under torchrun (`python -m torch.distributed.run`, so the
+//   same interpreter), NVLink multicast off. Rank 0 speaks the protocol; every rank writes its error event to
+//   <run_dir>/errors/rank-<r>.json, read here when the engine exits without reporting one (docs/distributed.md).
 import { type ChildProcess, spawn } from "node:child_process";
-import { appendFileSync, existsSync } from "node:fs";
+import { appendFileSync, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import type { z } from "zod";
 import { TunaError } from "../errors.ts";
-import { EngineEvent, type ErrorEvent } from "./protocol.ts";
+import { type DistributedPlan, EngineEvent, ErrorEvent } from "./protocol.ts";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 
@@ -55,15 +58,79 @@ export interface EngineOptions<E extends { event: string } = EngineEvent> {
   forwardSignals?: boolean;
 }
 
+/** The launcher argv for a plan: plain `-m tuna_engine ...`, or torchrun around it for several processes. */
+export function engineArgs(
+  command: string,
+  planPath: string,
+  distributed?: DistributedPlan,
+): { args: string[]; env: Record<string, string> } {
+  const engine = ["-m", "tuna_engine", command, "--plan", planPath];
+  if (!distributed || distributed.gpus * distributed.nnodes === 1) return { args: engine, env: {} };
+  const d = distributed;
+  return {
+    args: [
+      "-m",
+      "torch.distributed.run",
+      `--nproc-per-node=${d.gpus}`,
+      `--nnodes=${d.nnodes}`,
+      `--node-rank=${d.node_rank}`,
+      `--master-addr=${d.master_addr}`,
+      `--master-port=${d.master_port}`,
+      ...engine,
+    ],
+    // NVLink SHARP / multicast off: it fails on some hosts and shared machines (KINDS.md, issue 6).
+    env: { NCCL_NVLS_ENABLE: "0", TORCH_SYMM_MEM_DISABLE_MULTICAST: "1" },
+  };
+}
+
+/** A train plan's run dir and distributed section (other commands: none). */
+function trainLaunch(command: string, planPath: string): { runDir?: string; distributed?: DistributedPlan } {
+  if (command !== "train") return {};
+  try {
+    const plan = JSON.parse(readFileSync(planPath, "utf8")) as {
+      run_dir?: string;
+      distributed?: DistributedPlan;
+    };
+    return { runDir: plan.run_dir, distributed: plan.distributed };
+  } catch {
+    return {}; // the engine reports an unreadable plan itself
+  }
+}
+
+/** The error that ended a multi-process run: the earliest non-INTERRUPTED error a rank wrote (a rank that
+ * loses its peer fails later, or is stopped by torchrun). */
+export function rankError(runDir: string): z.infer<typeof ErrorEvent> | undefined {
+  const dir = join(runDir, "errors");
+  if (!existsSync(dir)) return undefined;
+  const found: { time: number; event: z.infer<typeof ErrorEvent> }[] = [];
+  for (const f of readdirSync(dir).filter((n) => /^rank-\d+\.json$/.test(n))) {
+    try {
+      const raw = JSON.parse(readFileSync(join(dir, f), "utf8")) as { time?: number };
+      const parsed = ErrorEvent.safeParse(raw);
+      if (parsed.success) found.push({ time: raw.time ?? Number.POSITIVE_INFINITY, event: parsed.data });
+    } catch {
+      // a half-written file: skip
+    }
+  }
+  const causes = found.filter((f) => f.event.code !== "INTERRUPTED");
+  const pick = (causes.length ? causes : found).sort((a, b) => a.time - b.time)[0];
+  return pick?.event;
+}
+
 export function startEngine<E extends { event: string } = EngineEvent>(opts: EngineOptions<E>): EngineRun {
   const schema = (opts.schema ?? EngineEvent) as z.ZodType<E>;
   const py = enginePython();
-  const child = spawn(py, ["-m", "tuna_engine", opts.command, "--plan", opts.planPath], {
+  const launch = trainLaunch(opts.command, opts.planPath);
+  const { args, env: distEnv } = engineArgs(opts.command, opts.planPath, launch.distributed);
+  if (launch.distributed && launch.runDir)
+    rmSync(join(launch.runDir, "errors"), { recursive: true, force: true });
+  const child = spawn(py, args, {
     cwd: REPO_ROOT,
     env: {
       ...process.env,
       PYTHONPATH: [join(REPO_ROOT, "engine"), process.env.PYTHONPATH].filter(Boolean).join(":"),
       PYTHONUNBUFFERED: "1",
+      ...distEnv,
       ...opts.env,
     },
     stdio: ["pipe", "pipe", "pipe"],
@@ -116,6 +183,12 @@ export function startEngine<E extends { event: string } = EngineEvent>(opts: Eng
       if (opts.forwardSignals) {
         process.off("SIGINT", onSignal);
         process.off("SIGTERM", onSignal);
+      }
+      if (!lastError && code !== 0 && launch.distributed && launch.runDir) {
+        // Rank 0 was killed before it could report (e.g. stuck in an NCCL collective): the ranks' files.
+        lastError = rankError(launch.runDir);
+        if (lastError && opts.eventsPath) appendFileSync(opts.eventsPath, `${JSON.stringify(lastError)}\n`);
+        if (lastError) opts.onEvent?.(lastError as unknown as E);
       }
       resolveDone({ code, signal, error: lastError, stderrTail });
     });

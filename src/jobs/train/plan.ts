@@ -1,7 +1,7 @@
 // Run config + shard manifest → the engine's plan.json.
 import { execFileSync } from "node:child_process";
 import { join } from "node:path";
-import type { RunConfig } from "../../config/schema.ts";
+import { distributedPlan, type RunConfig } from "../../config/schema.ts";
 import { PROTOCOL_VERSION, TrainPlan } from "../../engine/protocol.ts";
 import type { Manifest } from "../../pack/shards.ts";
 
@@ -97,6 +97,7 @@ export function buildTrainPlan(args: {
     output: { adapter_dir: join(runDir, "adapter"), checkpoints_dir: join(runDir, "checkpoints") },
     base_model_name: config.base_model_name ?? args.modelDir,
     resume_from: args.resumeFrom ?? null,
+    ...(distributedPlan(config) ? { distributed: distributedPlan(config) } : {}),
   };
   // The plan is a contract: validate what we send.
   return TrainPlan.parse(plan);
