@@ -163,9 +163,11 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
 
 
 def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, work: Path, extra_train: dict, lengths: str,
-               extra_env: dict | None = None) -> dict:
-    run = work / f"run-{model_dir.name}-{lengths}-{int(time.time())}"
-    shard = write_random_shards(run / "data", (steps + warmup) * batch, seq, PRESETS[model_dir.name]["config"]["vocab_size"], lengths)
+               extra_env: dict | None = None, gpus: int = 1, strategy: str = "fsdp") -> dict:
+    """`gpus` > 1: the engine under torchrun (docs/distributed.md), `batch` packs per GPU per step (grad_accum =
+    gpus keeps one micro-batch per GPU), so a step trains gpus × batch × seq tokens."""
+    run = work / f"run-{model_dir.name}-{lengths}-{gpus}gpu-{int(time.time())}"
+    shard = write_random_shards(run / "data", (steps + warmup) * batch * gpus, seq, PRESETS[model_dir.name]["config"]["vocab_size"], lengths)
     plan = {
         "version": 1,
         "command": "train",
@@ -184,9 +186,14 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
         "base_model_name": model_dir.name,
         "resume_from": None,
     }
+    plan["train"]["grad_accum"] = gpus
+    launch = [sys.executable]
+    if gpus > 1:
+        plan["distributed"] = {"strategy": strategy, "gpus": gpus, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
+        launch += ["-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "--master-addr=127.0.0.1", "--master-port=29500"]
     (run / "plan.json").write_text(json.dumps(plan))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine"), **(extra_env or {})}
-    proc = subprocess.run([sys.executable, "-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine"), "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", **(extra_env or {})}
+    proc = subprocess.run(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env=env, capture_output=True, text=True)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     steps_ev = [e for e in events if e.get("event") == "step"]
     errors = [e for e in events if e.get("event") == "error"]
@@ -198,7 +205,8 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
     step_s = float(np.median(dts))
     trained = float(np.median([e["trained_tokens"] for e in steps_ev[warmup:]]))
     return {
-        "tokens_per_s": batch * seq / step_s,
+        "gpus": gpus,
+        "tokens_per_s": batch * seq * gpus / step_s,
         "trained_tokens_per_s": trained / step_s,
         "step_s": step_s,
         "peak_gib": max((e["memory_gib"] or 0) for e in steps_ev),
@@ -217,6 +225,9 @@ def main() -> None:
                     help="comma list of Tuna settings: default; mix (a support-transcript length mix, packed); "
                          "sdpa (the reference attention path); nockpt (no gradient checkpointing: the speed setting); "
                          "compile (TUNA_COMPILE=1: regional torch.compile of the decoder layers)")
+    ap.add_argument("--gpus", default="1", help="comma list of GPU counts for the scaling benchmark, e.g. 1,2,4 "
+                    "(each >1 runs the engine under torchrun; tuna_default_<n>gpu rows, with scaling vs 1 GPU)")
+    ap.add_argument("--strategy", default="fsdp", choices=["fsdp", "ddp"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--profile-dir", default=None, help="write a per-operation profile of Tuna's third step here")
     args = ap.parse_args()
@@ -244,6 +255,14 @@ def main() -> None:
             lengths = "mix" if v == "mix" else "full"
             r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env)
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
+        for n in [int(g) for g in args.gpus.split(",") if int(g) > 1]:
+            key = f"tuna_default_{n}gpu"
+            r[key] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, {}, "full", {}, gpus=n,
+                                strategy=args.strategy)
+            base = r.get("tuna_default", {})
+            if "tokens_per_s" in r[key] and "tokens_per_s" in base:
+                r[key]["scaling_vs_1gpu"] = r[key]["tokens_per_s"] / (n * base["tokens_per_s"])
+            log(f"  tuna[{n} GPUs, {args.strategy}] {r[key]}")
         for k, v in r.items():
             if isinstance(v, dict) and "tokens_per_s" in v:
                 v["mfu"] = v["tokens_per_s"] * fpt / (peak_tflops * 1e12)
