@@ -265,7 +265,7 @@ def main() -> None:
             log(f"  tuna[{n} GPUs, {args.strategy}] {r[key]}")
         for k, v in r.items():
             if isinstance(v, dict) and "tokens_per_s" in v:
-                v["mfu"] = v["tokens_per_s"] * fpt / (peak_tflops * 1e12)
+                v["mfu"] = v["tokens_per_s"] * fpt / (peak_tflops * 1e12 * v.get("gpus", 1))
                 if "hf_peft" in r and k != "hf_peft" and "tokens_per_s" in r["hf_peft"]:
                     v["speedup_vs_hf"] = v["tokens_per_s"] / r["hf_peft"]["tokens_per_s"]
                     v["memory_vs_hf"] = v["peak_gib"] / r["hf_peft"]["peak_gib"]
