@@ -57,6 +57,9 @@ export class MergeTable {
 }
 
 const NO_MERGE = 0x7fffffff;
+/** Words of more symbols than this merge through a heap (O(n log n)); shorter ones scan (faster when small). Long
+ * words are common in Chinese, where a whole clause is one pre-token. */
+const HEAP_FROM = 24;
 
 export class BytePairModel {
   /** Vocab id of each byte's symbol. */
@@ -77,6 +80,13 @@ export class BytePairModel {
     }
   }
 
+  // The heap path's state: a doubly linked list over symbol positions and a binary heap of (rank, position).
+  private next = new Int32Array(1024);
+  private prev = new Int32Array(1024);
+  private heapRank = new Int32Array(3072);
+  private heapPos = new Int32Array(3072);
+  private heapSize = 0;
+
   private grow(n: number): void {
     let cap = this.bytes.length;
     while (cap < n) cap *= 2;
@@ -84,6 +94,94 @@ export class BytePairModel {
     this.syms = new Int32Array(cap);
     this.ranks = new Int32Array(cap);
     this.merged = new Int32Array(cap);
+    this.next = new Int32Array(cap);
+    this.prev = new Int32Array(cap);
+    this.heapRank = new Int32Array(cap * 3);
+    this.heapPos = new Int32Array(cap * 3);
+  }
+
+  /** (rank, position) order: lowest rank first, leftmost first among equal ranks (positions keep their order). */
+  private heapPush(rank: number, pos: number): void {
+    const hr = this.heapRank;
+    const hp = this.heapPos;
+    let k = this.heapSize++;
+    while (k > 0) {
+      const up = (k - 1) >> 1;
+      if (hr[up] < rank || (hr[up] === rank && hp[up] < pos)) break;
+      hr[k] = hr[up];
+      hp[k] = hp[up];
+      k = up;
+    }
+    hr[k] = rank;
+    hp[k] = pos;
+  }
+
+  /** Removes the top; the caller has read it. */
+  private heapPop(): void {
+    const hr = this.heapRank;
+    const hp = this.heapPos;
+    const n = --this.heapSize;
+    const rank = hr[n];
+    const pos = hp[n];
+    let k = 0;
+    for (;;) {
+      let c = 2 * k + 1;
+      if (c >= n) break;
+      if (c + 1 < n && (hr[c + 1] < hr[c] || (hr[c + 1] === hr[c] && hp[c + 1] < hp[c]))) c++;
+      if (rank < hr[c] || (rank === hr[c] && pos < hp[c])) break;
+      hr[k] = hr[c];
+      hp[k] = hp[c];
+      k = c;
+    }
+    hr[k] = rank;
+    hp[k] = pos;
+  }
+
+  /** Same merges as the scanning loop, for the n symbols in `syms`: pop the lowest (rank, position); an entry
+   * whose pair has changed since it was pushed is stale (a rank names one pair) and skipped. */
+  private mergeWithHeap(n: number): number | Int32Array {
+    const syms = this.syms;
+    const next = this.next;
+    const prev = this.prev;
+    const merges = this.merges;
+    for (let p = 0; p < n; p++) {
+      next[p] = p + 1 < n ? p + 1 : -1;
+      prev[p] = p - 1;
+    }
+    this.heapSize = 0;
+    for (let p = 0; p < n - 1; p++) {
+      const slot = merges.find(syms[p], syms[p + 1]);
+      if (slot >= 0) this.heapPush(merges.rankAt(slot), p);
+    }
+    let left = n;
+    while (this.heapSize > 0) {
+      const rank = this.heapRank[0];
+      const p = this.heapPos[0];
+      this.heapPop();
+      const q = next[p];
+      if (q < 0 || prev[p] === -2) continue; // p merged away, or last
+      const slot = merges.find(syms[p], syms[q]);
+      if (slot < 0 || merges.rankAt(slot) !== rank) continue;
+      syms[p] = merges.mergedAt(slot);
+      const r = next[q];
+      next[p] = r;
+      if (r >= 0) prev[r] = p;
+      prev[q] = -2; // dead
+      left--;
+      const a = prev[p];
+      if (a >= 0) {
+        const s1 = merges.find(syms[a], syms[p]);
+        if (s1 >= 0) this.heapPush(merges.rankAt(s1), a);
+      }
+      if (r >= 0) {
+        const s2 = merges.find(syms[p], syms[r]);
+        if (s2 >= 0) this.heapPush(merges.rankAt(s2), p);
+      }
+    }
+    if (left === 1) return syms[0];
+    const out = new Int32Array(left);
+    for (let p = 0, k = 0; p >= 0; p = next[p]) out[k++] = syms[p];
+    return out;
   }
 
   private pairAt(p: number): void {
@@ -115,6 +213,7 @@ export class BytePairModel {
     }
     n = m;
     if (n === 1) return syms[0];
+    if (n > HEAP_FROM) return this.mergeWithHeap(n);
     for (let p = 0; p < n - 1; p++) this.pairAt(p);
     while (n > 1) {
       let best = NO_MERGE;

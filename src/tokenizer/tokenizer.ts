@@ -172,11 +172,15 @@ class IdSink {
 }
 
 const CACHE_LIMIT = 250_000;
+/** Longer words are encoded each time, not cached: they are mostly unique (a Chinese clause is one pre-token), and
+ * caching them only churns the cache (about 30 new entries a conversation on FineTome-like data). */
+const CACHE_MAX_WORD = 12;
 
 export class ByteLevelBpeTokenizer implements Tokenizer {
   readonly vocabSize: number;
   private readonly idToTok: (string | undefined)[];
-  private readonly tokToId: Map<string, number>;
+  private readonly vocab: Map<string, number>;
+  private readonly addedIds: Map<string, number>;
   private readonly specialIds: Set<number>;
   private readonly rawAdded: AddedMatcher | null;
   private readonly normAdded: AddedMatcher | null;
@@ -206,6 +210,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       );
     }
     const vocab = new Map<string, number>();
+    const idToTok: (string | undefined)[] = [];
     let maxId = -1;
     for (const tok in m.vocab) {
       const id = m.vocab[tok];
@@ -216,6 +221,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
         });
       }
       vocab.set(tok, id);
+      idToTok[id] = tok;
       if (id > maxId) maxId = id;
     }
     const merges = new MergeTable(m.merges.length);
@@ -265,20 +271,26 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       ...t,
       normalized: t.normalized ?? !t.special,
     }));
-    this.tokToId = new Map(vocab);
+    // Token → id is the vocab with the added tokens over it; kept as two maps (no 150k-entry copy at load).
+    this.vocab = vocab;
+    this.addedIds = new Map();
     let extra = 0;
     for (const t of added) {
-      if (!vocab.has(t.content) && !this.tokToId.has(t.content)) extra++;
-      this.tokToId.set(t.content, t.id);
+      if (!vocab.has(t.content) && !this.addedIds.has(t.content)) extra++;
+      this.addedIds.set(t.content, t.id);
       if (t.id > maxId) maxId = t.id;
     }
     this.vocabSize = vocab.size + extra;
-    this.idToTok = new Array(maxId + 1);
-    for (const [tok, id] of vocab) this.idToTok[id] = tok;
-    for (const t of added) this.idToTok[t.id] = t.content;
-    this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
+    // Bytes per vocab token, from the vocab (idToTok still holds vocab tokens only here).
     this.tokenBytes = new Int32Array(maxId + 1);
-    for (const [tok, id] of vocab) this.tokenBytes[id] = tok.length;
+    for (let id = 0; id < idToTok.length; id++) {
+      const tok = idToTok[id];
+      if (tok !== undefined) this.tokenBytes[id] = tok.length;
+    }
+    idToTok.length = maxId + 1;
+    for (const t of added) idToTok[t.id] = t.content;
+    this.idToTok = idToTok;
+    this.specialIds = new Set(added.filter((t) => t.special).map((t) => t.id));
 
     this.normalizer = buildNormalizer(json.normalizer, `${where}: normalizer`);
     const raw = added.filter((t) => !t.normalized || !this.normalizer);
@@ -425,12 +437,17 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     let i = from;
     while (i < end) {
       const j = next(s, i, end);
-      const key = s.slice(i, j);
-      let v = cache.get(key);
-      if (v === undefined) {
-        v = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(key) : null);
-        if (cache.size >= CACHE_LIMIT) cache.clear();
-        cache.set(key, v);
+      let v: number | Int32Array | undefined;
+      if (j - i > CACHE_MAX_WORD) {
+        v = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(s.slice(i, j)) : null);
+      } else {
+        const key = s.slice(i, j);
+        v = cache.get(key);
+        if (v === undefined) {
+          v = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(key) : null);
+          if (cache.size >= CACHE_LIMIT) cache.clear();
+          cache.set(key, v);
+        }
       }
       if (typeof v === "number") {
         if (sink.n >= sink.ids.length) sink.reserve(1);
@@ -566,7 +583,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   }
 
   tokenToId(token: string): number | undefined {
-    return this.tokToId.get(token);
+    return this.addedIds.get(token) ?? this.vocab.get(token);
   }
 
   idToToken(id: number): string | undefined {
