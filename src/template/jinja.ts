@@ -8,7 +8,16 @@
 //
 // Known and not fixable here (documented in docs/templates.md): `tojson` of a float with an integral value
 // (Python `1.0` → "1.0") renders "1" because a JavaScript number does not remember it was written as a float.
+import { setFlagsFromString } from "node:v8";
 import * as jinja from "@huggingface/jinja";
+
+// Speed, not semantics: @huggingface/jinja's runtime values are instances of about ten subclasses of one base
+// class, so the base's field initializers (`type`, `value`) see about ten object shapes. V8's inline caches give
+// up on more than 4 shapes (megamorphic), which made every value construction ~10x slower: ≈ 45% of render
+// time in a profile (bench/prepare/stages.ts). Allowing 16 shapes keeps those sites polymorphic. The flag is
+// process-wide (worker threads included) and changes no result; it takes effect for code not yet megamorphic,
+// so it is set here, before the first render.
+setFlagsFromString("--max-valid-polymorphic-map-count=16");
 
 // The package's .d.ts files import "./runtime" without an extension, which NodeNext resolution cannot follow,
 // so its runtime classes are typed here: only what this file uses.
