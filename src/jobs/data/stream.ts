@@ -59,7 +59,16 @@ export class AheadTokenizer {
 
   constructor(
     private readonly ctx: SampleContext,
-    private readonly o: { workers: number; spillPath: string },
+    private readonly o: {
+      workers: number;
+      spillPath: string;
+      /**
+       * Empty the messages (and tools) of a conversation once it is sent to a worker, to save memory: the caller
+       * then needs only its identity and `source` (true when nothing after reading reads the text: mixing by
+       * samples, no token filters).
+       */
+      releaseText?: boolean;
+    },
   ) {}
 
   /** prepareConversations' onKept: number the conversation, send full batches; waits when enough are in flight. */
@@ -100,13 +109,16 @@ export class AheadTokenizer {
       const first = this.sent;
       const batch = this.convs.slice(first, end);
       this.sent = end;
-      const p = (
-        pool.run(this.nextWorker++ % pool.size, {
-          convs: batch,
-          strict: true,
-          perConversation: true,
-        }) as Promise<BatchResult>
-      ).then(
+      const message = { convs: batch, strict: true, perConversation: true };
+      // postMessage copies the batch at once, so the text can go right after.
+      const sent = pool.run(this.nextWorker++ % pool.size, message) as Promise<BatchResult>;
+      if (this.o.releaseText) {
+        for (const c of batch) {
+          c.messages = [];
+          c.tools = undefined;
+        }
+      }
+      const p = sent.then(
         (r) => this.store(first, r),
         (e) => {
           this.failure ??= e;

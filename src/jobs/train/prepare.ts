@@ -35,7 +35,14 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
   // Render + tokenize + mask on worker threads while the main thread reads (stream.ts), unless workers is 0.
   const workers = args.workers ?? defaultWorkers(Number.POSITIVE_INFINITY);
   const ahead =
-    workers > 0 ? new AheadTokenizer(ctx, { workers, spillPath: join(dataDir, ".tokens.spill") }) : null;
+    workers > 0
+      ? new AheadTokenizer(ctx, {
+          workers,
+          spillPath: join(dataDir, ".tokens.spill"),
+          // After reading, only mixing by tokens reads a conversation's text again (token filters run before).
+          releaseText: config.data.mix.by !== "tokens",
+        })
+      : null;
   try {
     return await writeShards();
   } finally {
