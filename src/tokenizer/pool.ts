@@ -75,12 +75,14 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
           len += t.length;
         });
         if (cur.texts.length) jobs.push(cur);
-        let nextJob = 0;
         const splitSpecial = opts?.splitSpecial ?? false;
+        // Job j goes to worker j mod n, not to whichever is free: the same texts then reach the same worker on
+        // every call, whose word cache already holds their words (dynamic hand-out measured 1.52x on 2 cores with
+        // caches half cold, this 1.8x+; chunks are of similar length, so the load stays balanced).
         await Promise.all(
-          workers.map(async (w) => {
-            while (nextJob < jobs.length) {
-              const job = jobs[nextJob++];
+          workers.map(async (w, wi) => {
+            for (let j = wi; j < jobs.length; j += n) {
+              const job = jobs[j];
               const ids = await new Promise<Int32Array[]>((resolve, reject) => {
                 const onMsg = (m: { ids?: Int32Array[]; error?: { code: string; message: string } }) => {
                   w.off("error", onErr);
