@@ -225,6 +225,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       if (id > maxId) maxId = id;
     }
     const merges = new MergeTable(m.merges.length);
+    let lastMerged = -2;
     for (let r = 0; r < m.merges.length; r++) {
       const e = m.merges[r] as unknown;
       let a: string;
@@ -245,7 +246,17 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       }
       const ia = vocab.get(a);
       const ib = vocab.get(b);
-      const im = vocab.get(a + b);
+      // Merged tokens usually have consecutive ids (Qwen, GPT-2: 256 + rank): try the id after the last one by
+      // comparing strings, which is cheaper than hashing the concatenation; the same answer as vocab.get(a + b).
+      const guess = idToTok[lastMerged + 1];
+      const im =
+        guess !== undefined &&
+        guess.length === a.length + b.length &&
+        guess.startsWith(a) &&
+        guess.endsWith(b)
+          ? lastMerged + 1
+          : vocab.get(a + b);
+      if (im !== undefined) lastMerged = im;
       if (ia === undefined || ib === undefined || im === undefined) {
         throw new TunaError(
           "TOKENIZER_INVALID",
