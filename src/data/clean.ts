@@ -20,7 +20,7 @@ export function normalizeText(s: string): string {
   const t = s.normalize("NFKC").toLowerCase();
   // Same result, faster: in ASCII text \p{P} and \p{S} are exactly the 32 printable non-alphanumerics, and
   // replacing a single " " with " " is a no-op, so only runs of 2+ whitespace and other whitespace are replaced.
-  const ascii = /^[\x00-\x7f]*$/.test(t);
+  const ascii = !/[\u0080-\uffff]/.test(t);
   return t
     .replace(ascii ? /[!-/:-@[-`{-~]+/g : /[\p{P}\p{S}]+/gu, " ")
     .replace(/\s{2,}|[^\S ]/g, " ")
