@@ -208,6 +208,8 @@ export interface Manifest {
   splits: Record<string, ShardSplitStats>;
   /** Samples that could not be rendered or masked, by reason (examples kept in the data report). */
   rejected: Record<string, number>;
+  /** Records that are not conversations (preference pairs, plain text), stored as JSONL beside the shards. */
+  records?: Partial<Record<"preference" | "text", { count: number; file: string }>>;
   /** The resolved data/template/pack config that made these shards. */
   config: unknown;
 }

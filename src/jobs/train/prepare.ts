@@ -79,9 +79,24 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
       }
       splits[split] = writer.finish();
     }
+    // Preference pairs and plain text are not conversations: kept beside the shards, listed in the manifest, for
+    // the training methods that use them (DPO-style preference tuning, continued pre-training).
+    const records: NonNullable<Manifest["records"]> = {};
+    for (const [kind, items] of [
+      ["preference", prepared.preference],
+      ["text", prepared.text],
+    ] as const) {
+      if (items.length === 0) continue;
+      const file = `${kind}.jsonl`;
+      writeFileSync(join(dataDir, file), items.map((r) => `${JSON.stringify(r)}\n`).join(""));
+      records[kind] = { count: items.length, file };
+    }
     if (!splits.train || splits.train.packs === 0) {
+      const other = Object.entries(records).map(([k, r]) => `${r.count} ${k} records`);
       throw new TunaError("NO_TRAINING_DATA", "no training sample survived preparation", {
-        hint: `see ${join(dataDir, "data-report.json")} for what was skipped and why`,
+        hint: other.length
+          ? `the data holds ${other.join(" and ")}, which supervised fine-tuning does not train on (no preference or pre-training method yet); conversations are needed`
+          : `see ${join(dataDir, "data-report.json")} for what was skipped and why`,
       });
     }
     writeFileSync(
@@ -94,6 +109,7 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
       max_length: config.pack.max_length,
       splits,
       rejected: rejections.counts,
+      ...(Object.keys(records).length ? { records } : {}),
       config: { data: config.data, template: config.template, pack: config.pack },
     });
     const tr = splits.train;
