@@ -4,7 +4,14 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { z } from "zod";
 import { parseConfig, readYaml } from "../src/config/load.ts";
-import { MethodConfig, PackConfig, RunConfig, TemplateConfig, TrainConfig } from "../src/config/schema.ts";
+import {
+  DistributedConfig,
+  MethodConfig,
+  PackConfig,
+  RunConfig,
+  TemplateConfig,
+  TrainConfig,
+} from "../src/config/schema.ts";
 import { isTunaError } from "../src/errors.ts";
 
 function write(text: string): string {
@@ -66,6 +73,7 @@ describe("run config", () => {
       ["`pack`", PackConfig as unknown as z.ZodObject],
       ["`method`", MethodConfig as unknown as z.ZodObject],
       ["`train`", TrainConfig as unknown as z.ZodObject],
+      ["`distributed`", DistributedConfig as unknown as z.ZodObject],
     ];
     for (const [heading, schema] of sections) {
       const start = doc.indexOf(`## ${heading}`);
