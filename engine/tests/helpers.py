@@ -214,3 +214,14 @@ def run_engine(command: str, plan_path: Path, timeout: float = 120) -> tuple[int
     )
     events = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
     return p.returncode, events, p.stderr
+
+
+# Real Qwen3 architectures (config.json of Qwen/Qwen3-0.6B and Qwen/Qwen3-8B) for GPU tests with random weights.
+QWEN3_COMMON = dict(
+    head_dim=128, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=40960,
+    attention_bias=False, hidden_act="silu",
+)
+QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=8, tie_word_embeddings=True, **QWEN3_COMMON)
+QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                num_key_value_heads=8, tie_word_embeddings=False, **QWEN3_COMMON)

@@ -65,22 +65,7 @@ def merge(plan: MergePlan) -> None:
 
         base = AutoModelForCausalLM.from_pretrained(plan.model.path, dtype=torch.float32).to(device)
         merged = PeftModel.from_pretrained(base, plan.adapter_dir).merge_and_unload()
-        save_hf_model(
-            merged.state_dict(),
-            plan.model.path,
-            Path(plan.output_dir),
-            DTYPES[plan.model.dtype],
-            plan.max_shard_bytes,
-        )
-        emit(
-            {
-                "event": "done",
-                "steps": 0,
-                "final_loss": None,
-                "adapter_dir": plan.output_dir,
-                "elapsed_s": time.time() - t0,
-            }
-        )
+        _write_merged(merged.state_dict(), plan, t0)
         return
     spec, layers = read_adapter_config(plan.adapter_dir)
     adapter_file = Path(plan.adapter_dir) / "adapter_model.safetensors"
@@ -99,19 +84,9 @@ def merge(plan: MergePlan) -> None:
         emit({"event": "log", "message": "QLoRA adapter: folding into the dequantized 4-bit base"})
     model = load_model(plan.model.path, "float32", device, spec, layers, quant=quant)
     load_weights_into(model, Path(plan.adapter_dir), lora=True)
-    save_hf_model(
-        merged_state_dict(model),
-        plan.model.path,
-        Path(plan.output_dir),
-        DTYPES[plan.model.dtype],
-        plan.max_shard_bytes,
-    )
-    emit(
-        {
-            "event": "done",
-            "steps": 0,
-            "final_loss": None,
-            "adapter_dir": plan.output_dir,
-            "elapsed_s": time.time() - t0,
-        }
-    )
+    _write_merged(merged_state_dict(model), plan, t0)
+
+
+def _write_merged(state: dict[str, torch.Tensor], plan: MergePlan, t0: float) -> None:
+    save_hf_model(state, plan.model.path, Path(plan.output_dir), DTYPES[plan.model.dtype], plan.max_shard_bytes)
+    emit({"event": "done", "steps": 0, "final_loss": None, "adapter_dir": plan.output_dir, "elapsed_s": time.time() - t0})

@@ -13,19 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import greedy_packs, make_plan, random_samples, run_engine, write_plan, write_shard
+from helpers import (
+    QWEN3_0_6B,
+    QWEN3_8B,
+    greedy_packs,
+    make_plan,
+    random_samples,
+    run_engine,
+    write_plan,
+    write_shard,
+)
 
 pytestmark = pytest.mark.gpu
-
-QWEN3_COMMON = dict(
-    head_dim=128, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=40960,
-    attention_bias=False, hidden_act="silu",
-)
-QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, tie_word_embeddings=True, **QWEN3_COMMON)
-QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8, tie_word_embeddings=False, **QWEN3_COMMON)
-
 
 def random_model_dir(path: Path, cfg: dict) -> Path:
     from transformers import AutoModelForCausalLM, Qwen3Config

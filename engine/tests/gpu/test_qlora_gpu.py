@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_plan, random_samples, run_engine, write_plan, write_shard
+from helpers import QWEN3_0_6B, make_plan, random_samples, run_engine, write_plan, write_shard
 from safetensors.torch import load_file, save_file
 
 from tuna_engine.data import Pack, collate
@@ -24,21 +24,6 @@ from tuna_engine.train import weighted_ce_sum
 
 pytestmark = pytest.mark.gpu
 
-QWEN3_0_6B = dict(
-    hidden_size=1024,
-    intermediate_size=3072,
-    num_hidden_layers=28,
-    num_attention_heads=16,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    rope_theta=1000000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-    max_position_embeddings=40960,
-    attention_bias=False,
-    hidden_act="silu",
-)
 SPEC = LoraSpec(r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False)
 
 
