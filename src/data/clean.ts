@@ -56,6 +56,12 @@ export interface DedupOptions {
   /** Permutations = bands × rows. 16 × 8 puts the LSH S-curve's midpoint near 0.7. */
   bands?: number;
   rows?: number;
+  /**
+   * Most signatures kept per LSH bucket. Text made from templates (many samples sharing long boilerplate) fills
+   * a few buckets with thousands of entries, and comparing against all of them is quadratic; past this size a
+   * bucket stops growing (its first members still match, and other bands still find later duplicates).
+   */
+  maxBucket?: number;
 }
 
 /** MinHash signature of a text's character shingles. */
@@ -102,7 +108,16 @@ export class Deduplicator {
   private readonly o: Required<DedupOptions>;
 
   constructor(opts: DedupOptions = {}) {
-    this.o = { exact: true, near: true, threshold: 0.8, shingle: 5, bands: 16, rows: 8, ...opts };
+    this.o = {
+      exact: true,
+      near: true,
+      threshold: 0.8,
+      shingle: 5,
+      bands: 16,
+      rows: 8,
+      maxBucket: 32,
+      ...opts,
+    };
   }
 
   check(conv: Conversation): "new" | "exact" | "near" {
@@ -113,22 +128,25 @@ export class Deduplicator {
       this.exactSeen.add(h);
     }
     if (!this.o.near) return "new";
-    const { bands, rows, threshold } = this.o;
+    const { bands, rows, threshold, maxBucket } = this.o;
     const sig = minhash(norm, bands * rows, this.o.shingle);
     const keys: string[] = [];
-    const candidates = new Set<number>();
+    const compared = new Set<number>();
     for (let b = 0; b < bands; b++) {
       const key = `${b}:${Array.from(sig.subarray(b * rows, (b + 1) * rows)).join(",")}`;
       keys.push(key);
-      for (const c of this.buckets.get(key) ?? []) candidates.add(c);
+      for (const c of this.buckets.get(key) ?? []) {
+        if (compared.has(c)) continue;
+        compared.add(c);
+        if (estimatedJaccard(sig, this.sigs[c]) >= threshold) return "near";
+      }
     }
-    for (const c of candidates) if (estimatedJaccard(sig, this.sigs[c]) >= threshold) return "near";
     const id = this.sigs.length;
     this.sigs.push(sig);
     for (const key of keys) {
       const list = this.buckets.get(key);
-      if (list) list.push(id);
-      else this.buckets.set(key, [id]);
+      if (!list) this.buckets.set(key, [id]);
+      else if (list.length < maxBucket) list.push(id);
     }
     return "new";
   }
