@@ -92,20 +92,52 @@ function oversize(source: string, bytes: number, max: number): RawItem {
   };
 }
 
+/**
+ * The bytes of one record, gathered across read chunks. Past `max` bytes it stops keeping them and only counts
+ * its length, so a 10 MB line costs no memory and is reported as oversize.
+ */
+class RecordBytes {
+  private parts: Buffer[] = [];
+  /** Bytes seen for the record so far (kept or not). */
+  length = 0;
+  over = false;
+
+  constructor(private readonly max: number) {}
+
+  add(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    this.length += bytes.length;
+    if (this.over) return;
+    if (this.length > this.max) {
+      this.over = true;
+      this.parts = [];
+      return;
+    }
+    this.parts.push(bytes);
+  }
+
+  bytes(): Buffer {
+    return this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts, this.length);
+  }
+
+  reset(): void {
+    this.parts = [];
+    this.length = 0;
+    this.over = false;
+  }
+}
+
 /** JSON Lines: one record per line, `file:line`. A trailing `\r` and a leading BOM are ignored. */
 export async function* readJsonl(file: string, opts: ReadOptions = {}): AsyncGenerator<RawItem> {
   const max = opts.maxRecordBytes ?? DEFAULT_MAX_RECORD_BYTES;
   const stream = createReadStream(file, { highWaterMark: opts.chunkBytes ?? 1 << 20 });
-  let parts: Buffer[] = [];
-  let partLen = 0;
-  let over = false;
-  let overLen = 0;
+  const record = new RecordBytes(max);
   let line = 1;
 
   const emit = (): RawItem => {
     const source = `${file}:${line}`;
-    if (over) return oversize(source, overLen, max);
-    let buf = parts.length === 1 ? parts[0] : Buffer.concat(parts, partLen);
+    if (record.over) return oversize(source, record.length, max);
+    let buf = record.bytes();
     if (line === 1 && buf.length >= 3 && buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf)
       buf = buf.subarray(3);
     if (buf.length && buf[buf.length - 1] === 0x0d) buf = buf.subarray(0, buf.length - 1);
@@ -116,29 +148,15 @@ export async function* readJsonl(file: string, opts: ReadOptions = {}): AsyncGen
     let start = 0;
     for (;;) {
       const nl = chunk.indexOf(10, start);
-      const end = nl === -1 ? chunk.length : nl;
-      const n = end - start;
-      if (over) overLen += n;
-      else if (partLen + n > max) {
-        over = true;
-        overLen = partLen + n;
-        parts = [];
-        partLen = 0;
-      } else if (n > 0) {
-        parts.push(chunk.subarray(start, end));
-        partLen += n;
-      }
+      record.add(chunk.subarray(start, nl === -1 ? chunk.length : nl));
       if (nl === -1) break;
       yield emit();
       line++;
-      parts = [];
-      partLen = 0;
-      over = false;
-      overLen = 0;
+      record.reset();
       start = nl + 1;
     }
   }
-  if (partLen > 0 || over) yield emit();
+  if (record.length > 0) yield emit();
 }
 
 /**
@@ -159,10 +177,7 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
   let doneArray = false;
   // Element capture.
   let capturing = false;
-  let parts: Buffer[] = [];
-  let partLen = 0;
-  let over = false;
-  let overLen = 0;
+  const record = new RecordBytes(max);
   let elementLine = 0;
   // Object layout: keys at depth 1.
   let keyParts: number[] | null = null;
@@ -174,14 +189,9 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
 
   const finishElement = (): RawItem => {
     const source = `${file}:${elementLine}`;
-    const item = over
-      ? oversize(source, overLen, max)
-      : parseJsonRecord(Buffer.concat(parts, partLen), source);
+    const item = record.over ? oversize(source, record.length, max) : parseJsonRecord(record.bytes(), source);
     capturing = false;
-    parts = [];
-    partLen = 0;
-    over = false;
-    overLen = 0;
+    record.reset();
     return item;
   };
 
@@ -190,17 +200,7 @@ export async function* readJson(file: string, opts: ReadOptions = {}): AsyncGene
     let segStart = capturing ? 0 : -1;
     const flushSeg = (end: number) => {
       if (segStart < 0) return;
-      const n = end - segStart;
-      if (over) overLen += n;
-      else if (partLen + n > max) {
-        over = true;
-        overLen = partLen + n;
-        parts = [];
-        partLen = 0;
-      } else if (n > 0) {
-        parts.push(chunk.subarray(segStart, end));
-        partLen += n;
-      }
+      record.add(chunk.subarray(segStart, end));
       segStart = -1;
     };
     for (let i = 0; i < chunk.length; i++) {
