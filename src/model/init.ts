@@ -170,6 +170,12 @@ export function initModel(
       hint: `choose one of: ${Object.keys(PRESETS).join(", ")}`,
     });
   }
+  if (preset.config.model_type !== "qwen3") {
+    // Llama/Qwen2.5 presets (70B class) are written by the engine's writer, tensor by tensor (bench/train/large.py).
+    throw new TunaError("UNSUPPORTED_PRESET", `preset "${opts.preset}" is not a Qwen3 architecture`, {
+      hint: "write it with `PYTHONPATH=engine python bench/train/large.py --write-only` (engine/tuna_engine/models/random_dir.py)",
+    });
+  }
   if (existsSync(dir) && readdirSync(dir).length > 0 && !opts.force) {
     throw new TunaError("DIR_NOT_EMPTY", `${dir} exists and is not empty`, {
       hint: "pass --force to overwrite",
