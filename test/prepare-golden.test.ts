@@ -22,7 +22,10 @@ let dir: string;
 
 const short = (i: number, seed: number, chars: number) => {
   const r = fineTomeRecord(i, seed) as { conversations: { from: string; value: string }[] };
-  r.conversations = r.conversations.map((m) => ({ ...m, value: Array.from(m.value).slice(0, chars).join("") }));
+  r.conversations = r.conversations.map((m) => ({
+    ...m,
+    value: Array.from(m.value).slice(0, chars).join(""),
+  }));
   return JSON.stringify(r);
 };
 const bad = (i: number) =>
@@ -103,10 +106,14 @@ describe("prepareShards output is pinned", () => {
   }, 120_000);
 
   it("two sources mixed by tokens with up-sampling, preference records", async () => {
-    expect(await outputHash("tokens", two("tokens"))).toBe("7b475666c179dc8c19a4751df62a5e0007262a5b42fd91e983db1eb5c2d320e9");
+    expect(await outputHash("tokens", two("tokens"))).toBe(
+      "7b475666c179dc8c19a4751df62a5e0007262a5b42fd91e983db1eb5c2d320e9",
+    );
   }, 60_000);
 
   it("two sources mixed by samples with up-sampling", async () => {
-    expect(await outputHash("samples", two("samples"))).toBe("ef2343811994fbca29a33eb16d428abf1afdaa19a177a8a94838cc24fd51145a");
+    expect(await outputHash("samples", two("samples"))).toBe(
+      "ef2343811994fbca29a33eb16d428abf1afdaa19a177a8a94838cc24fd51145a",
+    );
   }, 60_000);
 });
