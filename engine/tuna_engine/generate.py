@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import sys
 import threading
@@ -42,12 +43,15 @@ from safetensors import safe_open
 from torch import nn
 
 from . import lora as lora_mod
+from .decode import Decoder
 from .errors import EngineError
 from .models import build_model, load_model, model_config
 from .models.llama import CausalLM, rotate_half
 from .protocol import GeneratePlan, GenerateRequest, emit, log, parse_generate_request
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("graph", "eager", "reference")
+DEFAULT_MAX_MODEL_LEN = 4096
 PROJECTIONS = {
     "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "mlp": ("gate_proj", "up_proj", "down_proj"),
@@ -189,14 +193,52 @@ class Sequence:
 # ---- the engine -------------------------------------------------------------------------------------------
 
 
+def resolve_mode(mode: str | None, device: torch.device) -> str:
+    """`graph` (static cache + CUDA graphs) on CUDA, `eager` (static cache, no graphs) on CPU; TUNA_GENERATE_MODE
+    (graph | eager | reference) overrides the default; `reference` is the original dynamic-cache path."""
+    mode = mode or os.environ.get("TUNA_GENERATE_MODE") or "auto"
+    if mode == "auto":
+        return "graph" if device.type == "cuda" else "eager"
+    if mode not in MODES:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"TUNA_GENERATE_MODE: expected one of auto, {', '.join(MODES)}, got {mode!r}",
+        )
+    if mode == "graph" and device.type != "cuda":
+        raise EngineError(
+            "NO_CUDA",
+            f"generation mode graph needs a CUDA device, the model is on {device}",
+            hint="use TUNA_GENERATE_MODE=eager (or auto) on CPU",
+        )
+    return mode
+
+
+def resolve_max_model_len(max_model_len: int | None) -> int:
+    if max_model_len is not None:
+        return max_model_len
+    raw = os.environ.get("TUNA_MAX_MODEL_LEN")
+    if raw is None:
+        return DEFAULT_MAX_MODEL_LEN
+    if not raw.isdigit() or int(raw) < 1:
+        raise EngineError("PLAN_INVALID", f"TUNA_MAX_MODEL_LEN: expected a positive integer, got {raw!r}")
+    return int(raw)
+
+
 class Engine:
-    """Batched, KV-cached generation over one model and any number of named LoRA adapters."""
+    """Batched, KV-cached generation over one model and any number of named LoRA adapters.
+
+    mode: "graph" / "eager" run decode.Decoder (KV cache of max_batch_size × max_model_len positions
+    allocated here; a request longer than max_model_len is refused); "reference" is the original path (a cache
+    that grows, per-adapter row groups, one host sync per row), kept as the plain reference the static path is
+    tested against. Default: resolve_mode()."""
 
     def __init__(
         self,
         model: CausalLM,
         adapters: dict[str, dict[str, AdapterWeights]] | None = None,
         max_batch_size: int = 8,
+        max_model_len: int | None = None,
+        mode: str | None = None,
     ) -> None:
         self.model = model.eval()
         c = model.config
@@ -211,11 +253,41 @@ class Engine:
             for mod, w in (adapters or {})[name].items():
                 self.adapter_weights.setdefault(mod, [None] * len(self.adapter_names))[i] = w
         self.max_batch_size = max_batch_size
-        self.cache = KVCache(
-            c.num_layers, max_batch_size, c.num_kv_heads, c.head_dim, self.dtype, self.device
-        )
+        self.mode = resolve_mode(mode, self.device)
+        self.max_model_len = resolve_max_model_len(max_model_len)
+        self.decoder: Decoder | None = None
+        if self.mode == "reference":
+            self.cache = KVCache(
+                c.num_layers, max_batch_size, c.num_kv_heads, c.head_dim, self.dtype, self.device
+            )
+        else:
+            self._check_cache_fits()
+            self.decoder = Decoder(
+                model,
+                self.adapter_weights,
+                len(self.adapter_names),
+                max_batch_size,
+                self.max_model_len,
+                use_graphs=self.mode == "graph",
+            )
+            # Prompt + generated ids per slot, for the repetition penalty (on the device: no host round trip).
+            self.seen = torch.zeros(max_batch_size, c.vocab_size, dtype=torch.bool, device=self.device)
         self.free_slots = list(range(max_batch_size))
         self.active: dict[str, Sequence] = {}
+
+    def _check_cache_fits(self) -> None:
+        c = self.c
+        elt = torch.empty((), dtype=self.dtype).element_size()
+        need = 2 * c.num_layers * self.max_batch_size * c.num_kv_heads * self.max_model_len * c.head_dim * elt
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            if need > 0.9 * free:
+                raise EngineError(
+                    "OOM",
+                    f"generate: a KV cache of max_batch_size {self.max_batch_size} x max_model_len "
+                    f"{self.max_model_len} needs {need / 2**30:.1f} GiB; {free / 2**30:.1f} GiB of GPU memory is free",
+                    hint="lower max_batch_size or TUNA_MAX_MODEL_LEN",
+                )
 
     # -- model math ----------------------------------------------------------------------------------------
 
@@ -303,14 +375,22 @@ class Engine:
     # -- sampling ------------------------------------------------------------------------------------------
 
     @staticmethod
-    def process_logits(logits: torch.Tensor, req: GenerateRequest, seen: set[int]) -> torch.Tensor:
+    def process_logits(
+        logits: torch.Tensor, req: GenerateRequest, seen: set[int] | torch.Tensor
+    ) -> torch.Tensor:
         """transformers' logits processors in generate()'s order: repetition penalty (over prompt and generated
-        ids), then for sampling temperature, top-k, top-p. fp32 [vocab] → fp32 [vocab] (-inf = excluded)."""
+        ids: a set, or a bool mask [vocab] on the logits' device), then for sampling temperature, top-k, top-p.
+        fp32 [vocab] → fp32 [vocab] (-inf = excluded)."""
         logits = logits.clone()
-        if req.repetition_penalty != 1.0 and seen:
-            ids = torch.tensor(sorted(seen), device=logits.device)
-            sel = logits[ids]
-            logits[ids] = torch.where(sel < 0, sel * req.repetition_penalty, sel / req.repetition_penalty)
+        if req.repetition_penalty != 1.0:
+            p = req.repetition_penalty
+            if isinstance(seen, torch.Tensor):
+                penalized = torch.where(logits < 0, logits * p, logits / p)
+                logits = torch.where(seen, penalized, logits)
+            elif seen:
+                ids = torch.tensor(sorted(seen), device=logits.device)
+                sel = logits[ids]
+                logits[ids] = torch.where(sel < 0, sel * p, sel / p)
         if req.temperature == 0:
             return logits
         logits = logits / req.temperature
@@ -327,12 +407,24 @@ class Engine:
         return logits
 
     @classmethod
-    def sample(cls, logits: torch.Tensor, seq: Sequence) -> int:
-        """One row's next token: argmax when temperature is 0, else a draw from its own seeded generator."""
-        logits = cls.process_logits(logits, seq.req, seq.seen)
+    def sample_tensor(
+        cls, logits: torch.Tensor, seq: Sequence, seen: set[int] | torch.Tensor
+    ) -> torch.Tensor:
+        """One row's next token as a 0-d tensor on the logits' device (no host sync): argmax when temperature
+        is 0, else a draw from the request's own seeded generator."""
+        logits = cls.process_logits(logits, seq.req, seen)
         if seq.req.temperature == 0:
-            return int(logits.argmax())
-        return int(torch.multinomial(logits.softmax(-1), 1, generator=seq.generator))
+            return logits.argmax()
+        return torch.multinomial(logits.softmax(-1), 1, generator=seq.generator)[0]
+
+    @classmethod
+    def sample(cls, logits: torch.Tensor, seq: Sequence) -> int:
+        return int(cls.sample_tensor(logits, seq, seq.seen))
+
+    @staticmethod
+    def plain_greedy(req: GenerateRequest) -> bool:
+        """Greedy with no logits processing: the decode step's own argmax is the answer."""
+        return req.temperature == 0 and req.repetition_penalty == 1.0
 
     # -- requests ------------------------------------------------------------------------------------------
 
@@ -354,6 +446,16 @@ class Engine:
                 f"request {req.id}: prompt_ids: {bad[:5]} are outside the vocabulary (size {self.c.vocab_size})",
                 field="prompt_ids",
             )
+        total = len(req.prompt_ids) + req.max_new_tokens
+        if self.decoder is not None and total > self.max_model_len:
+            raise EngineError(
+                "REQUEST_TOO_LONG",
+                f"request {req.id}: prompt_ids ({len(req.prompt_ids)} tokens) + max_new_tokens "
+                f"({req.max_new_tokens}) = {total} tokens, more than max_model_len {self.max_model_len}",
+                hint="shorten the prompt or lower max_new_tokens, or start generation with a larger "
+                "max_model_len (TUNA_MAX_MODEL_LEN)",
+                field="max_new_tokens",
+            )
 
     def start(self, req: GenerateRequest) -> tuple[Sequence, int]:
         """Prefill a request's prompt into a free slot; returns the sequence and its first token."""
@@ -366,22 +468,36 @@ class Engine:
         seq = Sequence(
             req, slot, self.adapter_names.index(req.adapter) if req.adapter else -1, gen, time.monotonic()
         )
-        seq.seen.update(req.prompt_ids)
         P = len(req.prompt_ids)
-        self.cache.ensure(P + req.max_new_tokens)
-        ids = torch.tensor([req.prompt_ids], device=self.device)
-        logits = self.forward(
-            ids,
-            torch.arange(P, device=self.device)[None],
-            torch.tensor([slot], device=self.device),
-            [seq.adapter],
-        )
+        ids = torch.tensor(req.prompt_ids, device=self.device)
+        if self.decoder is None:
+            seq.seen.update(req.prompt_ids)
+            self.cache.ensure(P + req.max_new_tokens)
+            logits = self.forward(
+                ids[None],
+                torch.arange(P, device=self.device)[None],
+                torch.tensor([slot], device=self.device),
+                [seq.adapter],
+            )[0]
+            seq.length = P
+            self.active[req.id] = seq
+            return seq, self._accept(seq, int(self.sample(logits, seq)))
+        try:
+            logits = self.decoder.prefill(ids, slot, seq.adapter + 1)
+        except BaseException:
+            self.free_slots.append(slot)
+            self.free_slots.sort()
+            raise
+        seen = self.seen[slot]
+        seen.zero_()
+        seen[ids] = True
         seq.length = P
         self.active[req.id] = seq
-        return seq, self._accept(seq, logits[0])
+        token = self.sample_tensor(logits, seq, seen)
+        seen[token] = True
+        return seq, self._accept(seq, int(token))
 
-    def _accept(self, seq: Sequence, logits: torch.Tensor) -> int:
-        token = self.sample(logits, seq)
+    def _accept(self, seq: Sequence, token: int) -> int:
         seq.generated.append(token)
         seq.seen.add(token)
         return token
@@ -391,6 +507,34 @@ class Engine:
         seqs = list(self.active.values())
         if not seqs:
             return []
+        if self.decoder is None:
+            return self._step_reference(seqs)
+        n = max(s.slot for s in seqs) + 1
+        ids, positions, adapters = [0] * n, [0] * n, [0] * n
+        for s in seqs:
+            # check() keeps this from happening; never write past the cache
+            if s.length >= self.max_model_len:
+                raise EngineError(
+                    "REQUEST_TOO_LONG",
+                    f"request {s.req.id}: position {s.length} is past max_model_len {self.max_model_len}",
+                )
+            ids[s.slot], positions[s.slot], adapters[s.slot] = s.next_input, s.length, s.adapter + 1
+        logits, tokens = self.decoder.decode(ids, positions, adapters)
+        special = [s for s in seqs if not self.plain_greedy(s.req)]
+        if special:
+            tokens = tokens.clone()  # the decoder's output may be a graph's static buffer
+            for s in special:
+                tokens[s.slot] = self.sample_tensor(logits[s.slot], s, self.seen[s.slot])
+            if any(s.req.repetition_penalty != 1.0 for s in seqs):
+                self.seen[torch.arange(tokens.shape[0], device=self.device), tokens] = True
+        values = tokens.tolist()  # the step's one host sync
+        out = []
+        for s in seqs:
+            s.length += 1
+            out.append((s, self._accept(s, values[s.slot])))
+        return out
+
+    def _step_reference(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
         self.cache.ensure(max(s.length + 1 for s in seqs))
         ids = torch.tensor([[s.next_input] for s in seqs], device=self.device)
         positions = torch.tensor([[s.length] for s in seqs], device=self.device)
@@ -399,7 +543,7 @@ class Engine:
         out = []
         for i, s in enumerate(seqs):
             s.length += 1
-            out.append((s, self._accept(s, logits[i])))
+            out.append((s, self._accept(s, self.sample(logits[i], s))))
         return out
 
     def finish_reason(self, seq: Sequence) -> str | None:
@@ -446,7 +590,11 @@ def pick_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_for_generation(plan: GeneratePlan) -> Engine:
+def load_for_generation(
+    plan: GeneratePlan, max_model_len: int | None = None, mode: str | None = None
+) -> Engine:
+    """The model, its adapters and an Engine. max_model_len / mode default to TUNA_MAX_MODEL_LEN (4096) and
+    TUNA_GENERATE_MODE (graph on CUDA, eager on CPU)."""
     device = pick_device(plan.device)
     from .quant import read_quantization_config
     from .quant.convert import load_prequantized
@@ -476,7 +624,7 @@ def load_for_generation(plan: GeneratePlan) -> Engine:
                 f"{plan.model.path}: 4-bit checkpoint: missing {missing[:5]}, unexpected {unexpected[:5]}",
             )
     adapters = {name: load_adapter(model, name, d) for name, d in plan.adapters.items()}
-    return Engine(model, adapters, plan.max_batch_size)
+    return Engine(model, adapters, plan.max_batch_size, max_model_len, mode)
 
 
 def _reader(stream: TextIO, q: queue.Queue[str | None]) -> None:
@@ -490,7 +638,10 @@ def serve(plan: GeneratePlan, stdin: TextIO | None = None) -> None:
     """The `generate` command: load, emit `ready`, serve requests from stdin until it closes."""
     engine = load_for_generation(plan)
     emit({"event": "ready", "device": str(engine.device), "dtype": plan.model.dtype})
-    log(f"generate: ready on {engine.device}; adapters: {', '.join(engine.adapter_names) or 'none'}")
+    log(
+        f"generate: ready on {engine.device} ({engine.mode}, max_model_len {engine.max_model_len}); "
+        f"adapters: {', '.join(engine.adapter_names) or 'none'}"
+    )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_reader, args=(stdin or sys.stdin, lines), daemon=True).start()
     pending: deque[GenerateRequest] = deque()

@@ -1,0 +1,342 @@
+"""Static-shape decoding for generate.py: the KV cache allocated once, every decode step the same tensor shapes
+for a given bucket, LoRA adapters picked per row on the device, and on CUDA the step captured as a CUDA graph
+per bucket and replayed (issue 7: a decode step was ~10x the weight-read floor, all launch overhead).
+
+What is notable:
+  - Rows are slots. Row b of a decode step is cache slot b; the step covers slots 0..Bk-1 where Bk is the
+    smallest batch bucket (1, 2, 4, ... max_batch_size) holding every active slot. Free slots inside the
+    bucket are padding rows (token 0 at position 0, no adapter): they write position 0 of a free slot, which
+    the next prefill of that slot overwrites. Slots are handed out lowest first, so the bucket stays small.
+  - KV cache per layer [slots, kv_heads, capacity, head_dim], written in place with `index_copy_` at each
+    row's position. Attention reads keys 0..S-1 of every row, S a key bucket (key_block·2^j, at most the
+    capacity) covering the longest row, with an additive length mask built on the device from the positions:
+    reading the whole capacity every step would cost more than the weights for small models at short lengths.
+  - A decode step has one query per row, so grouped-query attention needs no repeated K/V: the G = H/KV query
+    heads of a KV head are laid out as G query rows ([B, KV, G, D]) of an ordinary SDPA call.
+  - Adapters: for each projection, the A matrices of every adapter that targets it are stacked ([m·r, in], B
+    likewise, rank padded with zeros); x·Aᵀ is computed for all of them, a per-row 0/1 selection keeps the
+    row's own adapter's columns, then ·Bᵀ and the row's scaling. Row adapter 0 = none (a zero delta, so its
+    output is exactly the base output). DoRA's per-row magnitude scale is a gather of [n+1, out] (1 = none).
+    The math is lora.Linear's (and generate.Engine._proj's): the input cast to fp32, the sum cast back.
+  - CUDA graphs: one per (batch bucket, key bucket, any adapter row), captured on first use (or all at once
+    by `capture_all`) after two warm-up runs on a side stream, all in one memory pool. Inputs are copied into
+    static device buffers from a pinned host buffer; logits and argmax ids are the graph's static outputs.
+    A warm-up run executes the step for real: its cache writes are the same values the replay writes.
+Prefill (one request, its whole prompt) stays eager: causal SDPA over the prompt (flash on CUDA), K/V written
+into the request's slot.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models.llama import CausalLM, rotate_half
+
+KEY_BLOCK = 256  # smallest key bucket; buckets double up to the capacity
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... below max_batch_size, then max_batch_size itself."""
+    out, b = [], 1
+    while b < max_batch_size:
+        out.append(b)
+        b *= 2
+    return [*out, max_batch_size]
+
+
+def bucket_for(n: int, buckets: list[int]) -> int:
+    return next(b for b in buckets if b >= n)
+
+
+# ---- adapters stacked per projection ----------------------------------------------------------------------
+
+
+@dataclass
+class AdapterStack:
+    """The adapters that target one projection, side by side. Columns j·r..(j+1)·r-1 belong to `owner[j·r]`."""
+
+    A: torch.Tensor  # [m·r, in] fp32
+    B: torch.Tensor  # [out, m·r] fp32
+    owner: torch.Tensor  # [m·r] long: adapter index (1..n) of each column; one tensor per distinct layout
+    dora: torch.Tensor | None  # [n+1, out] fp32: DoRA magnitude scale per adapter, 1 where not DoRA / none
+
+
+def stack_adapters(
+    adapter_weights: dict[str, list[Any]], n_adapters: int, device: torch.device
+) -> tuple[dict[str, AdapterStack], torch.Tensor]:
+    """{module path: [AdapterWeights | None per adapter]} → ({module path: AdapterStack}, scalings [n+1])."""
+    stacks: dict[str, AdapterStack] = {}
+    owners: dict[tuple[int, ...], torch.Tensor] = {}
+    scalings = torch.zeros(n_adapters + 1, dtype=torch.float32)
+    for name, per_adapter in adapter_weights.items():
+        members = [(i + 1, w) for i, w in enumerate(per_adapter) if w is not None]
+        if not members:
+            continue
+        r = max(w.A.shape[0] for _, w in members)
+        out_f, in_f = members[0][1].B.shape[0], members[0][1].A.shape[1]
+        A = torch.zeros(len(members) * r, in_f, dtype=torch.float32, device=device)
+        B = torch.zeros(out_f, len(members) * r, dtype=torch.float32, device=device)
+        owner: list[int] = []
+        dora = None
+        for j, (a, w) in enumerate(members):
+            rank = w.A.shape[0]
+            A[j * r : j * r + rank] = w.A
+            B[:, j * r : j * r + rank] = w.B
+            owner += [a] * r
+            scalings[a] = w.scaling
+            if w.dora_scale is not None:
+                if dora is None:
+                    dora = torch.ones(n_adapters + 1, out_f, dtype=torch.float32, device=device)
+                dora[a] = w.dora_scale
+        key = tuple(owner)
+        if key not in owners:
+            owners[key] = torch.tensor(owner, dtype=torch.long, device=device)
+        stacks[name] = AdapterStack(A, B, owners[key], dora)
+    return stacks, scalings.to(device)
+
+
+class _Rows:
+    """Per-forward adapter state shared by every projection: the rows' adapter ids, their scalings, and the
+    column selection per distinct stack layout (computed once per forward, not once per projection)."""
+
+    def __init__(self, aidx: torch.Tensor, scalings: torch.Tensor) -> None:
+        self.aidx = aidx  # [B] long
+        self.scale = scalings[aidx][:, None, None]  # [B, 1, 1]
+        self._select: dict[int, torch.Tensor] = {}
+
+    def select(self, owner: torch.Tensor) -> torch.Tensor:
+        sel = self._select.get(id(owner))
+        if sel is None:
+            sel = (self.aidx[:, None] == owner[None, :]).float()[:, None, :]  # [B, 1, m·r]
+            self._select[id(owner)] = sel
+        return sel
+
+
+# ---- the decoder ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Graph:
+    graph: Any  # torch.cuda.CUDAGraph
+    logits: torch.Tensor  # [Bk, vocab] fp32, static
+    next_ids: torch.Tensor  # [Bk] long, static (greedy argmax)
+
+
+class Decoder:
+    """Prefill and static-shape decode over a preallocated KV cache of `slots` × `capacity` positions."""
+
+    def __init__(
+        self,
+        model: CausalLM,
+        adapter_weights: dict[str, list[Any]],
+        n_adapters: int,
+        slots: int,
+        capacity: int,
+        use_graphs: bool,
+        key_block: int = KEY_BLOCK,
+    ) -> None:
+        self.model, c = model, model.config
+        self.c = c
+        self.device = next(model.parameters()).device
+        self.dtype = model.model.embed_tokens.weight.dtype
+        if use_graphs and self.device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.use_graphs = use_graphs
+        self.slots, self.capacity, self.key_block = slots, capacity, key_block
+        self.buckets = batch_buckets(slots)
+        KV, D, dev = c.num_kv_heads, c.head_dim, self.device
+        shape = (slots, KV, capacity, D)
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(c.num_layers)]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=dev) for _ in range(c.num_layers)]
+        self.stacks, self.scalings = stack_adapters(adapter_weights, n_adapters, dev)
+        # Rotary tables for every position, computed as models/llama.py does per call (fp32, scaled, cast).
+        freqs = torch.arange(capacity, device=dev).float()[:, None] * model.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos = (emb.cos() * model.rope_scale).to(self.dtype)  # [capacity, D]
+        self.sin = (emb.sin() * model.rope_scale).to(self.dtype)
+        self.key_pos = torch.arange(capacity, device=dev)
+        # Flat row of (slot b, kv head h, position 0) in a cache viewed as [slots·KV·capacity, D].
+        self.row_base = (torch.arange(slots * KV, device=dev) * capacity).view(slots, KV)
+        # Step inputs: token ids, positions, adapter index (0 = none) per slot; static on the device.
+        self.inputs = torch.zeros(3, slots, dtype=torch.long, device=dev)
+        self.host = torch.zeros(3, slots, dtype=torch.long)
+        if dev.type == "cuda":
+            self.host = self.host.pin_memory()
+        self.graphs: dict[tuple[int, int, bool], _Graph] = {}
+        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        self.stats = {"captures": 0, "replays": 0, "eager_steps": 0}
+
+    @property
+    def cache_bytes(self) -> int:
+        return 2 * sum(t.numel() * t.element_size() for t in self.k)
+
+    def key_bucket(self, length: int) -> int:
+        """Keys a step reads: the smallest key_block·2^j ≥ length, at most the capacity."""
+        blocks = max(1, math.ceil(length / self.key_block))
+        return min(self.capacity, self.key_block * (1 << (blocks - 1).bit_length()))
+
+    # -- projections with per-row adapters -----------------------------------------------------------------
+
+    def _proj(self, name: str, module: nn.Module, x: torch.Tensor, rows: _Rows | None) -> torch.Tensor:
+        """module(x), plus each row's adapter delta (lora.Linear's math: input in fp32, sum cast back)."""
+        result = module(x)
+        st = self.stacks.get(name) if rows is not None else None
+        if st is None:
+            return result
+        assert rows is not None
+        u = (x.float() @ st.A.T) * rows.select(st.owner)  # [B, T, m·r], other adapters' columns zeroed
+        lora_result = u @ st.B.T  # [B, T, out]
+        if st.dora is None:
+            return (result + lora_result * rows.scale).to(result.dtype)
+        g = st.dora[rows.aidx][:, None, :]  # [B, 1, out]
+        base_bias = getattr(module, "base_bias", None)
+        bias = base_bias() if callable(base_bias) else getattr(module, "bias", None)
+        base_nobias = result if bias is None else result - bias
+        return (result + (g - 1) * base_nobias + g * lora_result * rows.scale).to(result.dtype)
+
+    def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, rows: _Rows | None):
+        """The decoder stack over x [B, T, C]; `attend(layer, q, k, v)` ([B, T, heads, D] each, after q/k
+        norm and rotary) writes the cache and returns [B, T, H·D]."""
+        model, c = self.model, self.c
+        B, T, _ = x.shape
+        D = c.head_dim
+        for li, layer in enumerate(model.model.layers):
+            pre = f"model.layers.{li}."
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = self._proj(pre + "self_attn.q_proj", attn.q_proj, h, rows).view(B, T, -1, D)
+            k = self._proj(pre + "self_attn.k_proj", attn.k_proj, h, rows).view(B, T, -1, D)
+            v = self._proj(pre + "self_attn.v_proj", attn.v_proj, h, rows).view(B, T, -1, D)
+            if c.qk_norm:
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            y = attend(li, q, k, v)
+            x = x + self._proj(pre + "self_attn.o_proj", attn.o_proj, y, rows)
+            mlp = layer.mlp
+            h = layer.post_attention_layernorm(x)
+            gate = self._proj(pre + "mlp.gate_proj", mlp.gate_proj, h, rows)
+            up = self._proj(pre + "mlp.up_proj", mlp.up_proj, h, rows)
+            x = x + self._proj(pre + "mlp.down_proj", mlp.down_proj, F.silu(gate) * up, rows)
+        return x
+
+    # -- prefill -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, slot: int, adapter: int) -> torch.Tensor:
+        """ids [P] (on the device) → next-token logits fp32 [vocab]; K/V of positions 0..P-1 go to `slot`."""
+        P = ids.shape[0]
+        if P > self.capacity:
+            raise ValueError(f"prompt of {P} tokens does not fit the cache ({self.capacity} positions)")
+        rows = _Rows(torch.full((1,), adapter, dtype=torch.long, device=self.device), self.scalings)
+        x = self.model.model.embed_tokens(ids[None])  # [1, P, C]
+        cos, sin = self.cos[:P][None, :, None], self.sin[:P][None, :, None]  # [1, P, 1, D]
+        gqa = self.c.num_heads != self.c.num_kv_heads
+
+        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [1, KV, P, D]
+            self.k[li][slot, :, :P] = k[0]
+            self.v[li][slot, :, :P] = v[0]
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, is_causal=True, enable_gqa=gqa)
+            return y.transpose(1, 2).reshape(1, P, -1)
+
+        x = self._layers(x, cos, sin, attend, rows if adapter > 0 else None)
+        return self.model.logits(self.model.model.norm(x[0, -1])).float()
+
+    # -- decode --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _step(self, Bk: int, S: int, lora: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token for slots 0..Bk-1 from the static inputs, attending to keys 0..S-1. No host syncs, no
+        host-to-device copies, shapes fixed by (Bk, S): this is what a CUDA graph captures."""
+        c = self.c
+        KV, D = c.num_kv_heads, c.head_dim
+        G = c.num_heads // KV
+        ids, pos, aidx = self.inputs[0, :Bk], self.inputs[1, :Bk], self.inputs[2, :Bk]
+        rows = _Rows(aidx, self.scalings) if lora else None
+        x = self.model.model.embed_tokens(ids)[:, None]  # [Bk, 1, C]
+        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # [Bk, 1, 1, D]
+        flat = (self.row_base[:Bk] + pos[:, None]).reshape(-1)  # [Bk·KV] rows of the flat cache
+        valid = self.key_pos[:S][None, :] <= pos[:, None]  # [Bk, S]
+        mask = torch.zeros(Bk, 1, 1, S, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~valid[:, None, None], -math.inf)
+
+        def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            ck, cv = self.k[li], self.v[li]
+            ck.view(-1, D).index_copy_(0, flat, k.reshape(-1, D))
+            cv.view(-1, D).index_copy_(0, flat, v.reshape(-1, D))
+            y = F.scaled_dot_product_attention(
+                q.reshape(Bk, KV, G, D), ck[:Bk, :, :S], cv[:Bk, :, :S], attn_mask=mask
+            )  # [Bk, KV, G, D]: the G query heads of a KV head as G query rows
+            return y.reshape(Bk, 1, KV * G * D)
+
+        x = self._layers(x, cos, sin, attend, rows)
+        logits = self.model.logits(self.model.model.norm(x[:, -1])).float()
+        return logits, logits.argmax(-1)
+
+    def _capture(self, key: tuple[int, int, bool]) -> _Graph:
+        # Warm up on a side stream (cuBLAS handles, Triton compiles, allocator), then capture into the pool
+        # shared by every bucket's graph (they never run concurrently; each keeps its outputs alive).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._step(*key)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits, next_ids = self._step(*key)
+        g = _Graph(graph, logits, next_ids)
+        self.graphs[key] = g
+        self.stats["captures"] += 1
+        return g
+
+    def decode(
+        self, ids: list[int], positions: list[int], adapters: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step for slots 0..len(ids)-1 (row b = slot b; a free slot passes token 0, position 0,
+        adapter 0). Returns logits fp32 [Bk, vocab] and greedy ids [Bk] for the bucket Bk ≥ len(ids); rows
+        past len(ids) are padding. The tensors may be a graph's static outputs: read them before the next call."""
+        n = len(ids)
+        Bk = bucket_for(n, self.buckets)
+        top = max(positions)
+        if top >= self.capacity:
+            raise ValueError(f"position {top} is outside the cache ({self.capacity} positions)")
+        S = self.key_bucket(top + 1)
+        lora = any(a > 0 for a in adapters) and bool(self.stacks)
+        h = self.host.numpy()
+        h[:, :Bk] = 0
+        h[0, :n], h[1, :n], h[2, :n] = ids, positions, adapters
+        self.inputs[:, :Bk].copy_(self.host[:, :Bk], non_blocking=True)
+        key = (Bk, S, lora)
+        if not self.use_graphs:
+            self.stats["eager_steps"] += 1
+            return self._step(*key)
+        g = self.graphs.get(key) or self._capture(key)
+        g.graph.replay()
+        self.stats["replays"] += 1
+        return g.logits, g.next_ids
+
+    def capture_all(self, max_len: int | None = None, lora: bool | None = None) -> None:
+        """Capture every bucket's graph for lengths up to max_len (default: the capacity) now rather than on
+        first use. Only while no sequence is active: the warm-up runs write position 0 of every slot."""
+        if not self.use_graphs:
+            return
+        top = min(max_len or self.capacity, self.capacity)
+        key_buckets = sorted(
+            {self.key_bucket(n) for n in range(1, top + 1, self.key_block)} | {self.key_bucket(top)}
+        )
+        variants = [False, True] if lora is None and self.stacks else [bool(lora) and bool(self.stacks)]
+        self.inputs.zero_()
+        for Bk in reversed(self.buckets):  # largest first: the pool is sized by the first capture
+            for S in reversed(key_buckets):
+                for v in variants:
+                    if (Bk, S, v) not in self.graphs:
+                        self._capture((Bk, S, v))
+        torch.cuda.synchronize()
