@@ -108,6 +108,12 @@ class Dist:
                 else None
             )
             return DistributedDataParallel(model, device_ids=ids)
+        self.shard(model, device)
+        return model
+
+    def shard(self, model: nn.Module, device: torch.device) -> None:
+        """FSDP2 in place: `fully_shard` on each decoder layer and the root. Works on a model built on the meta
+        device too (models.load_model_sharded then allocates and fills only this rank's shards)."""
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
@@ -120,6 +126,11 @@ class Dist:
                 hint='use distributed.strategy "ddp" for it',
                 field="distributed.strategy",
             )
+        from .quant import Linear4bit
+
+        for m in model.modules():
+            if isinstance(m, Linear4bit):
+                m.use_float_storage()  # NF4 codes as bf16-typed bytes: FSDP2 (torch 2.11) shards float tensors only
         mesh = init_device_mesh(device.type, (self.world,))
         # One FSDP unit per decoder layer (all-gathered just before it runs, freed after), the root keeps the
         # embeddings, final norm and lm_head (unsharded from the start of forward to the end of backward, so
@@ -127,7 +138,6 @@ class Dist:
         for layer in layers:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        return model
 
     @contextlib.contextmanager
     def grad_sync(self, model: nn.Module, last: bool) -> Iterator[None]:

@@ -167,11 +167,45 @@ class Linear4bit(nn.Module):
                 m.bias.copy_(bias)
         return m
 
+    # ---- code storage: uint8, or a float view of the same bytes (for FSDP2) -------------------------------
+
+    def use_float_storage(self, dtype: torch.dtype = torch.bfloat16) -> None:
+        """Hold the uint8 codes (`weight`, and `absmax` under double quantization) as `dtype` views of the
+        same bytes, as bitsandbytes' `bnb_4bit_quant_storage` does for FSDP: FSDP2 in torch 2.11 wraps every
+        sharded tensor in a requires-grad Parameter, which a uint8 tensor cannot be. The bytes are only ever
+        moved (sharded, all-gathered), never computed on; `codes()` / `absmax_codes()` view them back."""
+        width = torch.empty((), dtype=dtype).element_size()
+        for name in ("weight", "absmax"):
+            t = getattr(self, name)
+            if t.dtype == torch.uint8 and t.numel() % width == 0:
+                setattr(
+                    self,
+                    name,
+                    nn.Parameter(
+                        t.data.reshape(-1).view(dtype).reshape(-1, 1)
+                        if name == "weight"
+                        else t.data.view(dtype),
+                        requires_grad=False,
+                    ),
+                )
+
+    def codes(self) -> torch.Tensor:
+        """The packed NF4 codes, uint8 [ceil(out*in/2), 1], whatever the storage dtype."""
+        w = self.weight.detach()
+        return w if w.dtype == torch.uint8 else w.reshape(-1).view(torch.uint8).reshape(-1, 1)
+
+    def absmax_codes(self) -> torch.Tensor:
+        """Block scales: uint8 codes (double quant) or float32, whatever the storage dtype."""
+        a = self.absmax.detach()
+        if self.double_quant and a.dtype != torch.uint8:
+            return a.reshape(-1).view(torch.uint8)
+        return a
+
     def nf4_weight(self) -> NF4Weight:
         """This layer's quantized weight as an NF4Weight (shares storage with the module)."""
         return NF4Weight(
-            packed=self.weight.detach(),
-            absmax=self.absmax.detach(),
+            packed=self.codes(),
+            absmax=self.absmax_codes(),
             quant_map=self.quant_map,
             shape=(self.out_features, self.in_features),
             dtype=self.quant_dtype,
@@ -192,8 +226,8 @@ class Linear4bit(nn.Module):
                 from .triton_nf4 import dequantize_nf4_triton
 
                 w = dequantize_nf4_triton(
-                    self.weight,
-                    self.absmax,
+                    self.codes(),
+                    self.absmax_codes(),
                     self.quant_map,
                     (self.out_features, self.in_features),
                     self.blocksize,
@@ -205,14 +239,14 @@ class Linear4bit(nn.Module):
                 )
             else:
                 absmax = decode_absmax(
-                    self.absmax,
+                    self.absmax_codes(),
                     self.nested_absmax,
                     self.nested_quant_map,
                     self.nested_offset,
                     self.nested_blocksize,
                 )
                 w = dequantize_nf4(
-                    self.weight,
+                    self.codes(),
                     absmax,
                     (self.out_features, self.in_features),
                     self.blocksize,
@@ -234,7 +268,17 @@ class Linear4bit(nn.Module):
         kept = {name: getattr(self, name) for name in _FP32_STATE if getattr(self, name) is not None}
         # Parameters are converted in place (param.data = ...), so keep a copy of their float32 values.
         kept = {k: v.detach().clone() for k, v in kept.items() if v.dtype == torch.float32}
+        # Codes held as a float view (use_float_storage) are bytes: a dtype cast must not touch them.
+        code_views = {
+            name: getattr(self, name).detach().clone()
+            for name in ("weight", "absmax")
+            if getattr(self, name).dtype not in (torch.uint8, torch.float32)
+        }
         super()._apply(fn, recurse)
+        for name, before in code_views.items():
+            now = getattr(self, name)
+            if now.dtype != before.dtype:
+                self._parameters[name] = nn.Parameter(before.to(now.device), requires_grad=False)
         for name, before in kept.items():
             now = getattr(self, name)
             if now.dtype != torch.float32:
@@ -257,6 +301,8 @@ class Linear4bit(nn.Module):
 
 def _to_bnb_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
     assert isinstance(module, Linear4bit)
+    if module.double_quant and prefix + "absmax" in state_dict:
+        state_dict[prefix + "absmax"] = module.absmax_codes()  # uint8 codes, whatever the storage dtype
     for name, bnb in _BNB_NAMES.items():
         if prefix + name in state_dict:
             state_dict[f"{prefix}weight.{bnb}"] = state_dict.pop(prefix + name)
