@@ -11,12 +11,22 @@ prefix. The math follows peft 0.21 `tuners/lora/layer.py` + `dora.py` line by li
 QLoRA: `Linear.to_4bit_base()` swaps the 16-bit `weight`/`bias` for a `base_layer` (quant/Linear4bit, NF4,
 every piece of state a registered tensor, so FSDP2 can shard it), as peft wraps a bitsandbytes layer; the
 adapter math is unchanged and sees the dequantized weight where it needs W (DoRA's norm, merging).
+
+Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train.lora_compute`):
+  - "exact": peft's math above, bit for bit: x cast to fp32 for every adapted projection (q, k and v each make
+    their own fp32 copy of the same x, kept for backward), fp32 GEMMs.
+  - "auto": `LoraFunction`, a custom autograd Function: s·(x Aᵀ)Bᵀ in x's dtype with A, B cast per call
+    (tiny), added to the base output by the GEMM itself (addmm); saves only x (the very tensor the base GEMM
+    saves) and xA [N, r]. Projections that read the same x (q/k/v; gate/up) share one x·[A_q; A_k; A_v]ᵀ GEMM
+    and one dx GEMM (`lora_forward`). DoRA and dropout > 0 in training take the exact path. In fp32 it is the
+    same math as "exact" up to summation order.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +68,8 @@ class Linear(nn.Module):
             self.lora_dropout = nn.Dropout(lora.dropout) if lora.dropout > 0 else nn.Identity()
             if lora.use_dora:
                 self.lora_magnitude_vector = nn.Parameter(torch.empty(out_features, dtype=torch.float32))
+        # "exact" (peft's fp32 adapter math) unless the trainer asks for "auto" (set_lora_compute).
+        self.lora_compute = "exact"
 
     def to_4bit_base(self, compute_dtype: torch.dtype) -> None:
         """Replace the 16-bit weight (and bias) by an empty NF4 `base_layer` on the same device (the meta
@@ -98,7 +110,21 @@ class Linear(nn.Module):
         return torch.linalg.norm(weight + self.scaling * lora_weight, dim=1).to(weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_forward(x)
+        return lora_forward((self,), x)[0]
+
+    def fast_path(self, x: torch.Tensor, base: torch.Tensor) -> bool:
+        """Whether the adapter branch goes through `LoraFunction` for this call."""
+        return (
+            self.lora is not None
+            and self.lora_compute == "auto"
+            and not self.lora.use_dora
+            and (self.lora.dropout == 0 or not self.training)
+            and base.dtype == x.dtype
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        )
+
+    def exact_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """peft's adapter math on top of the base output `result` (the "exact" path)."""
         if self.lora is None:
             return result
         out_dtype = result.dtype
@@ -135,6 +161,104 @@ class Linear(nn.Module):
     def extra_repr(self) -> str:
         lora = "" if self.lora is None else f", lora_r={self.lora.r}, dora={self.lora.use_dora}"
         return f"in={self.in_features}, out={self.out_features}, bias={self.base_bias() is not None}{lora}"
+
+
+def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of `linears`, which all read the same x [..., in]: base GEMMs, then the adapters. Those on
+    the fast path with one scaling go through ONE `LoraFunction` (q/k/v: x·[A_q; A_k; A_v]ᵀ is one GEMM of
+    width 3r, and dx one GEMM); the others (DoRA, dropout, "exact") each take peft's path."""
+    ys = [lin.base_forward(x) for lin in linears]
+    fast = [i for i, (lin, y) in enumerate(zip(linears, ys, strict=True)) if lin.fast_path(x, y)]
+    if fast and len({linears[i].scaling for i in fast}) > 1:
+        # Different scalings (impossible with one LoraSpec per model): the others take the exact path.
+        fast = fast[:1]
+    for i, lin in enumerate(linears):
+        if i not in fast:
+            ys[i] = lin.exact_forward(x, ys[i])
+    if fast:
+        args: list[torch.Tensor] = []
+        for i in fast:
+            args += [ys[i], linears[i].lora_A.weight, linears[i].lora_B.weight]
+        outs = LoraFunction.apply(x, linears[fast[0]].scaling, *args)
+        for i, y in zip(fast, outs, strict=True):
+            ys[i] = y
+    return ys
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result. On CUDA a 16-bit GEMM writes fp32 directly (cuBLAS accumulates in fp32;
+    `out_dtype` skips the rounding to 16 bits); elsewhere the product is cast once."""
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b).float()
+
+
+class LoraFunction(torch.autograd.Function):
+    """k ≥ 1 adapters reading the same input: out_i = y_i + s·(x A_iᵀ) B_iᵀ, in x's dtype.
+
+    forward(x [..., in], s, y_1, A_1, B_1, …, y_k, A_k, B_k): y_i [..., out_i] the base outputs (x's dtype),
+    A_i [r_i, in] and B_i [out_i, r_i] the fp32 adapter parameters, cast to x's dtype per call.
+    Saved for backward: x itself (the tensor the base GEMMs keep anyway: no copy), xa = x·[A_1;…;A_k]ᵀ
+    [N, Σr_i], and the parameters (no copy). Backward, with g_i = s·dy_i B_i [N, r_i] and g = [g_1 … g_k]:
+      dx = g·[A_1;…;A_k]   (one GEMM)      dA = gᵀ x  (one GEMM, fp32 out)      dB_i = s·dy_iᵀ xa_i  (fp32 out)
+    and dy_i passes through to y_i unchanged (the base GEMM's own backward adds its part of dx).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scaling: float, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ys, As, Bs = args[0::3], args[1::3], args[2::3]
+        dt = x.dtype
+        x2 = x.reshape(-1, x.shape[-1])  # [N, in], a view of x
+        a = torch.cat(As).to(dt) if len(As) > 1 else As[0].to(dt)  # [Σr, in]
+        xa = x2 @ a.t()  # [N, Σr]: x is read once for all k adapters
+        outs, start = [], 0
+        for y, A, B in zip(ys, As, Bs, strict=True):
+            r = A.shape[0]
+            y2 = y.reshape(-1, y.shape[-1])
+            out = torch.addmm(y2, xa[:, start : start + r], B.to(dt).t(), alpha=scaling)
+            outs.append(out.view(y.shape))
+            start += r
+        ctx.save_for_backward(x, xa, *As, *Bs)
+        ctx.scaling = scaling
+        ctx.k = len(As)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *dys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, xa, *params = ctx.saved_tensors
+        k, s = ctx.k, ctx.scaling
+        As, Bs = params[:k], params[k:]
+        dt = x.dtype
+        x2 = x.reshape(-1, x.shape[-1])
+        dy2 = [dy.reshape(-1, dy.shape[-1]).to(dt) for dy in dys]
+        gs = [dy @ (B * s).to(dt) for dy, B in zip(dy2, Bs, strict=True)]  # g_i = s·dy_i B_i, [N, r_i]
+        g = torch.cat(gs, dim=1) if k > 1 else gs[0]  # [N, Σr]
+        dx = None
+        if ctx.needs_input_grad[0]:
+            a = torch.cat(As).to(dt) if k > 1 else As[0].to(dt)
+            dx = (g @ a).view(x.shape)
+        dA_all = _mm_f32(g.t(), x2)  # [Σr, in] fp32
+        grads: list[torch.Tensor | None] = [dx, None]
+        start = 0
+        for i in range(k):
+            r = As[i].shape[0]
+            dB = _mm_f32(dy2[i].t(), xa[:, start : start + r]).mul_(s)  # [out_i, r]
+            grads += [dys[i] if ctx.needs_input_grad[2 + 3 * i] else None, dA_all[start : start + r], dB]
+            start += r
+        return tuple(grads)
+
+
+def set_lora_compute(model: nn.Module, mode: str) -> int:
+    """Set every adapted `Linear` of `model` to "auto" or "exact"; returns how many were set (0 for the
+    generic transformers backend, whose peft layers always compute exactly)."""
+    if mode not in ("auto", "exact"):
+        raise ValueError(f"lora_compute: expected 'auto' or 'exact', got {mode!r}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Linear) and m.lora is not None:
+            m.lora_compute = mode
+            n += 1
+    return n
 
 
 # ---- PEFT adapter layout ----------------------------------------------------------------------------------

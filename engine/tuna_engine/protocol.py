@@ -87,6 +87,13 @@ class TrainSpec:
     early_stopping_patience: int | None = None
     # CUDA only: regional torch.compile of the decoder layers (docs/performance.md).
     compile: bool = False
+    # LoRA adapter math (lora.py): "auto" = the fused 16-bit adapter Function, "exact" = peft's fp32 math.
+    lora_compute: Literal["auto", "exact"] = "auto"
+    # What the backward pass recomputes (models/llama.py): every decoder layer, each MLP block, or nothing.
+    # Absent from the plan = "full" if gradient_checkpointing else "none"; present, it must agree with it.
+    recompute: Literal["full", "mlp", "none"] = "full"
+    # Tensors saved for backward by the decoder live in (pinned) CPU memory until the backward pass.
+    offload_activations: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,6 +351,14 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
             t, "early_stopping_patience", "train.early_stopping_patience", "int", optional=True, min=1
         ),
         compile=bool(r.get(t, "compile", "train.compile", "bool", optional=True)),
+        lora_compute=r.get(
+            t, "lora_compute", "train.lora_compute", "enum", optional=True, values=("auto", "exact")
+        )
+        or "auto",
+        recompute=_recompute(r, t),
+        offload_activations=bool(
+            r.get(t, "offload_activations", "train.offload_activations", "bool", optional=True)
+        ),
     )
     device = r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda"))
     o = r.obj(raw, "output", "output")
@@ -379,6 +394,20 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         resume_from=resume_from,
         distributed=distributed,
     )
+
+
+def _recompute(r: _Reader, t: dict[str, Any]) -> Any:
+    """train.recompute, or what train.gradient_checkpointing implies; a contradiction is a problem."""
+    gc = t.get("gradient_checkpointing")
+    mode = r.get(t, "recompute", "train.recompute", "enum", optional=True, values=("full", "mlp", "none"))
+    if mode is None:
+        return "none" if gc is False else "full"
+    if isinstance(gc, bool) and gc != (mode != "none"):
+        r.problems.append(
+            f"train.recompute: {json.dumps(mode)} contradicts train.gradient_checkpointing: {json.dumps(gc)} "
+            '(false means recompute "none"; true means "full" or "mlp")'
+        )
+    return mode
 
 
 def parse_merge_plan(raw: Any, source: str = "merge_plan.json") -> MergePlan:

@@ -23,6 +23,7 @@ from . import distributed
 from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
+from .lora import set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
 from .protocol import TrainPlan, emit, log
@@ -191,19 +192,26 @@ def train(plan: TrainPlan) -> None:
 
     # ---- model, data, optimizer -------------------------------------------------------------------------
     phase = "loading the model"
+    # FSDP: loaded straight into each rank's shards (no whole copy per GPU); DDP: loaded whole, wrapped below.
+    shard = (lambda m: dist.shard(m, device)) if dist is not None and dist.strategy == "fsdp" else None
     model = load_for_training(
-        plan.model.path, plan.model.dtype, device, plan.method.type, lora, lora_layers, t.seed, quant
+        plan.model.path, plan.model.dtype, device, plan.method.type, lora, lora_layers, t.seed, quant, shard
     )
     if model.quantization is not None:
         log(f"QLoRA: decoder projections in NF4 ({model.quantization['source']})")
     trainable = set_trainable(model, plan)
-    model.gradient_checkpointing = t.gradient_checkpointing
+    if hasattr(model, "recompute"):  # our models; the generic backend has only gradient_checkpointing
+        model.recompute = t.recompute
+        model.offload_activations = t.offload_activations
+    else:
+        model.gradient_checkpointing = t.gradient_checkpointing
+    if lora is not None:
+        set_lora_compute(model, t.lora_compute)
     model.train()
     n_total = count_params(model)
     n_train = sum(p.numel() for p in trainable)
-    if dist is not None:
-        # Every rank built the same model (same seed); now shard it (fsdp) or replicate it (ddp).
-        model = dist.wrap(model, device)
+    if dist is not None and shard is None:
+        model = dist.wrap(model, device)  # ddp: every rank built the same model (same seed)
         trainable = [p for p in model.parameters() if p.requires_grad]
     train_packs = read_shards(plan.data.train)
     if not train_packs:
@@ -452,8 +460,10 @@ def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineErro
     advice = [
         f"lower train.micro_batch_size (now {t.micro_batch_size}) and raise grad_accum to keep the batch"
     ]
-    if not t.gradient_checkpointing:
-        advice.append("set train.gradient_checkpointing: true")
+    if t.recompute != "full":
+        advice.append(f'set train.recompute: "full" (now "{t.recompute}")')
+    if not t.offload_activations:
+        advice.append("set train.offload_activations: true")
     if plan.method.type != "qlora":
         advice.append("use method qlora (4-bit base weights)")
     advice.append("lower the data max length (shorter packs)")

@@ -14,6 +14,7 @@ its own sample (the block-diagonal causal mask in `attention`, the one function 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..lora import Linear, resolve_targets
+from ..lora import Linear, lora_forward, resolve_targets
 from ..protocol import LoraSpec
 
 SUPPORTED = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -262,9 +263,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
         B, T, _ = x.shape
         D = self.c.head_dim
-        q = self.q_proj(x).view(B, T, -1, D)
-        k = self.k_proj(x).view(B, T, -1, D)
-        v = self.v_proj(x).view(B, T, -1, D)
+        q, k, v = lora_forward((self.q_proj, self.k_proj, self.v_proj), x)  # one x·Aᵀ GEMM for the three
+        q, k, v = q.view(B, T, -1, D), k.view(B, T, -1, D), v.view(B, T, -1, D)
         if self.c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, D]
@@ -291,7 +291,8 @@ class MLP(nn.Module):
         self.down_proj = lin("down_proj", c.intermediate_size, c.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = lora_forward((self.gate_proj, self.up_proj), x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -301,10 +302,43 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(c, lora, targets)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MLP(c, lora, targets)
+        self.checkpoint_mlp = False  # recompute "mlp": the MLP block's activations are recomputed in backward
+
+    def mlp_block(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.post_attention_layernorm(x))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        if self.checkpoint_mlp and self.training and torch.is_grad_enabled():
+            # Only x [B, T, C] is kept; gate, up, silu(gate) and their product (4 × [B, T, intermediate],
+            # the largest activations of the layer) are recomputed in the backward pass.
+            return x + checkpoint(self.mlp_block, x, use_reentrant=False)
+        return x + self.mlp_block(x)
+
+
+RECOMPUTE = ("full", "mlp", "none")
+
+
+def offload_saved_tensors(min_bytes: int = 1 << 16) -> torch.autograd.graph.saved_tensors_hooks:
+    """Tensors saved for backward go to CPU memory (pinned when they come from a GPU, copied without
+    blocking on the current stream, which orders the copies back before their use) and return in the
+    backward pass. Unlike torch's `save_on_cpu`, parameters (the frozen weights every GEMM saves) and small
+    tensors stay where they are: copying the 16 GB of an 8B model's weights each step would be the cost."""
+
+    def pack(t: torch.Tensor) -> Any:
+        if isinstance(t, nn.Parameter) or t.numel() * t.element_size() < min_bytes:
+            return t
+        cpu = torch.empty(t.shape, dtype=t.dtype, layout=t.layout, pin_memory=t.is_cuda)
+        cpu.copy_(t, non_blocking=t.is_cuda)
+        return (t.device, cpu)
+
+    def unpack(packed: Any) -> torch.Tensor:
+        if isinstance(packed, torch.Tensor):
+            return packed
+        device, cpu = packed
+        return cpu.to(device, non_blocking=True)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 class Body(nn.Module):
@@ -332,9 +366,33 @@ class CausalLM(nn.Module):
             self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         inv_freq, self.rope_scale = rope_inv_freq(c)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.gradient_checkpointing = False
+        # train.recompute: "full" = checkpoint every decoder layer, "mlp" = only each MLP block, "none".
+        self._recompute = "none"
+        # train.offload_activations: tensors saved for backward by the decoder go to (pinned) CPU memory.
+        self.offload_activations = False
         # Set by the loader for QLoRA: how the 4-bit base was made (saved beside the adapter for merging).
         self.quantization: dict[str, Any] | None = None
+
+    @property
+    def recompute(self) -> str:
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, mode: str) -> None:
+        if mode not in RECOMPUTE:
+            raise ValueError(f"recompute: expected one of {RECOMPUTE}, got {mode!r}")
+        self._recompute = mode
+        for layer in self.model.layers:
+            layer.checkpoint_mlp = mode == "mlp"
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """The older switch: True = recompute "full", False = "none"."""
+        return self._recompute != "none"
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self.recompute = "full" if on else "none"
 
     def reset_buffers(self) -> None:
         """Recompute non-persistent buffers (after building on the meta device and `to_empty`)."""
@@ -355,12 +413,18 @@ class CausalLM(nn.Module):
         cos = (emb.cos() * self.rope_scale).to(x.dtype)
         sin = (emb.sin() * self.rope_scale).to(x.dtype)
         seg = segments(sample_ids) if use_varlen(x) else Segments(sample_ids, sample_ids, 0)
-        for layer in self.model.layers:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, seg, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, seg)
-        return self.model.norm(x)
+        training = self.training and torch.is_grad_enabled()
+        offload = (
+            offload_saved_tensors() if self.offload_activations and training else contextlib.nullcontext()
+        )
+        with offload:
+            for layer in self.model.layers:
+                if self._recompute == "full" and training:
+                    # Saved: the layer's inputs only (offloaded too when offload_activations is on).
+                    x = checkpoint(layer, x, cos, sin, seg, use_reentrant=False)
+                else:
+                    x = layer(x, cos, sin, seg)
+            return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.output_weight)

@@ -1,0 +1,363 @@
+"""The training fast path on CPU: the fused LoRA Function (lora.py), shared-input adapters, recompute and
+offload settings (models/llama.py), and their plan fields. GPU speed and memory: bench/train/run.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_hf_model, make_plan, random_samples, run_engine, write_plan, write_shard
+from test_lora import packed_batch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tuna_engine.errors import EngineError
+from tuna_engine.lora import Linear, lora_forward, set_lora_compute
+from tuna_engine.models import llama, load_model
+from tuna_engine.protocol import LoraSpec, parse_train_plan
+from tuna_engine.train import weighted_ce_sum
+
+
+def spec(r: int = 4, dropout: float = 0.0, dora: bool = False) -> LoraSpec:
+    return LoraSpec(
+        r=r, alpha=2.0 * r, dropout=dropout, target_modules=("all-linear",), use_rslora=False, use_dora=dora
+    )
+
+
+def make_linears(in_f: int, outs: list[int], r: int, seed: int, dtype: torch.dtype, bias: bool = False):
+    """Adapted `Linear`s with random base weights (in `dtype`) and random non-zero fp32 adapters."""
+    g = torch.Generator().manual_seed(seed)
+    lins = []
+    for o in outs:
+        lin = Linear(in_f, o, bias, spec(r))
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(o, in_f, generator=g) / in_f**0.5)
+            if bias:
+                lin.bias.copy_(torch.randn(o, generator=g))
+            lin.lora_A.weight.copy_(torch.randn(r, in_f, generator=g) / in_f**0.5)
+            lin.lora_B.weight.copy_(torch.randn(o, r, generator=g) / r**0.5)
+        lin.weight.data = lin.weight.data.to(dtype)
+        if bias:
+            lin.bias.data = lin.bias.data.to(dtype)
+        lin.weight.requires_grad_(False)
+        if bias:
+            lin.bias.requires_grad_(False)
+        lins.append(lin)
+    return lins
+
+
+def run_group(lins, x: torch.Tensor, mode: str, seed: int = 9):
+    """Outputs and grads (x, every A and B) of `lins` reading x, with a random upstream gradient."""
+    for lin in lins:
+        lin.lora_compute = mode
+        lin.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    ys = lora_forward(lins, x)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((y.float() * torch.randn(y.shape, generator=g)).sum() for y in ys)
+    loss.backward()
+    grads = [x.grad] + [p.grad for lin in lins for p in (lin.lora_A.weight, lin.lora_B.weight)]
+    return [y.detach() for y in ys], grads
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30))
+
+
+SHAPES = [  # (tokens per row, in_features, out_features of the group, r): several not multiples of 16
+    (7, 33, [19], 3),
+    (50, 64, [64, 16, 16], 8),
+    (13, 45, [90, 90], 5),
+]
+
+
+@pytest.mark.parametrize("T,in_f,outs,r", SHAPES)
+def test_fast_function_equals_exact_in_fp32(T: int, in_f: int, outs: list[int], r: int) -> None:
+    lins = make_linears(in_f, outs, r, seed=T, dtype=torch.float32, bias=True)
+    x = torch.randn(2, T, in_f, generator=torch.Generator().manual_seed(1))
+    ref_y, ref_g = run_group(lins, x, "exact")
+    got_y, got_g = run_group(lins, x, "auto")
+    for a, b in zip(got_y + got_g, ref_y + ref_g, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert rel(a, b) < 1e-6, rel(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,in_f,outs,r", SHAPES)
+def test_fast_function_16bit_error_no_worse_than_peft(
+    dtype: torch.dtype, T: int, in_f: int, outs: list[int], r: int
+) -> None:
+    """16-bit: both paths measured against the same model in fp64; the fast path's error may be at most about
+    twice the exact (peft) path's."""
+    lins = make_linears(in_f, outs, r, seed=T, dtype=dtype)
+    x = torch.randn(2, T, in_f, generator=torch.Generator().manual_seed(2)).to(dtype)
+    exact_y, exact_g = run_group(lins, x, "exact")
+    fast_y, fast_g = run_group(lins, x, "auto")
+    ref_lins = make_linears(in_f, outs, r, seed=T, dtype=dtype)
+    for lin in ref_lins:  # the same (16-bit-rounded) weights, computed in fp64
+        lin.to(torch.float64)
+    ref_y, ref_g = run_group(ref_lins, x.double(), "exact")
+    for fast, exact, ref in zip(fast_y + fast_g, exact_y + exact_g, ref_y + ref_g, strict=True):
+        assert fast.dtype == exact.dtype  # outputs and dx in 16 bits, adapter grads in fp32
+        assert rel(fast, ref) <= 2 * rel(exact, ref) + 2e-3, (rel(fast, ref), rel(exact, ref))
+
+
+class CountMM(TorchDispatchMode):
+    """Records the output shapes of the matrix products run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+def test_qkv_share_one_x_times_A_gemm_and_save_no_fp32_copy() -> None:
+    """q/k/v on the fast path: x·[A_q;A_k;A_v]ᵀ is ONE GEMM of width 3r (exact: three of width r), and
+    what is saved for backward is x itself (same storage, once for the three) plus xA — no fp32 copy."""
+    N, C, r = 100, 48, 4  # N·C above any weight's size, so "big" below means activations
+    lins = make_linears(C, [48, 24, 24], r, seed=0, dtype=torch.bfloat16)
+    x = torch.randn(1, N, C).bfloat16().requires_grad_()
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    for mode, widths in (("exact", [r, r, r]), ("auto", [3 * r])):
+        for lin in lins:
+            lin.lora_compute = mode
+        saved.clear()
+        with CountMM() as mm, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lora_forward(lins, x)
+        assert sorted(s[1] for s in mm.shapes if s[0] == N and s[1] <= 3 * r) == widths, mode
+        big = [t for t in saved if t.numel() >= N * C and not isinstance(t, torch.nn.Parameter)]
+        if mode == "exact":
+            assert sum(t.dtype == torch.float32 for t in big) == 3  # peft: x in fp32, once per projection
+        else:
+            assert all(
+                t.dtype == torch.bfloat16 and t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+                for t in big
+            )
+            xa = [t for t in saved if tuple(t.shape) == (N, 3 * r)]
+            assert len(xa) == 1 and xa[0].dtype == torch.bfloat16
+
+
+def test_dora_and_dropout_take_the_exact_path() -> None:
+    x = torch.randn(2, 5, 16)
+    lin = Linear(16, 8, False, spec(dora=True))
+    lin.lora_compute = "auto"
+    assert not lin.fast_path(x, x[..., :8])
+    lin = Linear(16, 8, False, spec(dropout=0.1))
+    lin.lora_compute = "auto"
+    assert not lin.fast_path(x, x[..., :8])  # training mode: dropout would need its mask saved
+    lin.eval()
+    assert lin.fast_path(x, x[..., :8])  # no dropout at evaluation
+
+
+def model_step(model_dir: Path, dtype: str, mode: str, recompute: str = "none", offload: bool = False):
+    """Loss and adapter grads of one packed batch through our model (every adapter randomised, B ≠ 0)."""
+    model = load_model(str(model_dir), dtype, torch.device("cpu"), spec(r=4), seed=1)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.requires_grad_(".lora_" in n)
+            if ".lora_B" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    assert set_lora_compute(model, mode) == 14
+    model.recompute, model.offload_activations = recompute, offload
+    model.train()
+    samples = random_samples(5, seed=3)
+    batch = packed_batch(samples, per_row=2)
+    loss = weighted_ce_sum(model, batch) / batch.loss_weight[:, 1:].sum()
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-qwen3")
+    make_hf_model(path, "qwen3")
+    return path
+
+
+def test_fp32_model_auto_equals_exact(tiny_dir: Path) -> None:
+    ref_loss, ref = model_step(tiny_dir, "float32", "exact")
+    loss, got = model_step(tiny_dir, "float32", "auto")
+    assert abs(loss - ref_loss) / ref_loss < 1e-6
+    for k in ref:
+        assert rel(got[k], ref[k]) < 1e-5, k
+
+
+def test_bf16_model_auto_close_to_exact(tiny_dir: Path) -> None:
+    ref_loss, ref = model_step(tiny_dir, "float32", "exact")
+    exact_loss, exact = model_step(tiny_dir, "bfloat16", "exact")
+    loss, got = model_step(tiny_dir, "bfloat16", "auto")
+    assert abs(loss - ref_loss) <= 2 * abs(exact_loss - ref_loss) + 2e-3
+    for k in ref:
+        assert rel(got[k], ref[k]) <= 2 * rel(exact[k], ref[k]) + 2e-2, k
+
+
+@pytest.mark.parametrize(
+    "recompute,offload", [("full", False), ("mlp", False), ("none", True), ("full", True)]
+)
+def test_recompute_and_offload_settings_give_the_same_loss_and_grads(
+    tiny_dir: Path, recompute: str, offload: bool
+) -> None:
+    ref_loss, ref = model_step(tiny_dir, "float32", "exact", "none")
+    loss, got = model_step(tiny_dir, "float32", "exact", recompute, offload)
+    assert abs(loss - ref_loss) / ref_loss < 1e-6
+    for k in ref:
+        assert rel(got[k], ref[k]) < 1e-5, (k, recompute, offload)
+
+
+def saved_bytes(model_dir: Path, recompute: str) -> int:
+    """Bytes the forward pass keeps for backward (parameters excluded), as the autograd hooks see them."""
+    model = load_model(str(model_dir), "float32", torch.device("cpu"), spec(r=4))
+    for n, p in model.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    model.recompute = recompute
+    model.train()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if not isinstance(t, torch.nn.Parameter):
+            total += t.numel() * t.element_size()
+        return t
+
+    batch = packed_batch(random_samples(4, min_len=20, max_len=24, seed=1), per_row=1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(batch.input_ids, batch.position_ids, batch.sample_ids)
+    return total
+
+
+def test_memory_order_none_mlp_full(tiny_dir: Path) -> None:
+    none, mlp, full = (saved_bytes(tiny_dir, m) for m in ("none", "mlp", "full"))
+    assert none > mlp > full, (none, mlp, full)
+
+
+def test_offload_with_full_recompute_moves_only_layer_inputs(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With full recompute, what goes to CPU is each layer's input [B, T, C] (plus the rotary tables and
+    the final norm's inputs), never the layers' internals; parameters are never copied."""
+    copied: list[torch.Tensor] = []
+    real_hooks = llama.offload_saved_tensors
+
+    def recording() -> torch.autograd.graph.saved_tensors_hooks:
+        hooks = real_hooks(min_bytes=0)
+        pack = hooks.pack_hook
+
+        def rec(t: torch.Tensor):  # type: ignore[no-untyped-def]
+            out = pack(t)
+            if out is not t:
+                copied.append(t)
+            return out
+
+        hooks.pack_hook = rec
+        return hooks
+
+    monkeypatch.setattr(llama, "offload_saved_tensors", recording)
+    model_step(tiny_dir, "float32", "auto", "full", offload=True)
+    C = 64
+    assert not any(isinstance(t, torch.nn.Parameter) for t in copied)
+    hidden = [t for t in copied if t.dim() == 3 and t.shape[-1] == C]
+    assert len(hidden) >= 2  # the two layers' inputs
+    assert all(t.shape[-1] in (C, 16, 1) for t in copied), [
+        tuple(t.shape) for t in copied
+    ]  # C, head_dim, rstd
+
+
+def test_compiled_layer_runs_the_fast_path_and_mlp_recompute(tiny_dir: Path) -> None:
+    """Regional torch.compile (train.compile) over a decoder layer with the LoRA Function and the MLP
+    checkpoint inside: same loss and grads as eager (inductor on CPU, a few seconds of compilation)."""
+    torch._dynamo.reset()
+    ref_loss, ref = model_step(tiny_dir, "float32", "auto", "mlp")
+    model = load_model(str(tiny_dir), "float32", torch.device("cpu"), spec(r=4), seed=1)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.requires_grad_(".lora_" in n)
+            if ".lora_B" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    set_lora_compute(model, "auto")
+    model.recompute = "mlp"
+    model.train()
+    for layer in model.model.layers:
+        layer.compile()
+    batch = packed_batch(random_samples(5, seed=3), per_row=2)
+    loss = weighted_ce_sum(model, batch) / batch.loss_weight[:, 1:].sum()
+    loss.backward()
+    assert abs(float(loss) - ref_loss) / ref_loss < 1e-5
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert rel(p.grad, ref[n]) < 1e-4, n
+
+
+def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
+    """A few steps of `train` on a tiny bf16 model: the loss curves of auto and exact agree within bf16 noise."""
+    make_hf_model(tmp_path / "m", "qwen3")
+    samples = random_samples(4, seed=4)  # every step sees the same 4 samples, so the loss must fall
+    shard = write_shard(tmp_path / "t.safetensors", samples)
+    losses = {}
+    for mode in ("exact", "auto"):
+        plan = make_plan(
+            tmp_path / mode,
+            tmp_path / "m",
+            [shard],
+            max_steps=6,
+            learning_rate=1e-2,
+            lora_compute=mode,
+            recompute="mlp",
+            gradient_checkpointing=True,
+        )
+        plan["model"]["dtype"] = "bfloat16"
+        code, events, err = run_engine("train", write_plan(plan))
+        assert code == 0, err[-2000:]
+        losses[mode] = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses["auto"]) == 6
+    for a, b in zip(losses["auto"], losses["exact"], strict=True):
+        assert abs(a - b) / b < 2e-2, losses
+    assert losses["auto"][-1] < losses["auto"][0]
+
+
+@pytest.mark.parametrize(
+    "train,want",
+    [
+        ({"gradient_checkpointing": True}, ("auto", "full", False)),
+        ({"gradient_checkpointing": False}, ("auto", "none", False)),
+        (
+            {"gradient_checkpointing": True, "recompute": "mlp", "offload_activations": True},
+            ("auto", "mlp", True),
+        ),
+        (
+            {"gradient_checkpointing": False, "recompute": "none", "lora_compute": "exact"},
+            ("exact", "none", False),
+        ),
+    ],
+)
+def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
+    plan = make_plan(tmp_path, tmp_path, [tmp_path / "t"], **train)
+    t = parse_train_plan(plan).train
+    assert (t.lora_compute, t.recompute, t.offload_activations) == want
+
+
+@pytest.mark.parametrize(
+    "train,msg",
+    [
+        ({"gradient_checkpointing": False, "recompute": "mlp"}, 'train.recompute: "mlp" contradicts'),
+        ({"gradient_checkpointing": True, "recompute": "none"}, 'train.recompute: "none" contradicts'),
+        ({"lora_compute": "fast"}, 'train.lora_compute: expected one of "auto", "exact", got "fast"'),
+        ({"recompute": "attn"}, "train.recompute: expected one of"),
+    ],
+)
+def test_plan_field_errors(tmp_path: Path, train: dict, msg: str) -> None:
+    plan = make_plan(tmp_path, tmp_path, [tmp_path / "t"], **train)
+    with pytest.raises(EngineError) as e:
+        parse_train_plan(plan)
+    assert msg in e.value.message
