@@ -1,5 +1,7 @@
 """Generation (tuna_engine.generate) against transformers' `generate` on tiny random models, with and without
-LoRA/DoRA adapters (peft), plus batching, sampling and the stdin/stdout server."""
+LoRA/DoRA adapters (peft), plus batching, sampling and the stdin/stdout server. The default path on CPU is the
+static-cache decoder (decode.py, mode "eager"); it is also checked token for token against the original
+dynamic-cache path (mode "reference")."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 from helpers import REPO_ROOT, engine_env, make_hf_model
 
+from tuna_engine.errors import EngineError
 from tuna_engine.generate import Engine, load_for_generation
 from tuna_engine.protocol import GenerateRequest, parse_generate_plan
 
@@ -123,6 +126,145 @@ def test_batched_equals_unbatched_with_mixed_adapters(models, engine):
         assert len(alone) == r.max_new_tokens
 
 
+# ---- the static-cache path (decode.py) against the original path ---------------------------------------------
+
+
+def _adapters(models) -> dict[str, Path]:
+    return {"lora": models["dir"].parent / "lora", "dora": models["dir"].parent / "dora"}
+
+
+def _run_script(engine: Engine, arrivals: dict[int, list[GenerateRequest]]) -> dict[str, list[int]]:
+    """Requests arrive at given decode steps, wait for a free slot, and run to completion (the serve loop)."""
+    results: dict[str, list[int]] = {}
+    pending: list[GenerateRequest] = []
+    step = 0
+    while step <= max(arrivals) or pending or engine.active:
+        pending += arrivals.get(step, [])
+        while pending and engine.free_slots:
+            seq, _ = engine.start(pending.pop(0))
+            if engine.finish_reason(seq):
+                results[seq.req.id] = seq.generated
+                engine.release(seq)
+        for seq, _ in engine.step():
+            if engine.finish_reason(seq):
+                results[seq.req.id] = seq.generated
+                engine.release(seq)
+        step += 1
+    return results
+
+
+def _record_steps(engine: Engine) -> list[tuple[int, int, bool]]:
+    """The (batch bucket, key bucket, adapters) of every decode step the static engine runs."""
+    dec = engine.decoder
+    assert dec is not None
+    keys: list[tuple[int, int, bool]] = []
+    step = dec._step
+
+    def recording(Bk: int, S: int, lora: bool):
+        keys.append((Bk, S, lora))
+        return step(Bk, S, lora)
+
+    dec._step = recording  # type: ignore[method-assign]
+    return keys
+
+
+def test_static_path_equals_reference_with_joins_and_mixed_adapters(models):
+    p = parse_generate_plan(plan(models["dir"], _adapters(models), batch=4))
+    static = load_for_generation(p, mode="eager")
+    reference = load_for_generation(p, mode="reference")
+    assert static.decoder is not None and reference.decoder is None
+    static.decoder.key_block = 4  # small key buckets so these short requests cross several of them
+    keys = _record_steps(static)
+    names = [None, "lora", "dora"]
+
+    def arrivals() -> dict[int, list[GenerateRequest]]:
+        reqs = [req(f"r{i}", p, 3 + 2 * i, names[i % 3]) for i, p in enumerate(PROMPTS)]
+        reqs.append(req("one", [7, 8], 1, "dora"))  # finishes at prefill
+        late = req("late", PROMPTS[4], 4, None)  # alone after the others: base-only steps
+        return {0: reqs[:2], 2: [reqs[2]], 3: [reqs[6]], 5: reqs[3:5], 9: [reqs[5]], 40: [late]}
+
+    got = _run_script(static, arrivals())
+    want = _run_script(reference, arrivals())
+    assert got == want
+    assert {k: len(v) for k, v in got.items()} == {
+        **{f"r{i}": 3 + 2 * i for i in range(6)},
+        "one": 1,
+        "late": 4,
+    }
+    batch_buckets = {k[0] for k in keys}
+    key_buckets = {k[1] for k in keys}
+    assert {1, 2, 4} <= batch_buckets and {8, 16, 32} <= key_buckets, keys
+    assert {False, True} == {k[2] for k in keys}  # base-only steps skip the adapter math
+    assert not static.active and sorted(static.free_slots) == [0, 1, 2, 3]
+
+
+def test_static_sampling_and_repetition_penalty_equal_reference(models):
+    p = parse_generate_plan(plan(models["dir"], _adapters(models), batch=4))
+    kw = dict(temperature=0.9, top_p=0.9, top_k=40, repetition_penalty=1.3)
+    reqs = [
+        req("s1", PROMPTS[2], 12, "lora", seed=7, **kw),
+        req("g", PROMPTS[0], 10, None),
+        req("gp", PROMPTS[3], 10, "dora", repetition_penalty=1.5),  # greedy, but processed logits
+        req("s2", PROMPTS[5], 9, None, seed=3, temperature=1.3),
+    ]
+    static = load_for_generation(p, mode="eager").generate(reqs)
+    reference = load_for_generation(p, mode="reference").generate(reqs)
+    assert static == reference
+    plain = load_for_generation(p, mode="eager").generate([req("gp", PROMPTS[3], 10, "dora")])
+    assert plain["gp"] != static["gp"]  # the penalty changed the greedy answer
+
+
+def test_request_longer_than_max_model_len_is_refused(models):
+    p = parse_generate_plan(plan(models["dir"], batch=2))
+    engine = load_for_generation(p, max_model_len=16, mode="eager")
+    assert engine.decoder is not None and engine.decoder.capacity == 16
+    with pytest.raises(EngineError) as e:
+        engine.start(req("long", PROMPTS[2], 6))  # 11 + 6 = 17
+    assert e.value.code == "REQUEST_TOO_LONG" and e.value.field == "max_new_tokens"
+    assert (
+        "11 tokens" in e.value.message and "17" in e.value.message and "max_model_len 16" in e.value.message
+    )
+    assert engine.free_slots == [0, 1] and not engine.active  # nothing was taken
+    # Exactly full: the last position of the cache is used, and the tokens are the reference's.
+    full = engine.generate([req("full", PROMPTS[2], 5), req("b", PROMPTS[1], 15)])
+    want = load_for_generation(p, mode="reference").generate(
+        [req("full", PROMPTS[2], 5), req("b", PROMPTS[1], 15)]
+    )
+    assert full == want and len(full["b"]) == 15
+
+
+def test_static_mode_selection(models, monkeypatch):
+    from tuna_engine.decode import batch_buckets, bucket_for
+
+    p = parse_generate_plan(plan(models["dir"], batch=6))
+    with pytest.raises(EngineError) as e:
+        load_for_generation(p, mode="graph")
+    assert e.value.code == "NO_CUDA"
+    monkeypatch.setenv("TUNA_GENERATE_MODE", "reference")
+    monkeypatch.setenv("TUNA_MAX_MODEL_LEN", "96")
+    engine = load_for_generation(p)
+    assert engine.mode == "reference" and engine.max_model_len == 96
+    monkeypatch.setenv("TUNA_GENERATE_MODE", "fast")
+    with pytest.raises(EngineError, match="TUNA_GENERATE_MODE"):
+        load_for_generation(p)
+    monkeypatch.delenv("TUNA_GENERATE_MODE")
+    engine = load_for_generation(p)
+    assert engine.mode == "eager" and engine.decoder is not None
+    assert batch_buckets(6) == [1, 2, 4, 6] and bucket_for(5, batch_buckets(6)) == 6
+    dec = engine.decoder
+    assert [dec.key_bucket(n) for n in (1, 256, 257, 96)] == [96, 96, 96, 96]  # capped at the capacity
+    dec.key_block = 8
+    assert [dec.key_bucket(n) for n in (1, 8, 9, 17, 33, 96)] == [8, 8, 16, 32, 64, 96]
+    # A decode step pads to the bucket: 3 rows give logits for 4, the padding rows attend to position 0.
+    logits, ids = dec.decode([5, 0, 9], [0, 0, 0], [0, 0, 0])
+    assert logits.shape == (4, engine.c.vocab_size) and ids.shape == (4,)
+    assert torch.equal(ids, logits.argmax(-1))
+    torch.testing.assert_close(logits[1], logits[3])  # same token at position 0 in two free slots
+    assert not torch.allclose(logits[0], logits[1])
+    # Row 0 (token 5 alone at position 0) is what a one-token prefill of [5] predicts.
+    torch.testing.assert_close(dec.prefill(torch.tensor([5]), 2, 0), logits[0], rtol=1e-5, atol=1e-5)
+
+
 def test_stop_ids_end_generation_and_are_included(models, engine):
     full = engine.generate([req("a", PROMPTS[0], 10)])["a"]
     stop = full[4]
@@ -210,7 +352,10 @@ def test_prequantized_4bit_model_generates_like_its_dequantized_weights(tmp_path
     assert sum(isinstance(m, Linear4bit) for m in e4.model.modules()) == 14
     e16 = load_for_generation(parse_generate_plan(plan(deq)))
     reqs = [req(f"r{i}", p, 8) for i, p in enumerate(PROMPTS[:3])]
-    assert e4.generate(reqs) == e16.generate(reqs)
+    got = e4.generate(reqs)
+    assert got == e16.generate(reqs)
+    assert e4.mode == "eager"  # the static path on NF4 weights = the original path
+    assert got == load_for_generation(parse_generate_plan(plan(qdir)), mode="reference").generate(reqs)
 
 
 def test_server_streams_tokens_and_handles_cancel_and_bad_requests(models, engine, tmp_path):
@@ -231,12 +376,13 @@ def test_server_streams_tokens_and_handles_cancel_and_bad_requests(models, engin
         {"id": "unknown", "prompt_ids": [1], "max_new_tokens": 2, "adapter": "nope", **base},
         {"id": "c", "prompt_ids": PROMPTS[1], "max_new_tokens": 50, "adapter": None, **base},
         {"type": "cancel", "id": "c"},
+        {"id": "long", "prompt_ids": PROMPTS[2], "max_new_tokens": 60, "adapter": None, **base},
     ]
     p = subprocess.run(
         [sys.executable, "-m", "tuna_engine", "generate", "--plan", str(plan_path)],
         input="".join(json.dumps(x) + "\n" for x in lines),
         cwd=REPO_ROOT,
-        env=engine_env(),
+        env={**engine_env(), "TUNA_MAX_MODEL_LEN": "64"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -247,6 +393,7 @@ def test_server_streams_tokens_and_handles_cancel_and_bad_requests(models, engin
     errors = {e["id"]: e for e in events if e["event"] == "error"}
     assert errors["bad"]["code"] == "REQUEST_INVALID" and "max_new_tokens" in errors["bad"]["message"]
     assert errors["unknown"]["code"] == "ADAPTER_UNKNOWN"
+    assert errors["long"]["code"] == "REQUEST_TOO_LONG" and "max_model_len 64" in errors["long"]["message"]
     finished = {e["id"]: e for e in events if e["event"] == "finished"}
     assert finished["a"]["reason"] == "length" and finished["a"]["generated_tokens"] == 6
     assert finished["b"]["reason"] == "length" and finished["b"]["prompt_tokens"] == len(PROMPTS[2])
