@@ -66,6 +66,13 @@ export const TrainConfig = z
     gradient_checkpointing: z.boolean().default(true),
     /** CUDA: regional torch.compile of the decoder layers (1.5–1.8× measured; docs/performance.md). */
     compile: z.boolean().default(false),
+    /** LoRA adapter math: auto = fused 16-bit Function (fast path), exact = peft's fp32 math bit for bit. */
+    lora_compute: z.enum(["auto", "exact"]).default("auto"),
+    /** What the backward pass recomputes; when given it decides, else gradient_checkpointing does
+     * (true → full, false → none). gradient_checkpointing: false with full/mlp is a contradiction. */
+    recompute: z.enum(["full", "mlp", "none"]).optional(),
+    /** Activations saved for backward wait in pinned CPU memory (less GPU memory, PCIe traffic). */
+    offload_activations: z.boolean().default(false),
     /** Stop after this many validation evaluations without a new best (needs eval_every); absent = never. */
     early_stopping_patience: z.number().int().positive().optional(),
     log_every: z.number().int().positive().default(1),
@@ -74,7 +81,16 @@ export const TrainConfig = z
     /** Checkpoint every N steps (0 = only at the end). */
     save_every: z.number().int().min(0).default(0),
   })
-  .strict();
+  .strict()
+  .superRefine((t, ctx) => {
+    // gradient_checkpointing defaults to true, so only an explicit false can contradict recompute.
+    if (t.gradient_checkpointing === false && t.recompute !== undefined && t.recompute !== "none")
+      ctx.addIssue({
+        code: "custom",
+        path: ["recompute"],
+        message: `recompute "${t.recompute}" contradicts gradient_checkpointing: false (false means recompute "none"); drop one of them`,
+      });
+  });
 
 /** `distributed:` — training on several GPUs under torchrun (docs/distributed.md). */
 export const DistributedConfig = z

@@ -75,6 +75,13 @@ export const TrainPlan = z.object({
     gradient_checkpointing: z.boolean(),
     /** CUDA only: regional torch.compile of the decoder layers (docs/performance.md). Absent = off. */
     compile: z.boolean().optional(),
+    /** LoRA adapter math: auto = the fused 16-bit Function, exact = peft's fp32 math. Absent = auto. */
+    lora_compute: z.enum(["auto", "exact"]).optional(),
+    /** Recomputed in backward: every decoder layer, each MLP block, or nothing. Absent = from
+     * gradient_checkpointing (true → full, false → none); present, it must agree with it. */
+    recompute: z.enum(["full", "mlp", "none"]).optional(),
+    /** Tensors saved for backward by the decoder wait in pinned CPU memory. Absent = off. */
+    offload_activations: z.boolean().optional(),
     log_every: z.number().int().positive(),
     eval_every: z.number().int().min(0),
     save_every: z.number().int().min(0),

@@ -86,8 +86,12 @@ export function buildTrainPlan(args: {
       adam_beta1: 0.9,
       adam_beta2: 0.999,
       adam_eps: 1e-8,
-      gradient_checkpointing: t.gradient_checkpointing,
+      // recompute, when given, decides; else gradient_checkpointing (true → full, false → none).
+      gradient_checkpointing: (t.recompute ?? (t.gradient_checkpointing ? "full" : "none")) !== "none",
       compile: t.compile,
+      lora_compute: t.lora_compute,
+      recompute: t.recompute ?? (t.gradient_checkpointing ? "full" : "none"),
+      offload_activations: t.offload_activations,
       ...(t.early_stopping_patience ? { early_stopping_patience: t.early_stopping_patience } : {}),
       log_every: t.log_every,
       eval_every: t.eval_every,
