@@ -313,7 +313,9 @@ class Decoder:
         h = self.host.numpy()
         h[:, :Bk] = 0
         h[0, :n], h[1, :n], h[2, :n] = ids, positions, adapters
-        self.inputs[:, :Bk].copy_(self.host[:, :Bk], non_blocking=True)
+        # Whole buffers (contiguous, pinned): an async copy; the caller's per-step sync keeps the host buffer
+        # from being rewritten before the copy has run.
+        self.inputs.copy_(self.host, non_blocking=True)
         key = (Bk, S, lora)
         if not self.use_graphs:
             self.stats["eager_steps"] += 1
