@@ -3,6 +3,12 @@ in ONE run on ONE card: batch 16, 128-token prompts, 256 new tokens, greedy, war
 Qwen3 architectures. Also measures the weight-read floor: the model's bytes over the card's device-to-device copy
 bandwidth measured in the same run (a decode step cannot be faster than reading every weight once).
 
+Rows: transformers `generate`; Tuna in each mode (TUNA_GENERATE_MODE): `reference` (the original dynamic-cache
+path), `eager` (static cache, no graphs), `graph` (static cache + CUDA graphs, the default on CUDA). ms/step for
+Tuna is decode steps only (prefills are eager in every mode and timed apart). The launch-bound rows (HF,
+reference, eager) decode --slow-new tokens (32) instead of 256 to keep the run short; their per-step time
+hardly depends on the context length at these sizes. Graph mode captures every bucket's graph before timing.
+
     PYTHONPATH=engine python bench/generate/run.py --models qwen3-0.6b,qwen3-8b --out /tmp/gen.json
 """
 
@@ -20,10 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench/train"))
-from run import make_model_dir  # noqa: E402  (the same random model directories as bench/train)
-
-from tuna_engine.generate import load_for_generation, requests_from_dicts  # noqa: E402
-from tuna_engine.protocol import parse_generate_plan  # noqa: E402
+from run import make_model_dir
+from tuna_engine.generate import Engine, requests_from_dicts
+from tuna_engine.models import load_model
 
 
 def log(msg: str) -> None:
@@ -60,9 +65,9 @@ def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
     x = torch.tensor(ids, device="cuda")
-    kw = dict(do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+    kw = {"do_sample": False, "max_new_tokens": new, "min_new_tokens": new, "pad_token_id": 0}
     with torch.no_grad():
-        model.generate(x, **{**kw, "max_new_tokens": 16, "min_new_tokens": 16})  # warm-up
+        model.generate(x, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = model.generate(x, **kw)
@@ -72,34 +77,61 @@ def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
     del model
     gc.collect()
     torch.cuda.empty_cache()
-    return {"tokens_per_s": n / dt, "seconds": dt, "ms_per_step": 1000 * dt / new, "first_row": out[0, x.shape[1]:x.shape[1] + 8].tolist()}
+    # ms_per_step includes the one batched prefill (1/new of the time).
+    return {"new_tokens": new, "tokens_per_s": n / dt, "seconds": dt, "ms_per_step": 1000 * dt / new,
+            "first_row": out[0, x.shape[1]:x.shape[1] + 8].tolist()}
 
 
-def bench_tuna(model_dir: Path, ids: list[list[int]], new: int) -> dict:
-    plan = parse_generate_plan({
-        "version": 1, "command": "generate", "model": {"path": str(model_dir), "dtype": "bfloat16"},
-        "adapters": {}, "device": "cuda", "max_batch_size": len(ids),
-    })
-    engine = load_for_generation(plan)
+def _requests(ids: list[list[int]], new: int, tag: str):
+    return requests_from_dicts([
+        {"id": f"{tag}{i}", "prompt_ids": p, "max_new_tokens": new, "temperature": 0, "top_p": 1, "top_k": 0,
+         "repetition_penalty": 1, "seed": None, "stop_ids": [], "adapter": None}
+        for i, p in enumerate(ids)
+    ])
 
-    def reqs(n: int, tag: str):
-        return requests_from_dicts([
-            {"id": f"{tag}{i}", "prompt_ids": p, "max_new_tokens": n, "temperature": 0, "top_p": 1, "top_k": 0,
-             "repetition_penalty": 1, "seed": None, "stop_ids": [], "adapter": None}
-            for i, p in enumerate(ids)
-        ])
 
-    engine.generate(reqs(16, "w"))  # warm-up
+def _run(engine: Engine, ids: list[list[int]], new: int, tag: str) -> tuple[dict[str, list[int]], float, float, int]:
+    """Prefill every request (eager, one at a time), then decode until all finish. Returns the outputs, the
+    prefill seconds, the decode seconds and the number of decode steps (each step ends in a host sync)."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    out = engine.generate(reqs(new, "r"))
+    for r in _requests(ids, new, tag):
+        engine.start(r)
     torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out: dict[str, list[int]] = {}
+    steps = 0
+    while engine.active:
+        for seq, _ in engine.step():
+            if engine.finish_reason(seq):
+                out[seq.req.id] = seq.generated
+                engine.release(seq)
+        steps += 1
+    torch.cuda.synchronize()
+    return out, t1 - t0, time.perf_counter() - t1, steps
+
+
+def bench_tuna(model, ids: list[list[int]], new: int, mode: str) -> dict:
+    """One Engine over the already loaded model. ms_per_step is decode steps only (all rows active); the
+    prefills are timed apart (they are eager in every mode)."""
+    engine = Engine(model, {}, len(ids), max_model_len=len(ids[0]) + new, mode=mode)
+    if engine.decoder is not None and engine.decoder.use_graphs:
+        t = time.perf_counter()
+        engine.decoder.capture_all()
+        log(f"    captured {engine.decoder.stats['captures']} graphs in {time.perf_counter() - t:.1f} s")
+    _run(engine, ids, min(new, 8), "w")  # warm-up
+    out, prefill_s, decode_s, steps = _run(engine, ids, new, "r")
     n = sum(len(v) for v in out.values())
+    res = {
+        "mode": mode, "new_tokens": new, "tokens_per_s": n / (prefill_s + decode_s), "ms_per_step": 1000 * decode_s / steps,
+        "prefill_ms_per_request": 1000 * prefill_s / len(ids), "decode_steps": steps, "first_row": out["r0"][:8],
+    }
+    if engine.decoder is not None:
+        res["decoder_stats"] = dict(engine.decoder.stats)
     del engine
     gc.collect()
     torch.cuda.empty_cache()
-    return {"tokens_per_s": n / dt, "seconds": dt, "ms_per_step": 1000 * dt / new, "first_row": out["r0"][:8]}
+    return res
 
 
 def main() -> None:
@@ -108,35 +140,56 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--slow-new", type=int, default=32,
+                    help="new tokens for the launch-bound rows (HF, tuna reference, tuna eager), to keep the run short")
+    ap.add_argument("--modes", default="reference,eager,graph", help="Tuna modes to run (TUNA_GENERATE_MODE values)")
+    ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    t_start = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-genbench-"))
     bw = copy_bandwidth_gbs()
-    res = {"card": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "copy_GBps": bw, "models": {}}
+    res = {"card": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "copy_GBps": bw,
+           "settings": {k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")}, "models": {}}
     log(f"{res['card']}: copy bandwidth {bw:.0f} GB/s")
+    rows = ([] if args.skip_hf else ["hf_generate"]) + [f"tuna_{m}" for m in args.modes.split(",")]
     for name in args.models.split(","):
         d = make_model_dir(name, work)
         cfg = json.loads((d / "config.json").read_text())
         nbytes = sum(f.stat().st_size for f in d.glob("*.safetensors"))
         floor_ms = nbytes / (bw * 1e9 / 2) * 1000  # reading once = half of a copy's traffic
         ids = prompts(args.batch, args.prompt, cfg["vocab_size"])
-        r = {"weight_bytes": nbytes, "floor_ms_per_step": floor_ms}
-        r["hf_generate"] = bench_hf(d, ids, args.new)
-        log(f"  {name} HF {r['hf_generate']}")
-        r["tuna"] = bench_tuna(d, ids, args.new)
-        log(f"  {name} tuna {r['tuna']}")
-        r["tuna"]["speedup_vs_hf"] = r["tuna"]["tokens_per_s"] / r["hf_generate"]["tokens_per_s"]
-        r["tuna"]["step_over_floor"] = r["tuna"]["ms_per_step"] / floor_ms
-        r["hf_generate"]["step_over_floor"] = r["hf_generate"]["ms_per_step"] / floor_ms
-        r["same_greedy_start"] = r["tuna"]["first_row"] == r["hf_generate"]["first_row"]
+        slow = min(args.new, args.slow_new)
+        r: dict = {"weight_bytes": nbytes, "floor_ms_per_step": floor_ms}
+        if not args.skip_hf:
+            r["hf_generate"] = bench_hf(d, ids, slow)
+            log(f"  {name} HF {r['hf_generate']}")
+        model = load_model(str(d), "bfloat16", torch.device("cuda"))
+        for mode in args.modes.split(","):
+            r[f"tuna_{mode}"] = bench_tuna(model, ids, args.new if mode == "graph" else slow, mode)
+            log(f"  {name} tuna {mode} {r[f'tuna_{mode}']}")
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        for k in rows:
+            r[k]["step_over_floor"] = r[k]["ms_per_step"] / floor_ms
+            if "hf_generate" in r:
+                r[k]["speedup_vs_hf"] = r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
+        if "tuna_graph" in r and "tuna_eager" in r:
+            r["graph_first_row_equals_eager"] = r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
+        if "tuna_graph" in r and "hf_generate" in r:
+            r["graph_first_row_equals_hf"] = r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
         res["models"][name] = r
-    print("\nmodel        | impl         | tokens/s | ms/step | floor ms | step/floor | speed×")
+    res["wall_s"] = time.perf_counter() - t_start
+    print("\nmodel        | impl           | new | ms/step | floor ms | step/floor | speed× vs HF")
     for name, r in res["models"].items():
-        for k in ("hf_generate", "tuna"):
+        for k in rows:
             v = r[k]
-            print(f"{name:12} | {k:12} | {v['tokens_per_s']:8.0f} | {v['ms_per_step']:7.2f} | {r['floor_ms_per_step']:8.2f} | "
+            n = v.get("new_tokens", slow if k == "hf_generate" else args.new)
+            print(f"{name:12} | {k:14} | {n:3} | {v['ms_per_step']:7.2f} | {r['floor_ms_per_step']:8.2f} | "
                   f"{v['step_over_floor']:10.2f} | {v.get('speedup_vs_hf', 1):.2f}")
+    print(f"wall {res['wall_s']:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
 
