@@ -20,7 +20,6 @@ from tuna_engine.train import weighted_ce_sum
 pytestmark = pytest.mark.gpu
 
 
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoModelForCausalLM, Qwen3Config
@@ -76,6 +75,11 @@ def test_bf16_lora_step_matches_peft(model_dir: Path, dora: bool) -> None:
     )
     ours = load_model(str(model_dir), "bfloat16", dev, spec)
     from tuna_engine.export import adapter_tensors_for_model
+    from tuna_engine.lora import set_lora_compute
+
+    set_lora_compute(
+        ours, "exact"
+    )  # peft parity: peft's fp32 adapter math (the fast path: test_fastpath_gpu)
 
     mapped = adapter_tensors_for_model({k: v for k, v in pm.named_parameters() if "lora_" in k}, "peft")
     params = dict(ours.named_parameters())
