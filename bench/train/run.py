@@ -9,6 +9,11 @@ Prints tokens/s, peak GPU memory, MFU against a bf16 matmul measured in the same
 the same as JSON (--out). Run on a GPU:
 
     PYTHONPATH=engine python bench/train/run.py --models qwen3-0.6b,qwen3-8b --out /tmp/bench.json
+
+The fast-path comparison (issue 5; docs/performance.md), every setting against HF in one run:
+
+    PYTHONPATH=engine python bench/train/run.py --models qwen3-0.6b,qwen3-8b \\
+        --variants default,exact,fast,fast_mlp,fast_none,fast_offload --out /tmp/fast.json
 """
 
 from __future__ import annotations
@@ -193,7 +198,7 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
         launch += ["-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "--master-addr=127.0.0.1", "--master-port=29500"]
     (run / "plan.json").write_text(json.dumps(plan))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "engine"), "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", **(extra_env or {})}
-    proc = subprocess.run(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env=env, capture_output=True, text=True)
+    proc = subprocess.run(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], check=False, env=env, capture_output=True, text=True)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     steps_ev = [e for e in events if e.get("event") == "step"]
     errors = [e for e in events if e.get("event") == "error"]
@@ -214,6 +219,35 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
     }
 
 
+# Tuna variants: name -> (plan `train` overrides, engine environment, data lengths, what it is). The plan the
+# bench writes has gradient_checkpointing true and no other setting, so "default" is the engine's defaults.
+VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
+    "default": ({}, {}, "full", "the engine's defaults (lora_compute auto, recompute full, eager)"),
+    "exact": ({"lora_compute": "exact"}, {}, "full", "peft's fp32 adapter math (the engine before issue 5), eager"),
+    "fast": ({"compile": True}, {}, "full", "lora_compute auto + train.compile, recompute full"),
+    "fast_mlp": ({"compile": True, "recompute": "mlp"}, {}, "full", "fast, recomputing only the MLP blocks"),
+    "fast_none": ({"compile": True, "recompute": "none", "gradient_checkpointing": False}, {}, "full",
+                  "fast, no recomputation"),
+    "fast_offload": ({"compile": True, "offload_activations": True}, {}, "full",
+                     "fast, recompute full, layer inputs offloaded to pinned CPU memory"),
+    "fast_mlp_offload": ({"compile": True, "recompute": "mlp", "offload_activations": True}, {}, "full",
+                         "fast_mlp with its saved activations offloaded"),
+    "exact_compile": ({"lora_compute": "exact", "compile": True}, {}, "full",
+                      "exact + train.compile (the earlier compile row)"),
+    "mix": ({}, {}, "mix", "default on a support-transcript length mix, packed"),
+    "sdpa": ({}, {"TUNA_ATTENTION": "sdpa"}, "full", "default with the reference attention path (SDPA + block mask)"),
+    "nockpt": ({"gradient_checkpointing": False}, {}, "full", "default without gradient checkpointing"),
+    "compile": ({}, {"TUNA_COMPILE": "1"}, "full", "default + TUNA_COMPILE=1 (same as train.compile)"),
+}
+
+
+def variant(name: str) -> tuple[dict, dict, str]:
+    if name not in VARIANTS:
+        raise SystemExit(f"--variants: unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    extra, env, lengths, _ = VARIANTS[name]
+    return dict(extra), dict(env), lengths
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
@@ -222,14 +256,15 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="where model directories and runs go (default: a temp dir)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--variants", default="default",
-                    help="comma list of Tuna settings: default; mix (a support-transcript length mix, packed); "
-                         "sdpa (the reference attention path); nockpt (no gradient checkpointing: the speed setting); "
-                         "compile (TUNA_COMPILE=1: regional torch.compile of the decoder layers)")
+                    help="comma list of Tuna settings: " + "; ".join(f"{k}: {v[3]}" for k, v in VARIANTS.items()))
     ap.add_argument("--gpus", default="1", help="comma list of GPU counts for the scaling benchmark, e.g. 1,2,4 "
-                    "(each >1 runs the engine under torchrun; tuna_default_<n>gpu rows, with scaling vs 1 GPU)")
+                    "(each >1 runs the engine under torchrun; tuna_<variant>_<n>gpu rows, with scaling vs 1 GPU)")
+    ap.add_argument("--scaling-variant", default="default", choices=list(VARIANTS),
+                    help="the Tuna variant the --gpus rows run (its 1-GPU row, if in --variants, is the base)")
     ap.add_argument("--strategy", default="fsdp", choices=["fsdp", "ddp"])
     ap.add_argument("--out", default=None)
-    ap.add_argument("--profile-dir", default=None, help="write a per-operation profile of Tuna's third step here")
+    ap.add_argument("--profile-dir", default=None,
+                    help="write a per-operation profile of Tuna's third step here, one file per model and variant")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/train needs a CUDA GPU"
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-bench-"))
@@ -248,18 +283,18 @@ def main() -> None:
             r["hf_peft"] = bench_hf(model_dir, batch, seq, args.steps, args.warmup)
             log(f"  HF+PEFT {r['hf_peft']}")
         for v in args.variants.split(","):
-            extra = {"gradient_checkpointing": False} if v == "nockpt" else {}
-            env = {"TUNA_ATTENTION": "sdpa"} if v == "sdpa" else {"TUNA_COMPILE": "1"} if v == "compile" else {}
-            if args.profile_dir and v == "default":
-                env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}.txt")
-            lengths = "mix" if v == "mix" else "full"
+            extra, env, lengths = variant(v)
+            if args.profile_dir:
+                env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}-{v}.txt")
             r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env)
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
         for n in [int(g) for g in args.gpus.split(",") if int(g) > 1]:
-            key = f"tuna_default_{n}gpu"
-            r[key] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, {}, "full", {}, gpus=n,
+            sv = args.scaling_variant
+            key = f"tuna_{sv}_{n}gpu"
+            extra, env, lengths = variant(sv)
+            r[key] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env, gpus=n,
                                 strategy=args.strategy)
-            base = r.get("tuna_default", {})
+            base = r.get(f"tuna_{sv}", {})
             if "tokens_per_s" in r[key] and "tokens_per_s" in base:
                 r[key]["scaling_vs_1gpu"] = r[key]["tokens_per_s"] / (n * base["tokens_per_s"])
             log(f"  tuna[{n} GPUs, {args.strategy}] {r[key]}")
@@ -270,14 +305,14 @@ def main() -> None:
                     v["speedup_vs_hf"] = v["tokens_per_s"] / r["hf_peft"]["tokens_per_s"]
                     v["memory_vs_hf"] = v["peak_gib"] / r["hf_peft"]["peak_gib"]
         results["models"][name] = r
-    print("\nmodel        | impl           | tokens/s | peak GiB | MFU   | speed× | mem×")
+    print("\nmodel        | impl               | tokens/s | peak GiB | MFU   | speed× | mem×")
     for name, r in results["models"].items():
         for k, v in r.items():
             if isinstance(v, dict):
                 if "error" in v:
-                    print(f"{name:12} | {k:14} | error: {str(v['error'])[:200]}")
+                    print(f"{name:12} | {k:18} | error: {str(v['error'])[:200]}")
                     continue
-                print(f"{name:12} | {k:14} | {v['tokens_per_s']:8.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}")
+                print(f"{name:12} | {k:18} | {v['tokens_per_s']:8.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
