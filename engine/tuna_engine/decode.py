@@ -121,6 +121,13 @@ class _Rows:
 # ---- the decoder ------------------------------------------------------------------------------------------
 
 
+def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """models/llama.py's RMSNorm (fp32, cast back, then the weight) with F.rms_norm's fused kernel in the
+    middle: 4 kernels instead of 8 (bitwise equal on CPU; the decode step has four norms per layer)."""
+    y = F.rms_norm(x.float(), (x.shape[-1],), eps=module.eps)  # type: ignore[arg-type]
+    return module.weight * y.to(x.dtype)
+
+
 @dataclass
 class _Graph:
     graph: Any  # torch.cuda.CUDAGraph
@@ -209,18 +216,18 @@ class Decoder:
         for li, layer in enumerate(model.model.layers):
             pre = f"model.layers.{li}."
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
+            h = _norm(layer.input_layernorm, x)
             q = self._proj(pre + "self_attn.q_proj", attn.q_proj, h, rows).view(B, T, -1, D)
             k = self._proj(pre + "self_attn.k_proj", attn.k_proj, h, rows).view(B, T, -1, D)
             v = self._proj(pre + "self_attn.v_proj", attn.v_proj, h, rows).view(B, T, -1, D)
             if c.qk_norm:
-                q, k = attn.q_norm(q), attn.k_norm(k)
+                q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             y = attend(li, q, k, v)
             x = x + self._proj(pre + "self_attn.o_proj", attn.o_proj, y, rows)
             mlp = layer.mlp
-            h = layer.post_attention_layernorm(x)
+            h = _norm(layer.post_attention_layernorm, x)
             gate = self._proj(pre + "mlp.gate_proj", mlp.gate_proj, h, rows)
             up = self._proj(pre + "mlp.up_proj", mlp.up_proj, h, rows)
             x = x + self._proj(pre + "mlp.down_proj", mlp.down_proj, F.silu(gate) * up, rows)
@@ -247,7 +254,7 @@ class Decoder:
             return y.transpose(1, 2).reshape(1, P, -1)
 
         x = self._layers(x, cos, sin, attend, rows if adapter > 0 else None)
-        return self.model.logits(self.model.model.norm(x[0, -1])).float()
+        return self.model.logits(_norm(self.model.model.norm, x[0, -1])).float()
 
     # -- decode --------------------------------------------------------------------------------------------
 
@@ -277,7 +284,7 @@ class Decoder:
             return y.reshape(Bk, 1, KV * G * D)
 
         x = self._layers(x, cos, sin, attend, rows)
-        logits = self.model.logits(self.model.model.norm(x[:, -1])).float()
+        logits = self.model.logits(_norm(self.model.model.norm, x[:, -1])).float()
         return logits, logits.argmax(-1)
 
     def _capture(self, key: tuple[int, int, bool]) -> _Graph:
