@@ -26,9 +26,10 @@ from helpers import (
     write_shard,
 )
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from tuna_engine.data import Batch, micro_batches, read_shards
-from tuna_engine.distributed import Dist, full, local_numel, setup, shutdown, unwrap
+from tuna_engine.distributed import Dist, full, setup, shutdown, unwrap
 from tuna_engine.errors import EngineError
 from tuna_engine.models import Quant4bit, load_for_training
 from tuna_engine.protocol import LoraSpec
@@ -242,7 +243,9 @@ def _rank_worker(rank: int, model_dir: str, shard: str, port: int, out: str) -> 
         (ce_total,) = d.all_reduce_sum([ce], torch.device("cpu"))
         core = unwrap(model)
         grads = {n: full(p.grad).clone() for n, p in core.named_parameters() if p.requires_grad}
-        held = local_numel(model)
+        # Bytes, not elements: under FSDP the NF4 codes are held as bf16-typed bytes (use_float_storage).
+        local = [q.to_local() if isinstance(q, DTensor) else q for q in unwrap(model).parameters()]
+        held = sum(t.numel() * t.element_size() for t in local)
         if rank == 0:
             results[f"{method}/{strategy}"] = {
                 "loss": ce_total / weight,
@@ -280,7 +283,7 @@ def test_one_step_loss_and_gradients_equal_single_process(tmp_path: Path) -> Non
         assert r["grads"].keys() == ref.keys() and len(ref) > 0
         for n, g in ref.items():
             torch.testing.assert_close(r["grads"][n], g, atol=1e-5, rtol=1e-4, msg=f"{method}/{strategy} {n}")
-        storage = sum(p.numel() for p in model.parameters())
+        storage = sum(p.numel() * p.element_size() for p in model.parameters())
         if strategy == "fsdp":
             assert abs(r["held"] - storage / 2) <= storage * 0.02, (method, r["held"], storage)
         else:

@@ -16,6 +16,8 @@ do the projections named in `keep_16bit`. A pre-quantized bitsandbytes directory
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +28,10 @@ from safetensors import safe_open
 
 from ..errors import EngineError
 from ..lora import Linear
-from ..protocol import LoraSpec
+from ..protocol import LoraSpec, log
 from ..quant import Linear4bit, quantize_weight, read_quantization_config
 from ..quant.convert import QUANT_STATE_KEY, linear4bit_from_checkpoint, should_skip
+from ..quant.nf4 import parse_dtype
 from . import llama
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -193,9 +196,37 @@ def load_for_training(
     lora_layers: tuple[int, ...] | None,
     seed: int,
     quant: Quant4bit | None,
+    shard: Callable[[torch.nn.Module], None] | None = None,
 ) -> torch.nn.Module:
     """Our model code for the families we have (models/llama.py), else the generic transformers + peft backend
-    (models/generic.py; LoRA only). An architecture neither can load is UNSUPPORTED_ARCHITECTURE naming both."""
+    (models/generic.py; LoRA only). An architecture neither can load is UNSUPPORTED_ARCHITECTURE naming both.
+
+    `shard` (FSDP, distributed.py): the model comes back sharded by it, loaded straight into each rank's
+    shards (`load_model_sharded`); DoRA models and the generic backend are loaded whole, then sharded.
+    A CUDA out-of-memory while loading is an OOM error saying what to change."""
+    try:
+        model = _load_for_training(model_dir, dtype, device, method, lora, lora_layers, seed, quant, shard)
+    except torch.OutOfMemoryError as e:
+        raise EngineError(
+            "OOM",
+            f"out of GPU memory while loading the model {model_dir}: {str(e).splitlines()[0]}",
+            hint="use method qlora (4-bit base weights), more GPUs with distributed.strategy fsdp (each holds "
+            "1/N of the model), or a smaller model",
+        ) from e
+    return model
+
+
+def _load_for_training(
+    model_dir: str,
+    dtype: str,
+    device: torch.device,
+    method: str,
+    lora: LoraSpec | None,
+    lora_layers: tuple[int, ...] | None,
+    seed: int,
+    quant: Quant4bit | None,
+    shard: Callable[[torch.nn.Module], None] | None,
+) -> torch.nn.Module:
     try:
         model_config(model_dir)
     except EngineError as e:
@@ -217,8 +248,19 @@ def load_for_training(
                 f"{e.message}; a 4-bit checkpoint of it cannot be trained by the generic backend",
                 field="quantization_config",
             ) from e
-        return load_generic(model_dir, DTYPES[dtype], device, lora, lora_layers, seed, e.message)
-    return load_model(model_dir, dtype, device, lora, lora_layers, seed=seed, quant=quant)
+        model = load_generic(model_dir, DTYPES[dtype], device, lora, lora_layers, seed, e.message)
+        if shard is not None:
+            shard(model)  # refuses architectures it cannot shard, naming the fix
+        return model
+    if shard is not None and not (lora is not None and lora.use_dora):
+        model = load_model_sharded(model_dir, dtype, device, shard, lora, lora_layers, seed, quant)
+        log("loaded into FSDP shards (meta device, each rank reads its rows of every tensor)")
+        return model
+    model = load_model(model_dir, dtype, device, lora, lora_layers, seed=seed, quant=quant)
+    if shard is not None:
+        log("DoRA: loaded whole, then sharded (its magnitude vector needs whole base weights)")
+        shard(model)
+    return model
 
 
 def prequantized_config(model_dir: str) -> Any:
@@ -246,6 +288,255 @@ def load_model(
     """Build and load a model. A pre-quantized (bitsandbytes NF4) directory always loads with 4-bit
     projections; a 16-bit one gets them when `quant` is given (QLoRA)."""
     c = model_config(model_dir)
+    files = weight_files(model_dir)
+    four_bit, prequantized = _four_bit_names(c, files, model_dir, lora_layers, quant)
+    model = build_model(c, device, DTYPES[dtype], lora, lora_layers, four_bit)
+    quant_dtype = DTYPES[quant.dtype] if quant is not None and quant.dtype else None
+    load_weights(model, model_dir, files, quant_dtype)
+    model.quantization = _quantization_info(four_bit, prequantized, quant, dtype)
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_lora"):
+            m.reset_lora()
+    return model
+
+
+def _quantization_info(
+    four_bit: set[str] | None, prequantized: bool, quant: Quant4bit | None, dtype: str
+) -> dict[str, Any] | None:
+    """What a merge must redo to see the base this adapter was trained on (written beside the adapter)."""
+    if four_bit is None:
+        return None
+    return {
+        "quant_type": "nf4",
+        "source": "prequantized" if prequantized else "quantized_at_load",
+        "keep_16bit": list(quant.keep_16bit) if quant is not None and not prequantized else [],
+        "dtype": (quant.dtype if quant is not None and quant.dtype else dtype),
+        "blocksize": 64,
+        "double_quant": True,
+    }
+
+
+# ---- loading straight into FSDP shards ---------------------------------------------------------------------
+
+
+@torch.no_grad()
+def load_model_sharded(
+    model_dir: str,
+    dtype: str,
+    device: torch.device,
+    shard: Callable[[torch.nn.Module], None],
+    lora: LoraSpec | None = None,
+    lora_layers: tuple[int, ...] | None = None,
+    seed: int = 0,
+    quant: Quant4bit | None = None,
+) -> llama.CausalLM:
+    """`load_model` for FSDP without a whole copy per GPU: build on the meta device, `shard(model)`
+    (fully_shard: every parameter becomes a DTensor of this rank's rows), allocate only the local shards on
+    `device`, then read each rank's rows straight from the safetensors files (`get_slice`).
+
+    Peak device memory ≈ this rank's shard (+ one 16-bit projection when quantizing at load: it is read whole
+    to quantize, since double quantization needs the whole weight's absmax mean). The result equals
+    `load_model(...)` followed by sharding, LoRA initialisation included (same seed, same device generator)."""
+    c = model_config(model_dir)
+    files = weight_files(model_dir)
+    four_bit, prequantized = _four_bit_names(c, files, model_dir, lora_layers, quant)
+    tdtype = DTYPES[dtype]
+    quant_dtype = DTYPES[quant.dtype] if quant is not None and quant.dtype else tdtype
+    with ExitStack() as stack:
+        handles = {
+            path: stack.enter_context(safe_open(path, "pt", device="cpu"))
+            for path in sorted(set(files.values()))
+        }
+
+        def tensor(name: str) -> torch.Tensor:
+            return handles[files[name]].get_tensor(name)
+
+        def shape_of(name: str) -> tuple[int, ...]:
+            return tuple(handles[files[name]].get_slice(name).get_shape())
+
+        def check(name: str, want: tuple[int, ...]) -> None:
+            if shape_of(name) != want:
+                raise EngineError(
+                    "MODEL_WEIGHTS_MISMATCH",
+                    f"{files[name]}: tensor {name} has shape {list(shape_of(name))} but config.json implies "
+                    f"{list(want)}",
+                    hint="config.json and the safetensors files come from different models",
+                )
+
+        with torch.device("meta"):
+            model = llama.CausalLM(c, lora, lora_layers)
+        states: dict[str, dict[str, Any]] = {}
+        for name in sorted(four_bit or ()):
+            m = model.get_submodule(name)
+            state = _stored_quant_state(tensor, files, name) if prequantized else None
+            states[name] = state or {}
+            del m.weight, m.bias
+            m.weight = m.bias = None
+            m.base_layer = Linear4bit(
+                m.in_features,
+                m.out_features,
+                f"{name}.bias" in files,
+                compute_dtype=tdtype,
+                quant_dtype=parse_dtype(str(state["dtype"])) if state else quant_dtype,
+                blocksize=int(state["blocksize"]) if state else 64,
+                double_quant=("nested_offset" in state) if state else True,
+                nested_blocksize=int(state.get("nested_blocksize", 256)) if state else 256,
+                device="meta",
+            )
+        for name, p in model.named_parameters():
+            if not _is_lora(name) and ".base_layer." not in name:
+                p.data = p.data.to(tdtype)
+        _check_names(model, model_dir, files)  # before any allocation: a wrong directory fails fast
+        shard(model)
+        model.to_empty(device=device)
+        model.reset_buffers()
+        params, four_bit_mods = _check_names(model, model_dir, files)  # sharding replaced the parameters
+
+        for name, p in params.items():
+            check(name, tuple(p.shape))
+            _put(p, lambda rows, name=name: _read_rows(handles[files[name]], name, rows))
+        for name, m in four_bit_mods.items():
+            base = m.base_layer
+            assert base is not None
+            bias_key = f"{name}.bias"
+            if bias_key in files:
+                check(bias_key, (m.out_features,))
+                _put(base.bias, lambda rows, k=bias_key: _read_rows(handles[files[k]], k, rows))
+            if prequantized:
+                _fill_prequantized(base, name, handles, files, states[name])
+            else:
+                check(f"{name}.weight", (m.out_features, m.in_features))
+                q = quantize_weight(tensor(f"{name}.weight").to(device, quant_dtype))
+                _put(base.weight, lambda rows, q=q: q.packed.view(-1, 1)[rows], codes=True)
+                _put(base.absmax, lambda rows, q=q: q.absmax[rows], codes=True)
+                base.quant_map.copy_(q.quant_map)
+                assert q.nested_absmax is not None and q.nested_quant_map is not None
+                _put(base.nested_absmax, lambda rows, q=q: q.nested_absmax[rows])
+                base.nested_quant_map.copy_(q.nested_quant_map)
+                base.nested_offset.fill_(float(q.nested_offset or 0.0))
+                del q
+    model.quantization = _quantization_info(four_bit, prequantized, quant, dtype)
+    # LoRA initialisation exactly as load_model does it (same seed, same generator, same module order): each
+    # full adapter tensor is drawn on the device, then this rank keeps its rows.
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, Linear) and m.lora is not None:
+            if m.lora.use_dora:
+                raise EngineError(
+                    "UNSUPPORTED",
+                    "method.lora.use_dora: DoRA's magnitude needs whole base weights; the sharded loader "
+                    "does not compute it",
+                    hint="the caller loads DoRA models whole and shards them afterwards",
+                )
+            a = torch.empty(tuple(m.lora_A.weight.shape), dtype=torch.float32, device=device)
+            torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            _put(m.lora_A.weight, lambda rows, a=a: a[rows])
+            _put(m.lora_B.weight, lambda rows: 0.0)
+    return model
+
+
+def _local_rows(p: torch.Tensor) -> slice:
+    """The rows (dim 0) of the full tensor this rank holds: all of them for a plain tensor, the Shard(0)
+    chunk of a DTensor (FSDP2: ceil(n / world) rows per rank, the last ranks possibly fewer or none)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(p, DTensor):
+        return slice(0, p.shape[0] if p.dim() else 1)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return slice(offset[0], offset[0] + shape[0])
+
+
+def _put(p: torch.Tensor, rows_of: Callable[[slice], torch.Tensor | float], codes: bool = False) -> None:
+    """Fill this rank's part of parameter/buffer `p` from `rows_of(rows)` (its rows of the full tensor).
+    `codes`: `p` holds uint8 NF4 codes, possibly as a float view of the same bytes (Linear4bit
+    use_float_storage, under FSDP2): its rows are then `element_size` bytes each."""
+    from torch.distributed.tensor import DTensor
+
+    local = p.to_local() if isinstance(p, DTensor) else p
+    rows = _local_rows(p)
+    if codes and local.dtype != torch.uint8:
+        w = local.element_size()
+        value = rows_of(slice(rows.start * w, rows.stop * w))
+        assert isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+        value = value.contiguous().reshape(-1).view(local.dtype).reshape(local.shape)
+    else:
+        value = rows_of(rows)
+    if isinstance(value, float):
+        local.fill_(value)
+        return
+    if tuple(value.shape) != tuple(local.shape):
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"a shard of shape {list(value.shape)} was read for a local tensor of shape {list(local.shape)}",
+        )
+    local.copy_(value)
+
+
+def _read_rows(handle: Any, name: str, rows: slice) -> torch.Tensor:
+    sl = handle.get_slice(name)
+    return sl[rows] if len(sl.get_shape()) else handle.get_tensor(name)
+
+
+def _stored_quant_state(
+    tensor: Callable[[str], torch.Tensor], files: dict[str, str], name: str
+) -> dict[str, Any]:
+    from ..quant.nf4 import unpack_quant_state
+
+    key = f"{name}.weight.{QUANT_STATE_KEY}"
+    state = unpack_quant_state(tensor(key))
+    if state.get("quant_type") != "nf4":
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"{files[key]}: {key}: quant_type {state.get('quant_type')!r} is not supported; expected 'nf4'",
+        )
+    return state
+
+
+def _fill_prequantized(
+    base: Linear4bit, name: str, handles: dict[str, Any], files: dict[str, str], state: dict[str, Any]
+) -> None:
+    """This rank's rows of a stored NF4 weight (packed codes, absmax, nested absmax) and its code tables."""
+    prefix = f"{name}.weight"
+    where = files[prefix]
+    if list(state.get("shape", [])) != [base.out_features, base.in_features]:
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"{where}: 4-bit tensor {prefix} has shape {state.get('shape')} but config.json implies "
+            f"{[base.out_features, base.in_features]}",
+        )
+    h = handles[where]
+    stored = h.get_slice(prefix)
+    n = base.in_features * base.out_features
+    if stored.get_dtype() not in ("U8", "uint8") or math.prod(stored.get_shape()) != -(-n // 2):
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"{where}: {prefix} is {stored.get_dtype()} {stored.get_shape()}; the sharded loader reads uint8 "
+            f"packed codes of {-(-n // 2)} bytes (bnb_4bit_quant_storage uint8)",
+        )
+    _put(base.weight, lambda rows: stored[rows].reshape(-1, 1), codes=True)
+    absmax = handles[files[prefix + ".absmax"]].get_slice(prefix + ".absmax")
+    _put(base.absmax, lambda rows: absmax[rows], codes=base.double_quant)
+    base.quant_map.copy_(handles[files[prefix + ".quant_map"]].get_tensor(prefix + ".quant_map").float())
+    if base.double_quant:
+        k = prefix + ".nested_absmax"
+        _put(base.nested_absmax, lambda rows: handles[files[k]].get_slice(k)[rows].float())
+        k2 = prefix + ".nested_quant_map"
+        base.nested_quant_map.copy_(handles[files[k2]].get_tensor(k2).float())
+        base.nested_offset.fill_(float(state["nested_offset"]))
+
+
+def _four_bit_names(
+    c: llama.Config,
+    files: dict[str, str],
+    model_dir: str,
+    lora_layers: tuple[int, ...] | None,
+    quant: Quant4bit | None,
+) -> tuple[set[str] | None, bool]:
+    """(module paths of the projections that get an NF4 base, or None for none; is the directory
+    pre-quantized). Checks `lora_layers` and `quant.keep_16bit` against the model."""
     if lora_layers is not None:
         bad = [i for i in lora_layers if i >= c.num_layers]
         if bad:
@@ -254,7 +545,6 @@ def load_model(
                 f"method.trainable_layers: layers {bad} do not exist "
                 f"(the model has {c.num_layers}: 0..{c.num_layers - 1})",
             )
-    files = weight_files(model_dir)
     prequantized = prequantized_config(model_dir) is not None
     four_bit: set[str] | None = None
     if prequantized:
@@ -274,27 +564,7 @@ def load_model(
                 field="method.keep_16bit",
             )
         four_bit = {n for n in names if not should_skip(n, keep)}
-    model = build_model(c, device, DTYPES[dtype], lora, lora_layers, four_bit)
-    quant_dtype = DTYPES[quant.dtype] if quant is not None and quant.dtype else None
-    load_weights(model, model_dir, files, quant_dtype)
-    # What a merge must redo to see the base this adapter was trained on (written beside the adapter).
-    model.quantization = (
-        None
-        if four_bit is None
-        else {
-            "quant_type": "nf4",
-            "source": "prequantized" if prequantized else "quantized_at_load",
-            "keep_16bit": list(quant.keep_16bit) if quant is not None and not prequantized else [],
-            "dtype": (quant.dtype if quant is not None and quant.dtype else dtype),
-            "blocksize": 64,
-            "double_quant": True,
-        }
-    )
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if hasattr(m, "reset_lora"):
-            m.reset_lora()
-    return model
+    return four_bit, prequantized
 
 
 @torch.no_grad()
@@ -308,44 +578,7 @@ def load_weights(
     filled one projection at a time: quantized on the device from the 16-bit tensor, or taken as stored."""
     files = files or weight_files(model_dir)
     dtype = model.model.embed_tokens.weight.dtype
-    four_bit = {n: m for n, m in model.named_modules() if isinstance(m, Linear) and m.base_layer is not None}
-    params = {
-        n: p
-        for n, p in model.named_parameters(remove_duplicate=False)
-        if not _is_lora(n) and ".base_layer." not in n
-    }
-    expected = set(params)
-    for name in four_bit:
-        expected.add(f"{name}.weight")
-        if _has_bias(model.config, name):
-            expected.add(f"{name}.bias")
-    quant_keys = {k for k in files for n in four_bit if k.startswith(f"{n}.weight.")}
-    if model.config.tie_word_embeddings:
-        params.pop("lm_head.weight", None)
-        expected.discard("lm_head.weight")
-    missing = sorted(expected - set(files))
-    if missing:
-        raise EngineError(
-            "MODEL_WEIGHTS_MISMATCH",
-            f"{model_dir}: {len(missing)} tensor(s) the config needs are not in the checkpoint, e.g. "
-            + ", ".join(missing[:5]),
-            hint="config.json and the safetensors files come from different models, or the download is partial",
-        )
-    unexpected = sorted(
-        k
-        for k in files
-        if k not in expected
-        and k not in quant_keys
-        and not k.endswith(IGNORED_KEY_SUFFIXES)
-        and not (k == "lm_head.weight" and model.config.tie_word_embeddings)
-    )
-    if unexpected:
-        raise EngineError(
-            "MODEL_WEIGHTS_MISMATCH",
-            f"{files[unexpected[0]]}: {len(unexpected)} tensor(s) the config does not expect, e.g. "
-            + ", ".join(unexpected[:5]),
-            hint="config.json and the safetensors files come from different models",
-        )
+    params, four_bit = _check_names(model, model_dir, files)
     with ExitStack() as stack:
         handles = {
             path: stack.enter_context(safe_open(path, "pt", device="cpu"))
@@ -404,6 +637,52 @@ def load_weights(
                 base = Linear4bit.from_nf4(quantize_weight(w), bias, compute_dtype=dtype)
                 del w
             m.base_layer = base
+
+
+def _check_names(
+    model: llama.CausalLM, model_dir: str, files: dict[str, str]
+) -> tuple[dict[str, torch.nn.Parameter], dict[str, Linear]]:
+    """The model's 16-bit parameters by checkpoint name and its 4-bit projections, after checking that the
+    checkpoint holds exactly the tensors the config needs (both ways), naming the first few that differ."""
+    four_bit = {n: m for n, m in model.named_modules() if isinstance(m, Linear) and m.base_layer is not None}
+    params = {
+        n: p
+        for n, p in model.named_parameters(remove_duplicate=False)
+        if not _is_lora(n) and ".base_layer." not in n
+    }
+    expected = set(params)
+    for name in four_bit:
+        expected.add(f"{name}.weight")
+        if _has_bias(model.config, name):
+            expected.add(f"{name}.bias")
+    quant_keys = {k for k in files for n in four_bit if k.startswith(f"{n}.weight.")}
+    if model.config.tie_word_embeddings:
+        params.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    missing = sorted(expected - set(files))
+    if missing:
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"{model_dir}: {len(missing)} tensor(s) the config needs are not in the checkpoint, e.g. "
+            + ", ".join(missing[:5]),
+            hint="config.json and the safetensors files come from different models, or the download is partial",
+        )
+    unexpected = sorted(
+        k
+        for k in files
+        if k not in expected
+        and k not in quant_keys
+        and not k.endswith(IGNORED_KEY_SUFFIXES)
+        and not (k == "lm_head.weight" and model.config.tie_word_embeddings)
+    )
+    if unexpected:
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"{files[unexpected[0]]}: {len(unexpected)} tensor(s) the config does not expect, e.g. "
+            + ", ".join(unexpected[:5]),
+            hint="config.json and the safetensors files come from different models",
+        )
+    return params, four_bit
 
 
 def _has_bias(c: llama.Config, name: str) -> bool:
