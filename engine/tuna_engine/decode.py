@@ -192,7 +192,9 @@ class Decoder:
 
     def _proj(self, name: str, module: nn.Module, x: torch.Tensor, rows: _Rows | None) -> torch.Tensor:
         """module(x), plus each row's adapter delta (lora.Linear's math: input in fp32, sum cast back)."""
-        result = module(x)
+        # The frozen base only (a generation model has no built-in adapter; the loaded ones are stacked here).
+        base_forward = getattr(module, "base_forward", None)
+        result = base_forward(x) if callable(base_forward) else module(x)
         st = self.stacks.get(name) if rows is not None else None
         if st is None:
             return result
