@@ -352,3 +352,106 @@ def test_sigterm_saves_nothing_and_reports_interrupted(tmp_path: Path) -> None:
     assert rest[-1]["event"] == "error" and rest[-1]["code"] == "INTERRUPTED"
     assert not Path(plan["output"]["checkpoints_dir"]).exists()
     assert not Path(plan["output"]["adapter_dir"]).exists()
+
+
+# ---- float16: dynamic loss scaling (loss_scale.py) -----------------------------------------------------------
+
+
+def test_loss_scaler_rule() -> None:
+    """GradScaler's rule: unscale divides the gradients; an overflow skips and halves; growth_interval finite
+    steps double; a scale that collapses below 2^-24 is an error naming the step."""
+    from tuna_engine.errors import EngineError
+    from tuna_engine.loss_scale import LossScaler, for_dtype
+
+    assert for_dtype("bfloat16") is None and for_dtype("float32") is None
+    s = for_dtype("float16")
+    assert s is not None and s.scale == 2.0**16
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 8.0)
+    s = LossScaler(scale=4.0, growth_interval=2)
+    s.unscale_([p])
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    assert s.update(False, step=1) is False and s.scale == 2.0 and s.skipped_steps == 1
+    assert s.update(True, step=2) is True and s.scale == 2.0
+    assert s.update(True, step=3) is True and s.scale == 4.0 and s.good_steps == 0
+    assert LossScaler.from_state(s.state_dict()) == s
+    tiny = LossScaler(scale=2.0**-24)
+    with pytest.raises(EngineError) as e:
+        tiny.update(False, step=9)
+    assert e.value.code == "NAN_LOSS" and "step 9" in e.value.message
+
+
+def _fp16_run(tmp: Path, model: Path, shard: Path, name: str, init_exp: int | None, **train) -> tuple:
+    """The engine on a float16 model on CPU; `init_exp` patches the initial loss scale to 2**init_exp and the
+    growth interval to 2 (a real overflow, forced by a scale fp16 cannot hold)."""
+    plan = make_plan(tmp / name, model, [shard], **train)
+    plan["model"]["dtype"] = "float16"
+    path = write_plan(plan)
+    if init_exp is None:
+        code, events, err = run_engine("train", path)
+        return code, events, err, plan
+    prog = (
+        "import sys; import tuna_engine.loss_scale as ls\n"
+        f"ls.INIT_SCALE = 2.0**{init_exp}; ls.GROWTH_INTERVAL = 2\n"
+        "from tuna_engine.__main__ import main\n"
+        f"sys.exit(main(['train', '--plan', {str(path)!r}]))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", prog], env=engine_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return p.returncode, events, p.stderr, plan
+
+
+def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tmp_path: Path) -> None:
+    make_hf_model(tmp_path / "m", "qwen3")
+    samples = random_samples(40, seed=7)
+    shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 40))
+
+    # Default scale (2^16): no overflow on this model; fp16 follows the fp32 curve closely.
+    code, fp16, err, _ = _fp16_run(tmp_path, tmp_path / "m", shard, "plain", None, max_steps=3)
+    assert code == 0, err
+    ref_plan = make_plan(tmp_path / "fp32", tmp_path / "m", [shard], max_steps=3)
+    code, fp32, err = run_engine("train", write_plan(ref_plan))
+    assert code == 0, err
+    assert [e["loss"] for e in steps(fp16)] == pytest.approx([e["loss"] for e in steps(fp32)], rel=1e-3)
+    assert [e["loss_scale"] for e in steps(fp16)] == [2.0**16] * 3
+    assert "loss_scale" not in steps(fp32)[0]
+
+    # 2^21 overflows this model's fp16 gradients: step 1 is skipped, the scale halves, grows after 2 good steps.
+    code, events, err, plan = _fp16_run(tmp_path, tmp_path / "m", shard, "ovf", 21, max_steps=8, save_every=3)
+    assert code == 0, err
+    st = steps(events)
+    assert st[0]["loss_scale"] == 2.0**21 and st[0]["skipped_steps"] == 1 and st[0]["grad_norm"] == -1.0
+    assert st[1]["loss_scale"] == 2.0**20 and math.isfinite(st[1]["grad_norm"]) and st[1]["grad_norm"] > 0
+    assert st[3]["loss_scale"] == 2.0**21  # grown after steps 2 and 3
+    logs = [e["message"] for e in events if e["event"] == "log" and "overflowed" in e["message"]]
+    assert logs[0].startswith("step 1: float16 gradients overflowed at loss scale 2.09715e+06")
+    assert len(logs) == st[-1]["skipped_steps"]
+    saved = json.loads((Path(plan["output"]["checkpoints_dir"]) / "step-3" / "trainer_state.json").read_text())
+    assert saved["loss_scale"]["scale"] == 2.0**21 and saved["loss_scale"]["skipped_steps"] == 1
+
+    # Resumed from step 3, the run replays steps 4..8 exactly: losses, scales, skips.
+    plan_r = make_plan(tmp_path / "resume", tmp_path / "m", [shard], max_steps=8, save_every=3)
+    plan_r["model"]["dtype"] = "float16"
+    plan_r["resume_from"] = str(Path(plan["output"]["checkpoints_dir"]) / "step-3")
+    code, resumed, err = run_engine("train", write_plan(plan_r))
+    assert code == 0, err
+    keys = ("step", "loss", "loss_scale", "skipped_steps", "grad_norm")
+    assert [[e[k] for k in keys] for e in steps(resumed)] == [[e[k] for k in keys] for e in st[3:]]
+
+
+def test_fp16_skipped_steps_do_not_update(tmp_path: Path) -> None:
+    """At a scale where every step overflows, no step updates anything: the adapter is still peft's initial
+    one (B = 0), and the loss equals the no-update model's on every step."""
+    from safetensors.torch import load_file
+
+    make_hf_model(tmp_path / "m", "qwen3")
+    samples = random_samples(16, seed=3)
+    shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 40))
+    code, events, err, plan = _fp16_run(tmp_path, tmp_path / "m", shard, "skip", 40, max_steps=2)
+    assert code == 0, err
+    assert [e["skipped_steps"] for e in steps(events)] == [1, 2]
+    adapter = load_file(str(Path(plan["output"]["adapter_dir"]) / "adapter_model.safetensors"))
+    b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert b and all(torch.count_nonzero(v) == 0 for v in b)

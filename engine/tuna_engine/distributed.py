@@ -83,6 +83,12 @@ class Dist:
         torch_dist.all_reduce(t)
         return t.tolist()
 
+    def all_gather_float(self, value: float, device: torch.device) -> list[float]:
+        """Every rank's `value`, in rank order (on every rank)."""
+        out = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(self.world)]
+        torch_dist.all_gather(out, torch.tensor([value], dtype=torch.float64, device=device))
+        return [float(t[0]) for t in out]
+
     def broadcast_float(self, value: float, device: torch.device) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=device)
         torch_dist.broadcast(t, 0)

@@ -542,6 +542,8 @@ class StepEvent(TypedDict):
     elapsed_s: float
     eta_s: float
     memory_gib: float | None
+    # Optional (absent unless they apply): memory_gib_per_rank: list[float] (torchrun on CUDA, rank order);
+    # loss_scale: float and skipped_steps: int (float16 dynamic loss scaling, loss_scale.py).
 
 
 class EvalEvent(TypedDict):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, loss_scale
 from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
@@ -245,6 +245,8 @@ def train(plan: TrainPlan) -> None:
         state = ckpt.load_trainer_state(src)
         state["last_checkpoint"] = str(src)
         log(f"resuming from {src} at step {state['step']}")
+    # float16: dynamic loss scaling (loss_scale.py), its state checkpointed with the trainer state.
+    scaler = loss_scale.for_dtype(plan.model.dtype, state.get("loss_scale"))
 
     start: dict[str, Any] = {
         "event": "start",
@@ -308,6 +310,7 @@ def train(plan: TrainPlan) -> None:
             batches = micro_batches(packs, t.micro_batch_size)
             profiling = profile_step(step, start_step)
             weight = sum(b.trained_tokens for b in batches)
+            scale = scaler.scale if scaler is not None else 1.0
             if dist is None:
                 total = torch.zeros((), device=device)
                 for b in batches:
@@ -316,12 +319,17 @@ def train(plan: TrainPlan) -> None:
                     )
                     b = b.to(device)
                     ce_sum = weighted_ce_sum(model, b)
-                    (ce_sum / max(weight, 1e-9)).backward()
+                    (ce_sum * (scale / max(weight, 1e-9))).backward()
                     total += ce_sum.detach()
                     interval_tokens += b.real_tokens
                 loss = float(total) / max(weight, 1e-9)
             else:
-                loss, weight = distributed_step(dist, model, batches, weight, device, t.seed, step)
+                shapes = sorted({str(list(b.input_ids.shape)) for b in batches})
+                phase = (
+                    f"forward/backward of step {step} ({len(batches)} micro-batch(es) of {', '.join(shapes)} "
+                    f"tokens on rank {dist.rank})"
+                )
+                loss, weight = distributed_step(dist, model, batches, weight, device, t.seed, step, scale)
                 interval_tokens += int(
                     dist.all_reduce_sum([float(sum(b.real_tokens for b in batches))], device)[0]
                 )
@@ -338,9 +346,23 @@ def train(plan: TrainPlan) -> None:
                 )
             phase = f"optimizer step {step}"
             max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf
+            if scaler is not None:
+                scaler.unscale_(trainable)
             grad_norm = float(distributed.full(torch.nn.utils.clip_grad_norm_(trainable, max_norm)))
-            optimizer.step()
+            # fp16: an inf/nan gradient norm (the same on every rank: it is the global norm) skips the step.
+            if scaler is None or scaler.update(math.isfinite(grad_norm), step):
+                optimizer.step()
+            else:
+                emit(
+                    {
+                        "event": "log",
+                        "message": f"step {step}: float16 gradients overflowed at loss scale {scale:g}; step "
+                        f"skipped (no update), loss scale now {scaler.scale:g}",
+                    }
+                )
             optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                state["loss_scale"] = scaler.state_dict()
             state["step"] = step
             state["data_position"] += packs_per_step
 
@@ -362,6 +384,7 @@ def train(plan: TrainPlan) -> None:
                         "memory_gib": torch.cuda.max_memory_allocated() / 2**30
                         if device.type == "cuda"
                         else None,
+                        **step_extras(dist, device, scaler, scale),
                     }
                 )
                 interval_start, interval_tokens = now, 0
@@ -435,6 +458,7 @@ def distributed_step(
     device: torch.device,
     seed: int,
     step: int,
+    scale: float = 1.0,
 ) -> tuple[float, float]:
     """Forward/backward of this rank's micro-batches of one step → (global loss, global trained tokens).
 
@@ -449,10 +473,23 @@ def distributed_step(
         b = b.to(device)
         with dist.grad_sync(model, last=i == len(batches) - 1):
             ce_sum = weighted_ce_sum(model, b)
-            (ce_sum / max(weight, 1e-9) * dist.world).backward()
+            (ce_sum * (scale * dist.world / max(weight, 1e-9))).backward()
         total += ce_sum.detach()
     (ce_total,) = dist.all_reduce_sum([float(total)], device)
     return ce_total / max(weight, 1e-9), weight
+
+
+def step_extras(
+    dist: distributed.Dist | None, device: torch.device, scaler: loss_scale.LossScaler | None, scale: float
+) -> dict[str, Any]:
+    """Optional step-event fields: each rank's peak memory under torchrun on CUDA (a collective: every rank
+    calls this at the same steps), the fp16 loss scale used by the step and the steps skipped so far."""
+    out: dict[str, Any] = {}
+    if dist is not None and device.type == "cuda":
+        out["memory_gib_per_rank"] = dist.all_gather_float(torch.cuda.max_memory_allocated() / 2**30, device)
+    if scaler is not None:
+        out.update(loss_scale=scale, skipped_steps=scaler.skipped_steps)
+    return out
 
 
 def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineError:

@@ -149,6 +149,11 @@ export const StepEvent = z.object({
   eta_s: z.number(),
   /** Peak accelerator memory in GiB (null on CPU). */
   memory_gib: z.number().nullable(),
+  /** Under torchrun on CUDA: each rank's peak memory in GiB, in rank order (memory_gib is rank 0's). */
+  memory_gib_per_rank: z.array(z.number()).optional(),
+  /** float16 only: the dynamic loss scale this step used, and the steps skipped so far (gradient overflow). */
+  loss_scale: z.number().optional(),
+  skipped_steps: z.number().int().optional(),
 });
 export const EvalEvent = z.object({ event: z.literal("eval"), step: z.number(), val_loss: z.number() });
 export const CheckpointEvent = z.object({
