@@ -397,7 +397,12 @@ def _fp16_run(tmp: Path, model: Path, shard: Path, name: str, init_exp: int | No
         f"sys.exit(main(['train', '--plan', {str(path)!r}]))\n"
     )
     p = subprocess.run(
-        [sys.executable, "-c", prog], env=engine_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", prog],
+        env=engine_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     return p.returncode, events, p.stderr, plan
@@ -428,7 +433,9 @@ def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tmp_path: Path) -
     logs = [e["message"] for e in events if e["event"] == "log" and "overflowed" in e["message"]]
     assert logs[0].startswith("step 1: float16 gradients overflowed at loss scale 2.09715e+06")
     assert len(logs) == st[-1]["skipped_steps"]
-    saved = json.loads((Path(plan["output"]["checkpoints_dir"]) / "step-3" / "trainer_state.json").read_text())
+    saved = json.loads(
+        (Path(plan["output"]["checkpoints_dir"]) / "step-3" / "trainer_state.json").read_text()
+    )
     assert saved["loss_scale"]["scale"] == 2.0**21 and saved["loss_scale"]["skipped_steps"] == 1
 
     # Resumed from step 3, the run replays steps 4..8 exactly: losses, scales, skips.

@@ -74,4 +74,8 @@ def for_dtype(dtype: str, state: dict[str, Any] | None = None) -> LossScaler | N
     """A scaler for float16 models (restored from a checkpoint's trainer state when given), else None."""
     if dtype != "float16":
         return None
-    return LossScaler.from_state(state) if state else LossScaler(scale=INIT_SCALE, growth_interval=GROWTH_INTERVAL)
+    return (
+        LossScaler.from_state(state)
+        if state
+        else LossScaler(scale=INIT_SCALE, growth_interval=GROWTH_INTERVAL)
+    )
