@@ -34,15 +34,18 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import PRESETS, ROOT, flops_per_token, log, matmul_tflops, write_random_shards  # noqa: E402
-
-from tuna_engine.models.random_dir import planned_bytes, write_random_model  # noqa: E402
+from run import PRESETS, ROOT, flops_per_token, log, matmul_tflops, write_random_shards
+from tuna_engine.models.random_dir import planned_bytes, write_random_model
 
 # name -> (preset, method, 4-bit directory)
 RUNS = {
     "llama3-70b-qlora": ("llama3-70b", "qlora", True),
     "qwen3-32b-lora": ("qwen3-32b", "lora", False),
-    "tiny-qlora": ("tiny", "qlora", True),  # smoke test of this script (runs on CPU with --device cpu)
+    "tiny-qlora": (
+        "tiny",
+        "qlora",
+        True,
+    ),  # smoke test of this script (runs on CPU with --device cpu)
 }
 
 
@@ -71,38 +74,80 @@ def write_dirs(work: Path, names: list[str]) -> dict:
     for name in names:
         preset, _, four_bit = RUNS[name]
         d = model_dir(work, preset, four_bit)
-        log(f"== writing {d} ({'NF4' if four_bit else 'bf16'}, ~{planned_bytes(PRESETS[preset]['config'], four_bit=four_bit) / 1e9:.0f} GB)")
-        out[name] = write_random_model(PRESETS[preset]["config"], d, four_bit=four_bit, progress=log)
+        log(
+            f"== writing {d} ({'NF4' if four_bit else 'bf16'}, ~{planned_bytes(PRESETS[preset]['config'], four_bit=four_bit) / 1e9:.0f} GB)"
+        )
+        out[name] = write_random_model(
+            PRESETS[preset]["config"], d, four_bit=four_bit, progress=log
+        )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return out
 
 
 def run_engine(
-    name: str, work: Path, gpus: int, batch: int, seq: int, steps: int, warmup: int, timeout: int, device: str = "cuda"
+    name: str,
+    work: Path,
+    gpus: int,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    timeout: int,
+    device: str = "cuda",
 ) -> dict:
     preset, method, four_bit = RUNS[name]
     cfg = PRESETS[preset]["config"]
     d = model_dir(work, preset, four_bit)
     run = work / f"run-{name}-{gpus}gpu-{int(time.time())}"
     n_steps = steps + warmup
-    shard = write_random_shards(run / "data", n_steps * batch * gpus, seq, cfg["vocab_size"], "full")
-    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"], "use_rslora": False, "use_dora": False}
+    shard = write_random_shards(
+        run / "data", n_steps * batch * gpus, seq, cfg["vocab_size"], "full"
+    )
+    lora = {
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.0,
+        "target_modules": ["all-linear"],
+        "use_rslora": False,
+        "use_dora": False,
+    }
     plan = {
         "version": 1,
         "command": "train",
         "run_dir": str(run),
         "model": {"path": str(d), "dtype": "bfloat16"},
-        "data": {"train": [str(shard)], "validation": [], "manifest": str(run / "data/manifest.json")},
+        "data": {
+            "train": [str(shard)],
+            "validation": [],
+            "manifest": str(run / "data/manifest.json"),
+        },
         "method": {"type": method, "lora": lora},
         "train": {
-            "seed": 0, "micro_batch_size": batch, "grad_accum": gpus, "max_steps": n_steps, "learning_rate": 1e-4,
-            "weight_decay": 0.0, "warmup_steps": 0, "scheduler": "constant", "min_lr_ratio": 0.0, "max_grad_norm": 1.0,
-            "optimizer": "adamw", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8,
-            "gradient_checkpointing": True, "log_every": 1, "eval_every": 0, "save_every": 0,
+            "seed": 0,
+            "micro_batch_size": batch,
+            "grad_accum": gpus,
+            "max_steps": n_steps,
+            "learning_rate": 1e-4,
+            "weight_decay": 0.0,
+            "warmup_steps": 0,
+            "scheduler": "constant",
+            "min_lr_ratio": 0.0,
+            "max_grad_norm": 1.0,
+            "optimizer": "adamw",
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.999,
+            "adam_eps": 1e-8,
+            "gradient_checkpointing": True,
+            "log_every": 1,
+            "eval_every": 0,
+            "save_every": 0,
         },
         "device": device,
-        "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
+        "output": {
+            "adapter_dir": str(run / "adapter"),
+            "checkpoints_dir": str(run / "checkpoints"),
+        },
         "base_model_name": preset,
         "resume_from": None,
     }
@@ -111,12 +156,33 @@ def run_engine(
     (run / "plan.json").write_text(json.dumps(plan))
     launch = [sys.executable]
     if gpus > 1:
-        launch += ["-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "--master-addr=127.0.0.1", "--master-port=29531"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine"), "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-           **({"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))} if device == "cuda" else {})}
+        launch += [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={gpus}",
+            "--master-addr=127.0.0.1",
+            "--master-port=29531",
+        ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "engine"),
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+        **(
+            {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}
+            if device == "cuda"
+            else {}
+        ),
+    }
     t0 = time.time()
-    proc = subprocess.Popen(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env=env,
-                            stdout=subprocess.PIPE, stderr=open(run / "stderr.log", "w"), text=True)
+    stderr_file = open(run / "stderr.log", "w")  # noqa: SIM115 (closed after the process ends)
+    proc = subprocess.Popen(
+        launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr_file,
+        text=True,
+    )
     events: list[tuple[float, dict]] = []
     assert proc.stdout is not None
     try:
@@ -125,7 +191,9 @@ def run_engine(
                 e = json.loads(line)
                 events.append((time.time() - t0, e))
                 if e["event"] in ("step", "start", "error"):
-                    log(f"  [{name} {time.time() - t0:6.1f}s] {json.dumps({k: v for k, v in e.items() if k not in ('event',)})[:300]}")
+                    log(
+                        f"  [{name} {time.time() - t0:6.1f}s] {json.dumps({k: v for k, v in e.items() if k not in ('event',)})[:300]}"
+                    )
             if time.time() - t0 > timeout:
                 proc.kill()
                 break
@@ -133,20 +201,34 @@ def run_engine(
     finally:
         if proc.poll() is None:
             proc.kill()
+        stderr_file.close()
     stderr_tail = (run / "stderr.log").read_text()[-3000:]
     evs = [e for _, e in events]
     errors = [e for e in evs if e["event"] == "error"]
     st = [e for e in evs if e["event"] == "step"]
     start_at = next((t for t, e in events if e["event"] == "start"), None)
-    res: dict = {"gpus": gpus, "batch_per_gpu": batch, "seq": seq, "method": method, "model_dir": str(d),
-                 "load_s": start_at, "wall_s": time.time() - t0}
+    res: dict = {
+        "gpus": gpus,
+        "batch_per_gpu": batch,
+        "seq": seq,
+        "method": method,
+        "model_dir": str(d),
+        "load_s": start_at,
+        "wall_s": time.time() - t0,
+    }
     if proc.returncode != 0 or errors or len(st) < warmup + 2:
         res["error"] = errors[0] if errors else stderr_tail
         return res
     dts = np.diff([e["elapsed_s"] for e in st])[warmup - 1 if warmup else 0 :]
     step_s = float(np.median(dts))
     tokens = batch * seq * gpus
-    per_rank = [max(v) for v in zip(*[e.get("memory_gib_per_rank") or [e["memory_gib"] or 0.0] for e in st], strict=True)]
+    per_rank = [
+        max(v)
+        for v in zip(
+            *[e.get("memory_gib_per_rank") or [e["memory_gib"] or 0.0] for e in st],
+            strict=True,
+        )
+    ]
     res.update(
         step_s=step_s,
         tokens_per_s=tokens / step_s,
@@ -159,19 +241,35 @@ def run_engine(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", required=True, help="model directories (cached: reused when complete) and runs go here")
-    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--work",
+        required=True,
+        help="model directories (cached: reused when complete) and runs go here",
+    )
+    ap.add_argument(
+        "--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}"
+    )
     ap.add_argument("--gpus", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=2, help="packs per GPU per step (micro-batch)")
+    ap.add_argument(
+        "--batch", type=int, default=2, help="packs per GPU per step (micro-batch)"
+    )
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=4, help="timed steps after --warmup")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=420, help="seconds per engine run")
     ap.add_argument("--write-only", action="store_true")
-    ap.add_argument("--delete-after", action="store_true", help="remove the model directories at the end")
+    ap.add_argument(
+        "--delete-after",
+        action="store_true",
+        help="remove the model directories at the end",
+    )
     ap.add_argument("--out", default=None)
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS)  # cpu: smoke test
+    ap.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"], help=argparse.SUPPRESS
+    )  # cpu: smoke test
     args = ap.parse_args()
     cuda = args.device == "cuda"
     assert not cuda or torch.cuda.is_available(), "bench/train/large needs CUDA GPUs"
@@ -179,25 +277,49 @@ def main() -> None:
     names = [n for n in args.runs.split(",") if n]
     for n in names:
         if n not in RUNS:
-            raise SystemExit(f"--runs: unknown run {n!r}; choose from {', '.join(RUNS)}")
+            raise SystemExit(
+                f"--runs: unknown run {n!r}; choose from {', '.join(RUNS)}"
+            )
     if cuda and torch.cuda.device_count() < args.gpus:
-        raise SystemExit(f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA GPUs visible")
+        raise SystemExit(
+            f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA GPUs visible"
+        )
     t_all = time.time()
-    results: dict = {"card": torch.cuda.get_device_name() if cuda else "cpu", "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-                     "gpus": args.gpus}
+    results: dict = {
+        "card": torch.cuda.get_device_name() if cuda else "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "gpus": args.gpus,
+    }
     results["writes"] = write_dirs(work, names)
     if not args.write_only:
         results["matmul_tflops"] = peak = matmul_tflops() if cuda else float("nan")
         if cuda:
             torch.cuda.empty_cache()
         for n in names:
-            log(f"== {n} on {args.gpus} GPUs, {args.batch} x {args.seq} tokens per GPU per step")
-            r = run_engine(n, work, args.gpus, args.batch, args.seq, args.steps, args.warmup, args.timeout, args.device)
+            log(
+                f"== {n} on {args.gpus} GPUs, {args.batch} x {args.seq} tokens per GPU per step"
+            )
+            r = run_engine(
+                n,
+                work,
+                args.gpus,
+                args.batch,
+                args.seq,
+                args.steps,
+                args.warmup,
+                args.timeout,
+                args.device,
+            )
             if "tokens_per_s" in r:
-                r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e12 * args.gpus)
+                r["mfu"] = (
+                    r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e12 * args.gpus)
+                )
             results[n] = r
     results["total_wall_s"] = time.time() - t_all
-    print("\nrun               | GPUs | load s | tokens/s (per GPU) | peak GiB per GPU      | MFU")
+    print(
+        "\nrun               | GPUs | load s | tokens/s (per GPU) | peak GiB per GPU      | MFU"
+    )
     for n in names:
         r = results.get(n)
         if r is None:
@@ -206,9 +328,13 @@ def main() -> None:
             print(f"{n:17} | error: {str(r['error'])[:400]}")
             continue
         peaks = ", ".join(f"{g:.1f}" for g in r["peak_gib_per_gpu"])
-        print(f"{n:17} | {r['gpus']:4} | {r['load_s']:6.1f} | {r['tokens_per_s']:7.0f} ({r['tokens_per_s_per_gpu']:6.0f}) | {peaks:21} | {r['mfu']:.3f}")
+        print(
+            f"{n:17} | {r['gpus']:4} | {r['load_s']:6.1f} | {r['tokens_per_s']:7.0f} ({r['tokens_per_s_per_gpu']:6.0f}) | {peaks:21} | {r['mfu']:.3f}"
+        )
     for n, w in results["writes"].items():
-        print(f"write {n}: {w['bytes'] / 1e9:.1f} GB, {w['seconds']:.0f} s{' (reused)' if w.get('reused') else ''}")
+        print(
+            f"write {n}: {w['bytes'] / 1e9:.1f} GB, {w['seconds']:.0f} s{' (reused)' if w.get('reused') else ''}"
+        )
     print(f"total {results['total_wall_s']:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
