@@ -524,3 +524,93 @@ def test_emitted_events_parse_with_protocol_ts(models, tmp_path):
     events = [json.loads(x) for x in p.stdout.splitlines()]
     assert {e["event"] for e in events} == {"ready", "token", "finished", "error"}
     assert _zod("GenerateEvent", events) == [None] * len(events)
+
+
+# ---- the fused decode layer (decode.py `fused`, `compile`) ------------------------------------------------------
+
+
+def test_fused_step_equals_unfused_with_mixed_adapters(models):
+    """Fused (q/k/v and gate/up as one matmul, stacked adapters, one q/k norm + rotary) = the per-projection
+    step, token for token in fp32, and the model's weights are unchanged by the fusion (views of the concat)."""
+    p = parse_generate_plan(plan(models["dir"], _adapters(models), batch=4))
+    unfused = load_for_generation(p, mode="eager", fused=False)
+    fused = load_for_generation(p, mode="eager", fused=True)
+    assert unfused.decoder is not None and fused.decoder is not None
+    assert fused.decoder.fused and not unfused.decoder.fused
+    q, k = (fused.model.model.layers[0].self_attn.q_proj, fused.model.model.layers[0].self_attn.k_proj)
+    w = fused.decoder.layer_w[0].qkv.weight  # type: ignore[index]
+    assert q.weight.data_ptr() == w.data_ptr() and torch.equal(
+        k.weight, unfused.model.model.layers[0].self_attn.k_proj.weight
+    )
+    names = [None, "lora", "dora"]
+    reqs = [req(f"r{i}", p_, 6 + i, names[i % 3]) for i, p_ in enumerate(PROMPTS)]
+    assert fused.generate(reqs) == unfused.generate(reqs)
+    # Logits of one mixed step, and a prefill, agree to fp32 rounding.
+    for e in (fused, unfused):
+        for s, a in ((0, 1), (1, 2), (2, 0)):
+            e.decoder.prefill(torch.tensor(PROMPTS[s]), s, a)  # type: ignore[union-attr]
+    lf, _ = fused.decoder.decode([5, 6, 7], [4, 1, 11], [1, 2, 0])
+    lu, _ = unfused.decoder.decode([5, 6, 7], [4, 1, 11], [1, 2, 0])
+    torch.testing.assert_close(lf, lu, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_norm_is_the_model_norm_bitwise_in_bf16():
+    from tuna_engine.decode import _fnorm, _norm
+    from tuna_engine.models.llama import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(96, 1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(5, 3, 96) * 4).bfloat16()
+    assert torch.equal(_fnorm(x, norm.weight, norm.eps), norm(x))
+    assert torch.equal(_norm(norm, x), norm(x))
+
+
+def test_fused_step_launches_fewer_ops():
+    """Ops per decode step (torch.profiler on CPU, bench/generate/count_ops.py) on a Qwen3-0.6B-shaped layer:
+    the fused layer makes at most 24 per layer (unfused: 40), with adapters at most 55 (unfused: 89)."""
+    sys.path.insert(0, str(REPO_ROOT / "bench/generate"))
+    from count_ops import step_ops, tiny_06b
+
+    per_layer = {}
+    for fused in (False, True):
+        for lora in (False, True):
+            one, two = (sum(step_ops(tiny_06b(n), fused, lora, batch=4).values()) for n in (1, 2))
+            per_layer[fused, lora] = two - one
+    assert per_layer[True, False] <= 24 and per_layer[True, True] <= 55, per_layer
+    assert per_layer[False, False] >= 38 and per_layer[False, True] >= 85, per_layer
+
+
+def test_fused_falls_back_for_4bit_and_plan_fields_and_env(models, tmp_path, monkeypatch):
+    raw = plan(models["dir"], batch=2)
+    raw.update(max_model_len=40, mode="reference", fused=False)
+    p = parse_generate_plan(raw)
+    assert (p.max_model_len, p.mode, p.fused, p.compile) == (40, "reference", False, None)
+    engine = load_for_generation(p)
+    assert engine.mode == "reference" and engine.max_model_len == 40
+    raw["mode"] = "eager"
+    engine = load_for_generation(parse_generate_plan(raw))
+    assert engine.decoder is not None and engine.decoder.capacity == 40 and not engine.decoder.fused
+    monkeypatch.setenv("TUNA_MAX_MODEL_LEN", "24")  # env vars override the plan
+    monkeypatch.setenv("TUNA_GENERATE_FUSED", "1")
+    engine = load_for_generation(parse_generate_plan(raw))
+    assert engine.decoder is not None and engine.decoder.capacity == 24 and engine.decoder.fused
+    monkeypatch.setenv("TUNA_GENERATE_FUSED", "yes")
+    with pytest.raises(EngineError, match="TUNA_GENERATE_FUSED"):
+        load_for_generation(parse_generate_plan(raw))
+    raw["max_model_len"] = 0
+    with pytest.raises(EngineError, match="max_model_len"):
+        parse_generate_plan(raw)
+
+
+def test_compiled_fused_step_equals_eager(models):
+    """torch.compile of the fused layer's two regions (CPU inductor here): same greedy tokens as uncompiled
+    fused and as the reference path, with adapters. Batch bucket 2 with adapters only: 2 compiles (~10 s)."""
+    p = parse_generate_plan(plan(models["dir"], _adapters(models), batch=2))
+    compiled = load_for_generation(p, mode="eager", compile=True)
+    assert compiled.decoder is not None and compiled.decoder.compiled
+    reqs = [req("a", PROMPTS[0], 6, "lora"), req("b", PROMPTS[3], 6, "dora")]
+    got = compiled.generate(reqs)
+    assert got == load_for_generation(p, mode="eager").generate(reqs)
+    assert got == load_for_generation(p, mode="reference").generate(reqs)

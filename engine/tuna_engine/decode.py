@@ -22,6 +22,18 @@ What is notable:
     by `capture_all`) after two warm-up runs on a side stream, all in one memory pool. Inputs are copied into
     static device buffers from a pinned host buffer; logits and argmax ids are the graph's static outputs.
     A warm-up run executes the step for real: its cache writes are the same values the replay writes.
+  - Fused step (`fused`, the default; issue 7's small-model factor: a 0.6B step was ~40 launches per layer):
+    q/k/v are ONE matmul over their weights concatenated at load, gate/up another (the modules' weights become
+    row views of the concatenated tensor, so no memory is added), their adapters stacked the same way (one x·Aᵀ,
+    one ·Bᵀ over a block matrix whose zero blocks add exact zeros); q_norm and k_norm are one RMSNorm over the
+    H+KV heads with a per-head weight table; rotary is one gather + multiply-add for q and k together
+    (rotate_half(x)·sin = x[perm]·sin± with sin± = (-sin₁, sin₂), exact). Same numbers as the unfused step
+    in fp32 (the CPU tests compare tokens); the 4-bit base keeps the per-projection path.
+  - `compile`: the two regions of a fused layer around attention (norm → qkv → q/k norm → rotary, and
+    o_proj → residual → norm → gate/up → SiLU·up → down → residual) go through torch.compile (dynamic=False,
+    fullgraph): one compiled graph per (batch bucket, adapters on/off) and region, shared by every layer (the
+    weights are inputs, not constants); the attention between them (cache write + SDPA) stays eager, so key
+    buckets add no compiles. Prefill runs the same functions uncompiled.
 Prefill (one request, its whole prompt) stays eager: causal SDPA over the prompt (flash on CUDA), K/V written
 into the request's slot.
 """
@@ -30,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +140,161 @@ def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module.weight * y.to(x.dtype)
 
 
+# ---- the fused layer (pure functions of tensors: what torch.compile sees, shared by every layer) ------------
+
+
+class _Group(NamedTuple):
+    """Projections that read the same input, as one matmul: q/k/v, gate/up, or a single o/down projection."""
+
+    weight: torch.Tensor  # [Σ out, in]; each module's weight is a row view of it
+    bias: torch.Tensor | None  # [Σ out]
+    A: torch.Tensor | None  # [Σ m·r, in] fp32: every member's stacked adapters, one after the other
+    B: torch.Tensor | None  # [Σ out, Σ m·r] fp32, block diagonal (a member's rows read its own columns)
+    owner: torch.Tensor | None  # [Σ m·r] long
+    dora: torch.Tensor | None  # [n+1, Σ out] fp32
+
+
+class _LayerW(NamedTuple):
+    ln1: torch.Tensor  # input_layernorm.weight [C]
+    ln2: torch.Tensor  # post_attention_layernorm.weight [C]
+    qk_norm: torch.Tensor | None  # [H+KV, D]: q_norm.weight for the H query heads, then k_norm.weight for KV
+    qkv: _Group
+    o: _Group
+    gate_up: _Group
+    down: _Group
+
+
+class _Sel(NamedTuple):
+    """One step's per-row adapter selection for each group of a layer (None: no adapter row in the step)."""
+
+    qkv: torch.Tensor | None
+    o: torch.Tensor | None
+    gate_up: torch.Tensor | None
+    down: torch.Tensor | None
+
+
+def _fnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """_norm in 2 ops: F.rms_norm on a 16-bit input computes in fp32 and rounds once, the same numbers as the
+    explicit x.float() … .to(x.dtype) (bitwise on CPU, tested), without the two casts."""
+    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def _group_forward(
+    g: _Group, x: torch.Tensor, sel: torch.Tensor | None, scale: torch.Tensor, aidx: torch.Tensor
+) -> torch.Tensor:
+    """Decoder._proj's math for a whole group at once."""
+    result = F.linear(x, g.weight, g.bias)
+    if sel is None or g.A is None or g.B is None:
+        return result
+    lora_result = ((x.float() @ g.A.T) * sel) @ g.B.T
+    if g.dora is None:
+        return (result + lora_result * scale).to(result.dtype)
+    d = g.dora[aidx][:, None, :]
+    base_nobias = result if g.bias is None else result - g.bias
+    return (result + (d - 1) * base_nobias + d * lora_result * scale).to(result.dtype)
+
+
+def _attn_in(
+    x: torch.Tensor,
+    w: _LayerW,
+    sel: _Sel,
+    scale: torch.Tensor,
+    aidx: torch.Tensor,
+    cos: torch.Tensor,
+    sin_pm: torch.Tensor,
+    perm: torch.Tensor,
+    heads: tuple[int, int, int],
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [B, T, C] → q [B, T, H, D], k and v [B, T, KV, D] after q/k norm and rotary. cos/sin± [B|1, T, 1, D]."""
+    H, KV, D = heads
+    B, T, _ = x.shape
+    h = _fnorm(x, w.ln1, eps)
+    qkv = _group_forward(w.qkv, h, sel.qkv, scale, aidx).view(B, T, H + 2 * KV, D)
+    qk, v = qkv[:, :, : H + KV], qkv[:, :, H + KV :]
+    if w.qk_norm is not None:
+        qk = _fnorm(qk, w.qk_norm, eps)
+    qk = qk * cos + qk.index_select(-1, perm) * sin_pm  # rotary for q and k at once
+    return qk[:, :, :H], qk[:, :, H:], v
+
+
+def _attn_out_mlp(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: _LayerW,
+    sel: _Sel,
+    scale: torch.Tensor,
+    aidx: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """The rest of the layer: x + o_proj(y), then x + down(silu(gate)·up) of its norm."""
+    x = x + _group_forward(w.o, y, sel.o, scale, aidx)
+    h = _fnorm(x, w.ln2, eps)
+    gu = _group_forward(w.gate_up, h, sel.gate_up, scale, aidx)
+    inter = gu.shape[-1] // 2
+    return x + _group_forward(w.down, F.silu(gu[..., :inter]) * gu[..., inter:], sel.down, scale, aidx)
+
+
+def _fusable(modules: list[nn.Module]) -> bool:
+    """16-bit weights (a 4-bit base has no `weight`), same dtype and device, bias on all or none."""
+    ws = [getattr(m, "weight", None) for m in modules]
+    for w, m in zip(ws, modules, strict=True):
+        quantized = getattr(m, "base_layer", None) is not None or hasattr(m, "dequantize")
+        if quantized or not isinstance(w, torch.Tensor) or tuple(w.shape) != (m.out_features, m.in_features):
+            return False
+    biases = [getattr(m, "bias", None) for m in modules]
+    return (
+        len({(w.dtype, w.device) for w in ws if w is not None}) == 1 and len({b is None for b in biases}) == 1
+    )
+
+
+def _concat_rows(modules: list[nn.Module], attr: str) -> torch.Tensor | None:
+    """The modules' `attr` tensors concatenated along dim 0, each module's parameter then rebound to its row
+    view (values unchanged, the old storage freed)."""
+    ts = [getattr(m, attr) for m in modules]
+    if ts[0] is None:
+        return None
+    if len(ts) == 1:
+        return ts[0]
+    cat = torch.cat([t.detach() for t in ts])
+    start = 0
+    for t in ts:
+        t.data = cat[start : start + t.shape[0]]
+        start += t.shape[0]
+    return cat
+
+
+def _group_stack(
+    stacks: list[AdapterStack | None],
+    outs: list[int],
+    n_adapters: int,
+    device: torch.device,
+    owners: dict[tuple[int, ...], torch.Tensor],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The members' adapter stacks as one: A rows and owners concatenated, B block diagonal, DoRA scales
+    side by side (1 where a member is not DoRA or has no adapter)."""
+    if all(st is None for st in stacks):
+        return None, None, None, None
+    cols = sum(st.A.shape[0] for st in stacks if st is not None)
+    A = torch.cat([st.A for st in stacks if st is not None])
+    owner = torch.cat([st.owner for st in stacks if st is not None])
+    owner = owners.setdefault(tuple(owner.tolist()), owner)  # one selection per step per distinct layout
+    B = torch.zeros(sum(outs), cols, dtype=torch.float32, device=device)
+    dora = None
+    if any(st is not None and st.dora is not None for st in stacks):
+        dora = torch.ones(n_adapters + 1, sum(outs), dtype=torch.float32, device=device)
+    r0 = c0 = 0
+    for st, out in zip(stacks, outs, strict=True):
+        if st is not None:
+            B[r0 : r0 + out, c0 : c0 + st.A.shape[0]] = st.B
+            if st.dora is not None:
+                assert dora is not None
+                dora[:, r0 : r0 + out] = st.dora
+            c0 += st.A.shape[0]
+        r0 += out
+    return A, B, owner, dora
+
+
 @dataclass
 class _Graph:
     graph: Any  # torch.cuda.CUDAGraph
@@ -147,6 +314,8 @@ class Decoder:
         capacity: int,
         use_graphs: bool,
         key_block: int = KEY_BLOCK,
+        fused: bool = True,
+        compile: bool = False,
     ) -> None:
         self.model, c = model, model.config
         self.c = c
@@ -167,6 +336,9 @@ class Decoder:
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = (emb.cos() * model.rope_scale).to(self.dtype)  # [capacity, D]
         self.sin = (emb.sin() * model.rope_scale).to(self.dtype)
+        half = c.head_dim // 2
+        self.sin_pm = torch.cat((-self.sin[:, :half], self.sin[:, half:]), dim=-1)  # rotate_half folded in
+        self.perm = torch.cat((torch.arange(half, c.head_dim), torch.arange(half))).to(dev)
         self.key_pos = torch.arange(capacity, device=dev)
         # Flat row of (slot b, kv head h, position 0) in a cache viewed as [slots·KV·capacity, D].
         self.row_base = (torch.arange(slots * KV, device=dev) * capacity).view(slots, KV)
@@ -178,6 +350,62 @@ class Decoder:
         self.graphs: dict[tuple[int, int, bool], _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         self.stats = {"captures": 0, "replays": 0, "eager_steps": 0}
+        self.layer_w = self._fuse_layers(n_adapters) if fused or compile else None
+        self.fused = self.layer_w is not None
+        self.compiled = compile and self.fused
+        self._zero = torch.zeros(1, dtype=torch.long, device=dev)
+        if self.compiled:
+            # One graph per (batch bucket, adapters on/off) and region: more than dynamo's default limit of 8.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._in = torch.compile(_attn_in, dynamic=False, fullgraph=True)
+            self._out = torch.compile(_attn_out_mlp, dynamic=False, fullgraph=True)
+
+    def _fuse_layers(self, n_adapters: int) -> list[_LayerW] | None:
+        """Every layer's weights as _LayerW (q/k/v and gate/up concatenated), or None where a layer cannot be
+        fused (a 4-bit base, mixed biases, unequal norm eps): the per-projection path then runs."""
+        c, model = self.c, self.model
+        eps = {m.eps for m in model.modules() if hasattr(m, "eps")}
+        if len(eps) != 1:
+            return None
+        self.eps = float(eps.pop())
+        layers = list(model.model.layers)
+        groups = [("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",))]
+        groups += [("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",))]
+        for layer in layers:
+            for parent, names in groups:
+                if not _fusable([getattr(getattr(layer, parent), n) for n in names]):
+                    return None
+        out, owners = [], {}
+        for li, layer in enumerate(layers):
+            built = []
+            for parent, names in groups:
+                mods = [getattr(getattr(layer, parent), n) for n in names]
+                stacks = [self.stacks.get(f"model.layers.{li}.{parent}.{n}") for n in names]
+                outs = [m.out_features for m in mods]
+                weight = _concat_rows(mods, "weight")
+                assert weight is not None
+                bias = _concat_rows(mods, "bias")
+                built.append(
+                    _Group(weight, bias, *_group_stack(stacks, outs, n_adapters, self.device, owners))
+                )
+            attn = layer.self_attn
+            qk_norm = None
+            if c.qk_norm:
+                qk_norm = torch.cat(
+                    (
+                        attn.q_norm.weight.detach().expand(c.num_heads, -1),
+                        attn.k_norm.weight.detach().expand(c.num_kv_heads, -1),
+                    )
+                )
+            out.append(
+                _LayerW(
+                    layer.input_layernorm.weight.detach(),
+                    layer.post_attention_layernorm.weight.detach(),
+                    qk_norm,
+                    *built,
+                )
+            )
+        return out
 
     @property
     def cache_bytes(self) -> int:
@@ -212,6 +440,8 @@ class Decoder:
     def _layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, rows: _Rows | None):
         """The decoder stack over x [B, T, C]; `attend(layer, q, k, v)` ([B, T, heads, D] each, after q/k
         norm and rotary) writes the cache and returns [B, T, H·D]."""
+        if self.layer_w is not None:
+            return self._layers_fused(x, cos, sin, attend, rows)
         model, c = self.model, self.c
         B, T, _ = x.shape
         D = c.head_dim
@@ -235,6 +465,26 @@ class Decoder:
             x = x + self._proj(pre + "mlp.down_proj", mlp.down_proj, F.silu(gate) * up, rows)
         return x
 
+    def _layers_fused(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend, rows: _Rows | None
+    ):
+        """_layers with each layer as _attn_in → attend → _attn_out_mlp (compiled for decode steps when
+        `compile`; prefill, whose T varies, runs them uncompiled). `sin` is the sin± table here."""
+        c = self.c
+        B, T, _ = x.shape
+        heads = (c.num_heads, c.num_kv_heads, c.head_dim)
+        compiled = self.compiled and T == 1
+        f_in = self._in if compiled else _attn_in
+        f_out = self._out if compiled else _attn_out_mlp
+        scale, aidx = (rows.scale, rows.aidx) if rows is not None else (self._zero, self._zero)
+        assert self.layer_w is not None
+        for li, w in enumerate(self.layer_w):
+            sel = _Sel(*(None if rows is None or g.owner is None else rows.select(g.owner) for g in w[3:]))
+            q, k, v = f_in(x, w, sel, scale, aidx, cos, sin, self.perm, heads, self.eps)
+            y = attend(li, q, k, v)
+            x = f_out(x, y, w, sel, scale, aidx, self.eps)
+        return x
+
     # -- prefill -------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -245,7 +495,8 @@ class Decoder:
             raise ValueError(f"prompt of {P} tokens does not fit the cache ({self.capacity} positions)")
         rows = _Rows(torch.full((1,), adapter, dtype=torch.long, device=self.device), self.scalings)
         x = self.model.model.embed_tokens(ids[None])  # [1, P, C]
-        cos, sin = self.cos[:P][None, :, None], self.sin[:P][None, :, None]  # [1, P, 1, D]
+        sin_table = self.sin_pm if self.fused else self.sin
+        cos, sin = self.cos[:P][None, :, None], sin_table[:P][None, :, None]  # [1, P, 1, D]
         gqa = self.c.num_heads != self.c.num_kv_heads
 
         def attend(li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -270,7 +521,8 @@ class Decoder:
         ids, pos, aidx = self.inputs[0, :Bk], self.inputs[1, :Bk], self.inputs[2, :Bk]
         rows = _Rows(aidx, self.scalings) if lora else None
         x = self.model.model.embed_tokens(ids)[:, None]  # [Bk, 1, C]
-        cos, sin = self.cos[pos][:, None, None], self.sin[pos][:, None, None]  # [Bk, 1, 1, D]
+        sin_table = self.sin_pm if self.fused else self.sin
+        cos, sin = self.cos[pos][:, None, None], sin_table[pos][:, None, None]  # [Bk, 1, 1, D]
         flat = (self.row_base[:Bk] + pos[:, None]).reshape(-1)  # [Bk·KV] rows of the flat cache
         valid = self.key_pos[:S][None, :] <= pos[:, None]  # [Bk, S]
         mask = torch.zeros(Bk, 1, 1, S, dtype=self.dtype, device=self.device)
@@ -281,8 +533,8 @@ class Decoder:
             ck.view(-1, D).index_copy_(0, flat, k.reshape(-1, D))
             cv.view(-1, D).index_copy_(0, flat, v.reshape(-1, D))
             y = F.scaled_dot_product_attention(
-                q.reshape(Bk, KV, G, D), ck[:Bk, :, :S], cv[:Bk, :, :S], attn_mask=mask
-            )  # [Bk, KV, G, D]: the G query heads of a KV head as G query rows
+                q[:, 0].view(Bk, KV, G, D), ck[:Bk, :, :S], cv[:Bk, :, :S], attn_mask=mask
+            )  # [Bk, KV, G, D]: the G query heads of a KV head as G query rows (a view: heads are contiguous)
             return y.reshape(Bk, 1, KV * G * D)
 
         x = self._layers(x, cos, sin, attend, rows)

@@ -224,13 +224,34 @@ def resolve_max_model_len(max_model_len: int | None) -> int:
     return int(raw)
 
 
+def resolve_switch(value: bool | None, env: str, default: bool) -> bool:
+    """A boolean setting: the value given, else the env var (0/1) when set, else the default."""
+    if value is not None:
+        return value
+    raw = os.environ.get(env)
+    if raw is None:
+        return default
+    if raw not in ("0", "1"):
+        raise EngineError("PLAN_INVALID", f"{env}: expected 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def _plan_or_env(arg: Any, env: str, plan_value: Any) -> Any:
+    """A setting for Engine: the caller's argument, else None where the env var is set (Engine reads it: env
+    vars override the plan), else the plan's field (None = not given)."""
+    if arg is not None:
+        return arg
+    return None if os.environ.get(env) is not None else plan_value
+
+
 class Engine:
     """Batched, KV-cached generation over one model and any number of named LoRA adapters.
 
     mode: "graph" / "eager" run decode.Decoder (KV cache of max_batch_size × max_model_len positions
     allocated here; a request longer than max_model_len is refused); "reference" is the original path (a cache
     that grows, per-adapter row groups, one host sync per row), kept as the plain reference the static path is
-    tested against. Default: resolve_mode()."""
+    tested against. Default: resolve_mode(). fused (default on, TUNA_GENERATE_FUSED) / compile (default off,
+    TUNA_GENERATE_COMPILE): the Decoder's fused layer and its torch.compile'd regions (decode.py)."""
 
     def __init__(
         self,
@@ -239,6 +260,8 @@ class Engine:
         max_batch_size: int = 8,
         max_model_len: int | None = None,
         mode: str | None = None,
+        fused: bool | None = None,
+        compile: bool | None = None,
     ) -> None:
         self.model = model.eval()
         c = model.config
@@ -269,6 +292,8 @@ class Engine:
                 max_batch_size,
                 self.max_model_len,
                 use_graphs=self.mode == "graph",
+                fused=resolve_switch(fused, "TUNA_GENERATE_FUSED", True),
+                compile=resolve_switch(compile, "TUNA_GENERATE_COMPILE", False),
             )
             # Prompt + generated ids per slot, for the repetition penalty (on the device: no host round trip).
             self.seen = torch.zeros(max_batch_size, c.vocab_size, dtype=torch.bool, device=self.device)
@@ -591,10 +616,19 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_for_generation(
-    plan: GeneratePlan, max_model_len: int | None = None, mode: str | None = None
+    plan: GeneratePlan,
+    max_model_len: int | None = None,
+    mode: str | None = None,
+    fused: bool | None = None,
+    compile: bool | None = None,
 ) -> Engine:
-    """The model, its adapters and an Engine. max_model_len / mode default to TUNA_MAX_MODEL_LEN (4096) and
-    TUNA_GENERATE_MODE (graph on CUDA, eager on CPU)."""
+    """The model, its adapters and an Engine. Each setting is the argument when given, else its env var
+    (TUNA_MAX_MODEL_LEN, TUNA_GENERATE_MODE, TUNA_GENERATE_FUSED, TUNA_GENERATE_COMPILE) when set, else the
+    plan's field, else the default (4096; graph on CUDA, eager on CPU; fused; not compiled)."""
+    max_model_len = _plan_or_env(max_model_len, "TUNA_MAX_MODEL_LEN", plan.max_model_len)
+    mode = _plan_or_env(mode, "TUNA_GENERATE_MODE", plan.mode)
+    fused = _plan_or_env(fused, "TUNA_GENERATE_FUSED", plan.fused)
+    compile = _plan_or_env(compile, "TUNA_GENERATE_COMPILE", plan.compile)
     device = pick_device(plan.device)
     from .quant import read_quantization_config
     from .quant.convert import load_prequantized
@@ -624,7 +658,7 @@ def load_for_generation(
                 f"{plan.model.path}: 4-bit checkpoint: missing {missing[:5]}, unexpected {unexpected[:5]}",
             )
     adapters = {name: load_adapter(model, name, d) for name, d in plan.adapters.items()}
-    return Engine(model, adapters, plan.max_batch_size, max_model_len, mode)
+    return Engine(model, adapters, plan.max_batch_size, max_model_len, mode, fused, compile)
 
 
 def _reader(stream: TextIO, q: queue.Queue[str | None]) -> None:

@@ -152,6 +152,13 @@ class GeneratePlan:
     adapters: dict[str, str]  # name -> PEFT adapter directory
     device: Literal["auto", "cpu", "cuda"]
     max_batch_size: int
+    # Optional (None = the engine's default; the TUNA_* env vars override them): KV cache positions per
+    # request (prompt + new tokens), decode mode (auto | graph | eager | reference), the fused decode layer,
+    # torch.compile of it.
+    max_model_len: int | None = None
+    mode: Literal["auto", "graph", "eager", "reference"] | None = None
+    fused: bool | None = None
+    compile: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -470,6 +477,12 @@ def parse_generate_plan(raw: Any, source: str = "plan.json") -> GeneratePlan:
         adapters=dict(adapters),
         device=r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda")),
         max_batch_size=r.get(raw, "max_batch_size", "max_batch_size", "int", min=1),
+        max_model_len=r.get(raw, "max_model_len", "max_model_len", "int", min=1, optional=True),
+        mode=r.get(
+            raw, "mode", "mode", "enum", values=("auto", "graph", "eager", "reference"), optional=True
+        ),
+        fused=r.get(raw, "fused", "fused", "bool", optional=True),
+        compile=r.get(raw, "compile", "compile", "bool", optional=True),
     )
     if r.problems:
         raise _plan_error(source, r.problems)
