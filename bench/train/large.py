@@ -41,6 +41,7 @@ from tuna_engine.models.random_dir import planned_bytes, write_random_model
 RUNS = {
     "llama3-70b-qlora": ("llama3-70b", "qlora", True),
     "qwen3-32b-lora": ("qwen3-32b", "lora", False),
+    "qwen2.5-72b-qlora": ("qwen2.5-72b", "qlora", True),  # optional (~41 GB more disk)
     "tiny-qlora": (
         "tiny",
         "qlora",
@@ -250,7 +251,9 @@ def main() -> None:
         help="model directories (cached: reused when complete) and runs go here",
     )
     ap.add_argument(
-        "--runs", default=",".join(RUNS), help=f"comma list of {', '.join(RUNS)}"
+        "--runs",
+        default="llama3-70b-qlora,qwen3-32b-lora",
+        help=f"comma list of {', '.join(RUNS)}",
     )
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument(
