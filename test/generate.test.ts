@@ -57,6 +57,8 @@ describe("startGenerator", () => {
       adapters: { tuned: adapterDir },
       device: "cpu",
       maxBatchSize: 4,
+      maxModelLen: 9000,
+      compile: true,
       workDir: work,
       env: { FAKE_REQUEST_LOG: log, FAKE_REPLY_IDS: JSON.stringify({ base: [5, 6, 7, 9], tuned: [8, 9] }) },
     });
@@ -67,7 +69,10 @@ describe("startGenerator", () => {
       command: "generate",
       model: { path: modelDir, dtype: "float32" },
       max_batch_size: 4,
+      max_model_len: 9000,
+      compile: true,
     });
+    expect(plan).not.toHaveProperty("mode"); // not given: the engine's default
     expect(plan.adapters).toEqual({ tuned: adapterDir });
 
     const streamed: number[][] = [];

@@ -3,11 +3,15 @@ in ONE run on ONE card: batch 16, 128-token prompts, 256 new tokens, greedy, war
 Qwen3 architectures. Also measures the weight-read floor: the model's bytes over the card's device-to-device copy
 bandwidth measured in the same run (a decode step cannot be faster than reading every weight once).
 
-Rows: transformers `generate`; Tuna in each mode (TUNA_GENERATE_MODE): `reference` (the original dynamic-cache
-path), `eager` (static cache, no graphs), `graph` (static cache + CUDA graphs, the default on CUDA). ms/step for
+Rows: transformers `generate`; Tuna variants (--variants): `reference` (the original dynamic-cache path), `eager`
+(static cache, fused layer, no graphs), `graph_unfused` (static cache + CUDA graphs, one matmul per projection:
+the path before the fused layer), `graph` (graphs + fused layer, the default on CUDA), `graph_compile` (graphs +
+fused layer through torch.compile: 2 compiles per model here, the batch-16 bucket's two regions). ms/step for
 Tuna is decode steps only (prefills are eager in every mode and timed apart). The launch-bound rows (HF,
 reference, eager) decode --slow-new tokens (32) instead of 256 to keep the run short; their per-step time
-hardly depends on the context length at these sizes. Graph mode captures every bucket's graph before timing.
+hardly depends on the context length at these sizes. graph/graph_unfused capture every bucket's graph before
+timing; graph_compile captures only the batch-16 bucket's graphs (each batch bucket would be 2 more compiles).
+kernels_per_step: CUDA kernels one decode step launches, counted by torch.profiler on an eager run of the step.
 
     PYTHONPATH=engine python bench/generate/run.py --models qwen3-0.6b,qwen3-8b --out /tmp/gen.json
 """
@@ -27,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench/train"))
 from run import make_model_dir
+from tuna_engine.decode import bucket_for
 from tuna_engine.generate import Engine, requests_from_dicts
 from tuna_engine.models import load_model
 
@@ -63,9 +68,16 @@ def prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
 def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, device_map="cuda"
+    ).eval()
     x = torch.tensor(ids, device="cuda")
-    kw = {"do_sample": False, "max_new_tokens": new, "min_new_tokens": new, "pad_token_id": 0}
+    kw = {
+        "do_sample": False,
+        "max_new_tokens": new,
+        "min_new_tokens": new,
+        "pad_token_id": 0,
+    }
     with torch.no_grad():
         model.generate(x, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
         torch.cuda.synchronize()
@@ -78,19 +90,38 @@ def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
     # ms_per_step includes the one batched prefill (1/new of the time).
-    return {"new_tokens": new, "tokens_per_s": n / dt, "seconds": dt, "ms_per_step": 1000 * dt / new,
-            "first_row": out[0, x.shape[1]:x.shape[1] + 8].tolist()}
+    return {
+        "new_tokens": new,
+        "tokens_per_s": n / dt,
+        "seconds": dt,
+        "ms_per_step": 1000 * dt / new,
+        "first_row": out[0, x.shape[1] : x.shape[1] + 8].tolist(),
+    }
 
 
 def _requests(ids: list[list[int]], new: int, tag: str):
-    return requests_from_dicts([
-        {"id": f"{tag}{i}", "prompt_ids": p, "max_new_tokens": new, "temperature": 0, "top_p": 1, "top_k": 0,
-         "repetition_penalty": 1, "seed": None, "stop_ids": [], "adapter": None}
-        for i, p in enumerate(ids)
-    ])
+    return requests_from_dicts(
+        [
+            {
+                "id": f"{tag}{i}",
+                "prompt_ids": p,
+                "max_new_tokens": new,
+                "temperature": 0,
+                "top_p": 1,
+                "top_k": 0,
+                "repetition_penalty": 1,
+                "seed": None,
+                "stop_ids": [],
+                "adapter": None,
+            }
+            for i, p in enumerate(ids)
+        ]
+    )
 
 
-def _run(engine: Engine, ids: list[list[int]], new: int, tag: str) -> tuple[dict[str, list[int]], float, float, int]:
+def _run(
+    engine: Engine, ids: list[list[int]], new: int, tag: str
+) -> tuple[dict[str, list[int]], float, float, int]:
     """Prefill every request (eager, one at a time), then decode until all finish. Returns the outputs, the
     prefill seconds, the decode seconds and the number of decode steps (each step ends in a host sync)."""
     torch.cuda.synchronize()
@@ -111,23 +142,85 @@ def _run(engine: Engine, ids: list[list[int]], new: int, tag: str) -> tuple[dict
     return out, t1 - t0, time.perf_counter() - t1, steps
 
 
-def bench_tuna(model, ids: list[list[int]], new: int, mode: str) -> dict:
+# variant -> (TUNA_GENERATE_MODE, fused, compile)
+VARIANTS = {
+    "reference": ("reference", False, False),
+    "eager": ("eager", True, False),
+    "graph_unfused": ("graph", False, False),
+    "graph": ("graph", True, False),
+    "graph_compile": ("graph", True, True),
+}
+SLOW = {"reference", "eager"}
+
+
+def kernels_per_step(engine: Engine, batch: int) -> int:
+    """CUDA kernels of one all-rows decode step, run eagerly under torch.profiler (compiled regions included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dec = engine.decoder
+    assert dec is not None
+    dec.inputs.zero_()
+    dec._step(
+        batch, dec.key_bucket(1), False
+    )  # warm (compiled regions compile here if not yet)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        dec._step(batch, dec.key_bucket(1), False)
+        torch.cuda.synchronize()
+    return sum(
+        1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+
+
+def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
     """One Engine over the already loaded model. ms_per_step is decode steps only (all rows active); the
     prefills are timed apart (they are eager in every mode)."""
-    engine = Engine(model, {}, len(ids), max_model_len=len(ids[0]) + new, mode=mode)
-    if engine.decoder is not None and engine.decoder.use_graphs:
-        t = time.perf_counter()
-        engine.decoder.capture_all()
-        log(f"    captured {engine.decoder.stats['captures']} graphs in {time.perf_counter() - t:.1f} s")
+    mode, fused, compiled = VARIANTS[variant]
+    t = time.perf_counter()
+    engine = Engine(
+        model,
+        {},
+        len(ids),
+        max_model_len=len(ids[0]) + new,
+        mode=mode,
+        fused=fused,
+        compile=compiled,
+    )
+    dec = engine.decoder
+    if dec is not None and dec.use_graphs:
+        if (
+            compiled
+        ):  # only the full batch's bucket: each batch bucket is 2 more compiles
+            cap = dec.capacity
+            for S in sorted(
+                {dec.key_bucket(n) for n in range(1, cap + 1, dec.key_block)}
+                | {dec.key_bucket(cap)}
+            ):
+                dec._capture((bucket_for(len(ids), dec.buckets), S, False))
+        else:
+            dec.capture_all()
+        log(
+            f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s"
+        )
     _run(engine, ids, min(new, 8), "w")  # warm-up
+    setup_s = time.perf_counter() - t
     out, prefill_s, decode_s, steps = _run(engine, ids, new, "r")
     n = sum(len(v) for v in out.values())
     res = {
-        "mode": mode, "new_tokens": new, "tokens_per_s": n / (prefill_s + decode_s), "ms_per_step": 1000 * decode_s / steps,
-        "prefill_ms_per_request": 1000 * prefill_s / len(ids), "decode_steps": steps, "first_row": out["r0"][:8],
+        "variant": variant,
+        "mode": mode,
+        "new_tokens": new,
+        "tokens_per_s": n / (prefill_s + decode_s),
+        "ms_per_step": 1000 * decode_s / steps,
+        "prefill_ms_per_request": 1000 * prefill_s / len(ids),
+        "decode_steps": steps,
+        "first_row": out["r0"][:8],
     }
+    res["setup_s"] = setup_s
     if engine.decoder is not None:
         res["decoder_stats"] = dict(engine.decoder.stats)
+        res["fused"], res["compiled"] = engine.decoder.fused, engine.decoder.compiled
+        res["kernels_per_step"] = kernels_per_step(engine, len(ids))
     del engine
     gc.collect()
     torch.cuda.empty_cache()
@@ -135,14 +228,24 @@ def bench_tuna(model, ids: list[list[int]], new: int, mode: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--slow-new", type=int, default=32,
-                    help="new tokens for the launch-bound rows (HF, tuna reference, tuna eager), to keep the run short")
-    ap.add_argument("--modes", default="reference,eager,graph", help="Tuna modes to run (TUNA_GENERATE_MODE values)")
+    ap.add_argument(
+        "--slow-new",
+        type=int,
+        default=32,
+        help="new tokens for the launch-bound rows (HF, tuna reference, tuna eager), to keep the run short",
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"Tuna rows to run, of {', '.join(VARIANTS)}",
+    )
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
@@ -150,15 +253,30 @@ def main() -> None:
     t_start = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-genbench-"))
     bw = copy_bandwidth_gbs()
-    res = {"card": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "copy_GBps": bw,
-           "settings": {k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")}, "models": {}}
+    res = {
+        "card": torch.cuda.get_device_name(),
+        "date": time.strftime("%Y-%m-%d"),
+        "copy_GBps": bw,
+        "settings": {
+            k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")
+        },
+        "models": {},
+    }
     log(f"{res['card']}: copy bandwidth {bw:.0f} GB/s")
-    rows = ([] if args.skip_hf else ["hf_generate"]) + [f"tuna_{m}" for m in args.modes.split(",")]
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(
+            f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
+        )
+    rows = ([] if args.skip_hf else ["hf_generate"]) + [f"tuna_{m}" for m in variants]
     for name in args.models.split(","):
         d = make_model_dir(name, work)
         cfg = json.loads((d / "config.json").read_text())
         nbytes = sum(f.stat().st_size for f in d.glob("*.safetensors"))
-        floor_ms = nbytes / (bw * 1e9 / 2) * 1000  # reading once = half of a copy's traffic
+        floor_ms = (
+            nbytes / (bw * 1e9 / 2) * 1000
+        )  # reading once = half of a copy's traffic
         ids = prompts(args.batch, args.prompt, cfg["vocab_size"])
         slow = min(args.new, args.slow_new)
         r: dict = {"weight_bytes": nbytes, "floor_ms_per_step": floor_ms}
@@ -166,29 +284,45 @@ def main() -> None:
             r["hf_generate"] = bench_hf(d, ids, slow)
             log(f"  {name} HF {r['hf_generate']}")
         model = load_model(str(d), "bfloat16", torch.device("cuda"))
-        for mode in args.modes.split(","):
-            r[f"tuna_{mode}"] = bench_tuna(model, ids, args.new if mode == "graph" else slow, mode)
-            log(f"  {name} tuna {mode} {r[f'tuna_{mode}']}")
+        for v in variants:
+            r[f"tuna_{v}"] = bench_tuna(model, ids, slow if v in SLOW else args.new, v)
+            log(f"  {name} tuna {v} {r[f'tuna_{v}']}")
         del model
         gc.collect()
         torch.cuda.empty_cache()
         for k in rows:
             r[k]["step_over_floor"] = r[k]["ms_per_step"] / floor_ms
             if "hf_generate" in r:
-                r[k]["speedup_vs_hf"] = r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
+                r[k]["speedup_vs_hf"] = (
+                    r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
+                )
         if "tuna_graph" in r and "tuna_eager" in r:
-            r["graph_first_row_equals_eager"] = r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
+            r["graph_first_row_equals_eager"] = (
+                r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
+            )
+        for other in ("tuna_graph_unfused", "tuna_graph_compile"):
+            if "tuna_graph" in r and other in r:
+                r[f"graph_first_row_equals_{other[5:]}"] = (
+                    r["tuna_graph"]["first_row"] == r[other]["first_row"]
+                )
         if "tuna_graph" in r and "hf_generate" in r:
-            r["graph_first_row_equals_hf"] = r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
+            r["graph_first_row_equals_hf"] = (
+                r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
+            )
         res["models"][name] = r
     res["wall_s"] = time.perf_counter() - t_start
-    print("\nmodel        | impl           | new | ms/step | floor ms | step/floor | speed× vs HF")
+    print(
+        "\nmodel        | impl               | new | ms/step | floor ms | step/floor | speed× vs HF | kernels/step | setup s"
+    )
     for name, r in res["models"].items():
         for k in rows:
             v = r[k]
             n = v.get("new_tokens", slow if k == "hf_generate" else args.new)
-            print(f"{name:12} | {k:14} | {n:3} | {v['ms_per_step']:7.2f} | {r['floor_ms_per_step']:8.2f} | "
-                  f"{v['step_over_floor']:10.2f} | {v.get('speedup_vs_hf', 1):.2f}")
+            print(
+                f"{name:12} | {k:18} | {n:3} | {v['ms_per_step']:7.2f} | {r['floor_ms_per_step']:8.2f} | "
+                f"{v['step_over_floor']:10.2f} | {v.get('speedup_vs_hf', 1):12.2f} | "
+                f"{v.get('kernels_per_step', '-'):>12} | {v.get('setup_s', 0):7.1f}"
+            )
     print(f"wall {res['wall_s']:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

@@ -457,9 +457,13 @@ def test_plan_and_requests_agree_with_protocol_ts(tmp_path):
     from tuna_engine.protocol import parse_generate_request
 
     good_plan = plan(tmp_path)
-    plans = [(None, good_plan)]
+    full = {**good_plan, "max_model_len": 8192, "mode": "graph", "fused": False, "compile": True}
+    plans = [(None, good_plan), (None, full)]
     for field, bad in [
         ("max_batch_size", {**good_plan, "max_batch_size": 0}),
+        ("max_model_len", {**full, "max_model_len": 0}),
+        ("mode", {**full, "mode": "fast"}),
+        ("compile", {**full, "compile": "yes"}),
         ("device", {**good_plan, "device": "tpu"}),
         ("adapters", {**good_plan, "adapters": {"a": 3}}),
         ("model", {k: v for k, v in good_plan.items() if k != "model"}),

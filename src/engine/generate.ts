@@ -50,6 +50,12 @@ export interface GeneratorOptions {
   dtype?: "auto" | "float32" | "bfloat16" | "float16";
   /** Requests decoded together at most (default 8). */
   maxBatchSize?: number;
+  /** KV cache positions per request: the longest prompt + max new tokens (engine default 4096). */
+  maxModelLen?: number;
+  /** Decode path (engine default auto), the fused decode layer, its torch.compile: plan fields. */
+  mode?: "auto" | "graph" | "eager" | "reference";
+  fused?: boolean;
+  compile?: boolean;
   /** Where plan.json (and events.jsonl when `keepEvents`) go; default a temporary folder removed on close. */
   workDir?: string;
   keepEvents?: boolean;
@@ -163,6 +169,10 @@ export async function startGenerator(opts: GeneratorOptions): Promise<Generator>
     adapters,
     device,
     max_batch_size: opts.maxBatchSize ?? 8,
+    max_model_len: opts.maxModelLen,
+    mode: opts.mode,
+    fused: opts.fused,
+    compile: opts.compile,
   });
   const planPath = join(workDir, "generate_plan.json");
   writeFileSync(planPath, `${JSON.stringify(plan, null, 2)}\n`);

@@ -205,6 +205,14 @@ export const GeneratePlan = z.object({
   device: z.enum(["auto", "cpu", "cuda"]),
   /** Requests decoded together at most. */
   max_batch_size: z.number().int().positive(),
+  /** KV cache positions per request (longest prompt + max_new_tokens); engine default 4096, TUNA_MAX_MODEL_LEN overrides. */
+  max_model_len: z.number().int().positive().optional(),
+  /** Decode path; engine default auto (graph on CUDA, eager on CPU), TUNA_GENERATE_MODE overrides. */
+  mode: z.enum(["auto", "graph", "eager", "reference"]).optional(),
+  /** Fused decode layer (engine default true; TUNA_GENERATE_FUSED overrides). */
+  fused: z.boolean().optional(),
+  /** torch.compile of the fused decode layer (engine default false; TUNA_GENERATE_COMPILE overrides). */
+  compile: z.boolean().optional(),
 });
 export type GeneratePlan = z.infer<typeof GeneratePlan>;
 

@@ -398,6 +398,8 @@ export async function runEval(config: EvalConfig, opts: RunEvalOptions): Promise
     device: config.device,
     dtype: config.dtype,
     maxBatchSize: g.batch_size,
+    // Room for the longest prompt and its answer: a long eval prompt is not refused by the engine's 4096 default.
+    maxModelLen: prompts.reduce((m, p) => Math.max(m, p.ids.length), 0) + g.max_new_tokens,
   });
   const results: { answer: ChatAnswer; scores: Record<string, number> }[] = new Array(jobs.length);
   const progress = new Progress(jobs.length, "generating", opts.quiet ?? false);
