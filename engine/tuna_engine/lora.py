@@ -313,6 +313,30 @@ def adapter_config(
     }
 
 
+def _projection_targets(targets: list[str]) -> tuple[list[str], list[int] | None]:
+    """peft may write `target_modules` as full module paths ("model.layers.3.mlp.up_proj", as some versions
+    do for "all-linear"): reduce them to projection names, and to the layers they name when every named layer
+    has the same projections (anything else stays as given and is reported as unsupported)."""
+    paths = [t for t in targets if "." in t]
+    if not paths:
+        return targets, None
+    per_layer: dict[int, set[str]] = {}
+    for t in paths:
+        parts = t.split(".")
+        idx = next(
+            (int(parts[i + 1]) for i, p in enumerate(parts[:-1]) if p == "layers" and parts[i + 1].isdigit()),
+            None,
+        )
+        if idx is None or parts[-1] not in LORA_PROJECTIONS:
+            return targets, None
+        per_layer.setdefault(idx, set()).add(parts[-1])
+    projections = set(next(iter(per_layer.values())))
+    if any(v != projections for v in per_layer.values()):
+        return targets, None
+    rest = [t for t in targets if "." not in t]
+    return sorted(projections | set(rest)), sorted(per_layer)
+
+
 def read_adapter_config(adapter_dir: str) -> tuple[LoraSpec, tuple[int, ...] | None]:
     from .errors import EngineError
 
@@ -329,6 +353,7 @@ def read_adapter_config(adapter_dir: str) -> tuple[LoraSpec, tuple[int, ...] | N
     targets = cfg.get("target_modules")
     if isinstance(targets, str):
         targets = ["all-linear"] if targets == "all-linear" else [targets]
+    targets, path_layers = _projection_targets(targets)
     unknown = [t for t in targets if t not in LORA_PROJECTIONS and t != "all-linear"]
     if unknown or cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise EngineError(
@@ -347,4 +372,6 @@ def read_adapter_config(adapter_dir: str) -> tuple[LoraSpec, tuple[int, ...] | N
     layers = cfg.get("layers_to_transform")
     if isinstance(layers, int):
         layers = [layers]
+    if layers is None and path_layers is not None:
+        layers = path_layers
     return spec, tuple(layers) if layers is not None else None
