@@ -156,6 +156,7 @@ class _StepProfile:
             torch.cuda.synchronize()
         self.prof.__exit__(None, None, None)
         key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         Path(self.path).write_text(self.prof.key_averages().table(sort_by=key, row_limit=40))
 
 
