@@ -361,3 +361,23 @@ def test_plan_field_errors(tmp_path: Path, train: dict, msg: str) -> None:
     with pytest.raises(EngineError) as e:
         parse_train_plan(plan)
     assert msg in e.value.message
+
+
+@pytest.mark.parametrize("recompute,mode", [("full", "auto"), ("none", "exact")])
+def test_tiled_mlp_for_long_rows_is_the_same_math(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch, recompute: str, mode: str
+) -> None:
+    """Rows longer than 2 × MLP_TILE_TOKENS run the MLP in tiles, each recomputed: same loss and grads, and
+    the MLP's intermediate activations are never saved for the whole row."""
+    ref_loss, ref = model_step(tiny_dir, "float32", mode, recompute)
+    monkeypatch.setattr(llama, "MLP_TILE_TOKENS", 7)  # tiles that do not divide the row or align to samples
+    calls = []
+    orig = llama.DecoderLayer.tiled_mlp_block
+    monkeypatch.setattr(
+        llama.DecoderLayer, "tiled_mlp_block", lambda self, x: calls.append(1) or orig(self, x)
+    )
+    loss, got = model_step(tiny_dir, "float32", mode, recompute)
+    assert calls, "the tiled path did not run"
+    assert abs(loss - ref_loss) / ref_loss < 1e-6
+    for k in ref:
+        assert rel(got[k], ref[k]) < 1e-5, k

@@ -279,6 +279,10 @@ class Attention(nn.Module):
         return self.o_proj(y.reshape(B, T, -1))
 
 
+# Training micro-batches longer than 2 × this many tokens run the MLP block in tiles (DecoderLayer.tiled_mlp_block).
+MLP_TILE_TOKENS = 32768
+
+
 class MLP(nn.Module):
     def __init__(self, c: Config, lora: LoraSpec | None, targets: tuple[str, ...]) -> None:
         super().__init__()
@@ -307,8 +311,19 @@ class DecoderLayer(nn.Module):
     def mlp_block(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.post_attention_layernorm(x))
 
+    def tiled_mlp_block(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP block over tiles of MLP_TILE_TOKENS tokens, each recomputed in backward. The block is
+        token-wise, so this is the same math; what changes is that its four [tokens, intermediate] activations
+        (8 GiB each for Qwen3-8B at 350k tokens) exist for one tile at a time — the long-context path, as
+        Unsloth's and ArcticTraining's tiled MLP do."""
+        B, T, C = x.shape
+        tiles = x.reshape(B * T, C).split(MLP_TILE_TOKENS)
+        return torch.cat([checkpoint(self.mlp_block, t, use_reentrant=False) for t in tiles]).view(B, T, C)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg)
+        if self.training and torch.is_grad_enabled() and x.shape[0] * x.shape[1] > 2 * MLP_TILE_TOKENS:
+            return x + self.tiled_mlp_block(x)
         if self.checkpoint_mlp and self.training and torch.is_grad_enabled():
             # Only x [B, T, C] is kept; gate, up, silu(gate) and their product (4 × [B, T, intermediate],
             # the largest activations of the layer) are recomputed in the backward pass.
