@@ -612,9 +612,15 @@ def test_compiled_fused_step_equals_eager(models):
     """torch.compile of the fused layer's two regions (CPU inductor here): same greedy tokens as uncompiled
     fused and as the reference path, with adapters. Batch bucket 2 with adapters only: 2 compiles (~10 s)."""
     p = parse_generate_plan(plan(models["dir"], _adapters(models), batch=2))
+    from torch._dynamo.utils import counters
+
     compiled = load_for_generation(p, mode="eager", compile=True)
     assert compiled.decoder is not None and compiled.decoder.compiled
     reqs = [req("a", PROMPTS[0], 6, "lora"), req("b", PROMPTS[3], 6, "dora")]
+    before = counters["stats"]["unique_graphs"]
     got = compiled.generate(reqs)
+    # Two regions x one (batch bucket 2, adapter rows) key, shared by both layers; a second run compiles nothing.
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert compiled.generate(reqs) == got and counters["stats"]["unique_graphs"] - before == 2
     assert got == load_for_generation(p, mode="eager").generate(reqs)
     assert got == load_for_generation(p, mode="reference").generate(reqs)
