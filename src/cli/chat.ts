@@ -1,6 +1,8 @@
 // `tuna chat <model-dir> [--adapter <dir>]`: an interactive terminal chat, streamed. In a terminal Ctrl-C
 // stops the current answer (a cancel request to the engine) and, at an empty prompt, quits; with stdin piped,
 // lines are read and answered in order until EOF (scripts and tests), and SIGINT does the same.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Command } from "commander";
 import { loadChatModel, resolveAdapterDir, startGenerator } from "../engine/generate.ts";
@@ -19,8 +21,26 @@ interface ChatOpts {
   topK: string;
   repetitionPenalty: string;
   seed?: string;
+  maxModelLen?: string;
   device: string;
   dtype: string;
+}
+
+// A chat's KV cache is allocated once for its whole length; 32k tokens of Qwen3-8B is 4.5 GiB.
+const CHAT_CONTEXT_CAP = 32768;
+
+function defaultChatContext(modelDir: string): number {
+  const path = join(modelDir, "config.json");
+  let max: unknown;
+  try {
+    max = (JSON.parse(readFileSync(path, "utf8")) as { max_position_embeddings?: unknown })
+      .max_position_embeddings;
+  } catch {
+    return CHAT_CONTEXT_CAP; // a missing or broken config.json is reported by the engine when it loads the model
+  }
+  return typeof max === "number" && Number.isInteger(max) && max > 0
+    ? Math.min(max, CHAT_CONTEXT_CAP)
+    : CHAT_CONTEXT_CAP;
 }
 
 function num(name: string, v: string, check: (x: number) => boolean, expected: string): number {
@@ -57,6 +77,10 @@ export function register(program: Command): void {
     .option("--top-k <k>", "top-k sampling (0 = off)", "20")
     .option("--repetition-penalty <x>", "repetition penalty (1 = off)", "1")
     .option("--seed <n>", "sampling seed")
+    .option(
+      "--max-model-len <n>",
+      `longest conversation in tokens (prompt + answer; the KV cache is sized for it). Default: the model's max_position_embeddings, at most ${CHAT_CONTEXT_CAP}`,
+    )
     .option("--device <device>", "auto, cpu or cuda", "auto")
     .option("--dtype <dtype>", "auto, float32, bfloat16 or float16", "auto")
     .action(async (modelDir: string, o: ChatOpts) => {
@@ -87,6 +111,15 @@ export function register(program: Command): void {
         device,
         dtype,
         maxBatchSize: 1,
+        maxModelLen:
+          o.maxModelLen === undefined
+            ? defaultChatContext(modelDir)
+            : num(
+                "--max-model-len",
+                o.maxModelLen,
+                (x) => Number.isInteger(x) && x > 0,
+                "a positive integer",
+              ),
       });
       const write = (s: string) => {
         if (s) process.stdout.write(s);
