@@ -130,8 +130,9 @@ def bench_hf(model_dir: Path, batch: int, seq: int, steps: int, warmup: int) -> 
 
 
 def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: str) -> Path:
-    """Token shards (docs/formats.md) of n_packs packs of exactly `seq` tokens. lengths="full": one sample per
-    pack; "mix": support-transcript-like samples (many short) packed first-fit."""
+    """Token shards (docs/formats.md) of n_packs packs. lengths="full": one sample of exactly `seq` tokens per
+    pack; "mix": support-transcript-like samples (many short) filling each `seq`-token pack; "mix_unpacked":
+    the same length mix, one sample per pack (no packing: the engine pads each micro-batch to its longest)."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
@@ -139,6 +140,8 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
     for _ in range(n_packs):
         if lengths == "full":
             seqs.append([seq])
+        elif lengths == "mix_unpacked":
+            seqs.append([int(min(seq, max(16, rng.lognormal(5.3, 0.8))))])
         else:
             left, parts = seq, []
             while left > 0:
@@ -146,7 +149,7 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
                 parts.append(n)
                 left -= n
             seqs.append(parts)
-    total = n_packs * seq
+    total = sum(sum(parts) for parts in seqs)
     tokens = rng.integers(0, vocab, total, dtype=np.int32)
     weight = np.ones(total, dtype=np.float32)
     seq_off = [0]
@@ -208,11 +211,13 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
     el = [e["elapsed_s"] for e in steps_ev]
     dts = np.diff(el)[warmup:]
     step_s = float(np.median(dts))
-    trained = float(np.median([e["trained_tokens"] for e in steps_ev[warmup:]]))
+    # Trained tokens over the timed steps' total time: unpacked rows make steps of different lengths.
+    trained_per_s = float(sum(e["trained_tokens"] for e in steps_ev[warmup + 1 :]) / dts.sum())
     return {
         "gpus": gpus,
-        "tokens_per_s": batch * seq * gpus / step_s,
-        "trained_tokens_per_s": trained / step_s,
+        # Row tokens per second; without packing the rows are not `seq` long, so trained tokens stand in.
+        "tokens_per_s": trained_per_s if lengths == "mix_unpacked" else batch * seq * gpus / step_s,
+        "trained_tokens_per_s": trained_per_s,
         "step_s": step_s,
         "peak_gib": max((e["memory_gib"] or 0) for e in steps_ev),
         "loss": steps_ev[-1]["loss"],
@@ -222,8 +227,10 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
 # Tuna variants: name -> (plan `train` overrides, engine environment, data lengths, what it is). The plan the
 # bench writes has gradient_checkpointing true and no other setting, so "default" is the engine's defaults.
 VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
-    "default": ({}, {}, "full", "the engine's defaults (lora_compute auto, recompute full, eager)"),
-    "exact": ({"lora_compute": "exact"}, {}, "full", "peft's fp32 adapter math (the engine before issue 5), eager"),
+    "default": ({}, {}, "full", "the engine's defaults (lora_compute auto, recompute full, train.compile on)"),
+    "eager": ({"compile": False}, {}, "full", "the defaults without train.compile"),
+    "exact": ({"lora_compute": "exact", "compile": False}, {}, "full",
+              "peft's fp32 adapter math, eager (the engine before issue 5's work)"),
     "fast": ({"compile": True}, {}, "full", "lora_compute auto + train.compile, recompute full"),
     "fast_mlp": ({"compile": True, "recompute": "mlp"}, {}, "full", "fast, recomputing only the MLP blocks"),
     "fast_none": ({"compile": True, "recompute": "none", "gradient_checkpointing": False}, {}, "full",
@@ -235,6 +242,7 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
     "exact_compile": ({"lora_compute": "exact", "compile": True}, {}, "full",
                       "exact + train.compile (the earlier compile row)"),
     "mix": ({}, {}, "mix", "default on a support-transcript length mix, packed"),
+    "mix_unpacked": ({}, {}, "mix_unpacked", "the same length mix, one sample per row (padded to the batch's longest)"),
     "sdpa": ({}, {"TUNA_ATTENTION": "sdpa"}, "full", "default with the reference attention path (SDPA + block mask)"),
     "nockpt": ({"gradient_checkpointing": False}, {}, "full", "default without gradient checkpointing"),
     "compile": ({}, {"TUNA_COMPILE": "1"}, "full", "default + TUNA_COMPILE=1 (same as train.compile)"),
@@ -305,14 +313,14 @@ def main() -> None:
                     v["speedup_vs_hf"] = v["tokens_per_s"] / r["hf_peft"]["tokens_per_s"]
                     v["memory_vs_hf"] = v["peak_gib"] / r["hf_peft"]["peak_gib"]
         results["models"][name] = r
-    print("\nmodel        | impl               | tokens/s | peak GiB | MFU   | speed× | mem×")
+    print("\nmodel        | impl               | tokens/s | trained/s | peak GiB | MFU   | speed× | mem×")
     for name, r in results["models"].items():
         for k, v in r.items():
             if isinstance(v, dict):
                 if "error" in v:
                     print(f"{name:12} | {k:18} | error: {str(v['error'])[:200]}")
                     continue
-                print(f"{name:12} | {k:18} | {v['tokens_per_s']:8.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}")
+                print(f"{name:12} | {k:18} | {v['tokens_per_s']:8.0f} | {v.get('trained_tokens_per_s', v['tokens_per_s']):9.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 

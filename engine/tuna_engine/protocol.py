@@ -85,8 +85,8 @@ class TrainSpec:
     save_every: int
     # Stop after this many evaluations without a new best validation loss; None = never stop early.
     early_stopping_patience: int | None = None
-    # CUDA only: regional torch.compile of the decoder layers (docs/performance.md).
-    compile: bool = False
+    # CUDA only: regional torch.compile of the decoder layers (docs/performance.md). On unless the plan says no.
+    compile: bool = True
     # LoRA adapter math (lora.py): "auto" = the fused 16-bit adapter Function, "exact" = peft's fp32 math.
     lora_compute: Literal["auto", "exact"] = "auto"
     # What the backward pass recomputes (models/llama.py): every decoder layer, each MLP block, or nothing.
@@ -357,7 +357,7 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         early_stopping_patience=r.get(
             t, "early_stopping_patience", "train.early_stopping_patience", "int", optional=True, min=1
         ),
-        compile=bool(r.get(t, "compile", "train.compile", "bool", optional=True)),
+        compile=r.get(t, "compile", "train.compile", "bool", optional=True) is not False,
         lora_compute=r.get(
             t, "lora_compute", "train.lora_compute", "enum", optional=True, values=("auto", "exact")
         )

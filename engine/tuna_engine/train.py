@@ -26,6 +26,7 @@ from .export import full_state_dict, save_adapter, save_hf_model
 from .lora import set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
+from .models.llama import CausalLM
 from .protocol import TrainPlan, emit, log
 
 
@@ -219,10 +220,13 @@ def train(plan: TrainPlan) -> None:
         raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
     val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
     optimizer = make_optimizer(model, plan, device)
-    compile_layers = t.compile or os.environ.get("TUNA_COMPILE") == "1"
-    if device.type == "cuda" and compile_layers and hasattr(model, "model"):
+    # TUNA_COMPILE=0/1 overrides train.compile (benches, and a way out should a torch release break it).
+    compile_env = os.environ.get("TUNA_COMPILE")
+    compile_layers = t.compile if compile_env is None else compile_env == "1"
+    if device.type == "cuda" and compile_layers and isinstance(model, CausalLM):
         # train.compile (docs/performance.md): compile each decoder layer (regional compilation: one graph,
-        # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels.
+        # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels. Our own
+        # model code only: the generic transformers backend stays eager.
         for layer in model.model.layers:
             layer.compile()
     packs_per_step = t.micro_batch_size * t.grad_accum  # the global batch, whatever the process count

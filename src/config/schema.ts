@@ -65,7 +65,7 @@ export const TrainConfig = z
     optimizer: z.enum(["adamw", "adamw8bit"]).default("adamw"),
     gradient_checkpointing: z.boolean().default(true),
     /** CUDA: regional torch.compile of the decoder layers (1.5–1.8× measured; docs/performance.md). */
-    compile: z.boolean().default(false),
+    compile: z.boolean().default(true),
     /** LoRA adapter math: auto = fused 16-bit Function (fast path), exact = peft's fp32 math bit for bit. */
     lora_compute: z.enum(["auto", "exact"]).default("auto"),
     /** What the backward pass recomputes; when given it decides, else gradient_checkpointing does
