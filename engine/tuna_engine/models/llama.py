@@ -18,6 +18,7 @@ import contextlib
 import inspect
 import math
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -334,26 +335,281 @@ class DecoderLayer(nn.Module):
 RECOMPUTE = ("full", "mlp", "none")
 
 
-def offload_saved_tensors(min_bytes: int = 1 << 16) -> torch.autograd.graph.saved_tensors_hooks:
-    """Tensors saved for backward go to CPU memory (pinned when they come from a GPU, copied without
-    blocking on the current stream, which orders the copies back before their use) and return in the
-    backward pass. Unlike torch's `save_on_cpu`, parameters (the frozen weights every GEMM saves) and small
-    tensors stay where they are: copying the 16 GB of an 8B model's weights each step would be the cost."""
+# Activation offload (train.offload_activations). The decoder's saved tensors go to host memory while the forward
+# pass runs on, grouped by decoder layer, and come back one layer ahead of the backward pass:
+#   forward: each saved tensor is copied device→host on a side stream as soon as it is saved; the device tensor is
+#     kept until the forward pass enters the layer OFFLOAD_LAG layers later, where the compute stream waits for
+#     those copies and the device tensors are dropped (no record_stream: the block is freed on the compute stream
+#     after that wait, so the allocator reuses it at once and at most ~OFFLOAD_LAG layers' tensors are in flight).
+#   backward: the first unpack of a layer-i tensor loads layer i (if not already there) and starts the
+#     host→device copies of layer i-1 on the side stream; each unpack makes the compute stream wait for the copy
+#     of that one tensor. A tensor's device copy is dropped once autograd has unpacked it as often as it was packed.
+# The last OFFLOAD_LAG layers' tensors never leave the device (backward needs them first).
+OFFLOAD_LAG = 2
 
-    def pack(t: torch.Tensor) -> Any:
-        if isinstance(t, nn.Parameter) or t.numel() * t.element_size() < min_bytes:
+
+class Copier:
+    """Synchronous copies into ordinary host memory: the CPU path, and the fallback on CUDA when pinned memory
+    cannot be had. `to_host`/`to_device` return (tensor, event) where event None means the copy is complete in
+    the order of the current stream."""
+
+    def to_host(self, span: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        host = torch.empty(span.shape, dtype=span.dtype)
+        host.copy_(span)
+        return host, None
+
+    def to_device(self, hosts: list[torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, Any]]:
+        # From pageable memory, non_blocking only skips a stream synchronisation: the source is staged at once.
+        return [(h.to(device, non_blocking=True) if device.type != "cpu" else h.clone(), None) for h in hosts]
+
+    def wait(self, event: Any, device: torch.device) -> None:
+        pass
+
+
+class StreamCopier(Copier):
+    """Copies on a side CUDA stream into pinned host memory (torch's caching host allocator keeps the pinned
+    blocks across steps; it reuses a block only after the copies recorded on it are done)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+
+    def to_host(self, span: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        # Raises when pinned memory runs out (the caller falls back to the synchronous copy).
+        host = torch.empty(span.shape, dtype=span.dtype, pin_memory=True)
+        self.stream.wait_stream(
+            torch.cuda.current_stream(span.device)
+        )  # span is produced on the compute stream
+        with torch.cuda.stream(self.stream):
+            host.copy_(span, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return host, event
+
+    def to_device(self, hosts: list[torch.Tensor], device: torch.device) -> list[tuple[torch.Tensor, Any]]:
+        # Allocated on the compute stream, which frees them after use in its own order; the side stream waits
+        # for the compute stream first because a new block may be one the compute stream is still reading.
+        outs = [torch.empty(h.shape, dtype=h.dtype, device=device) for h in hosts]
+        self.stream.wait_stream(torch.cuda.current_stream(device))
+        done = []
+        with torch.cuda.stream(self.stream):
+            for out, host in zip(outs, hosts, strict=True):
+                out.copy_(host, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self.stream)
+                done.append((out, event))
+        return done
+
+    def wait(self, event: Any, device: torch.device) -> None:
+        if event is not None:
+            torch.cuda.current_stream(device).wait_event(event)
+
+
+class _Held:
+    """One saved tensor: its host copy (the flat span of storage it covers), and its device tensor while there
+    is one (the original until released in forward, or the copy loaded for backward)."""
+
+    __slots__ = (
+        "host", "device", "size", "stride", "copier", "gpu", "d2h", "h2d", "seq", "packs", "unpacks", "last_group",
+        "owner", "version", "__weakref__",
+    )  # fmt: skip
+
+
+def _span(t: torch.Tensor) -> int:
+    """Elements of storage that `t` covers from its offset (= numel for a dense tensor in any dim order)."""
+    return 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
+
+
+class ActivationOffload:
+    """The state of one forward pass's offload: `pack`/`unpack` are the saved-tensor hooks, `enter_layer(i)` is
+    called by the forward loop before layer i (and before the final norm, as one more group).
+
+    Not offloaded: parameters (the frozen weights every GEMM saves: copying 16 GB of 8B weights each step would
+    be the cost, which torch's `save_on_cpu` pays), tensors under `min_bytes`, tensor subclasses, and views that
+    cover more than twice their own size of storage. The same view of the same storage saved twice (normed x by
+    several projections, the rotary tables by every layer) is copied once."""
+
+    def __init__(
+        self, min_bytes: int = 1 << 16, copier: Copier | None = None, max_pinned_bytes: int | None = None
+    ) -> None:
+        self.min_bytes = min_bytes
+        self.copier = copier  # injected (tests); None: a StreamCopier per CUDA device, synchronous otherwise
+        self.max_pinned_bytes = max_pinned_bytes
+        self.sync = Copier()
+        self.streams: dict[torch.device, StreamCopier] = {}
+        self.groups: dict[int, list[weakref.ref[_Held]]] = {}
+        self.group = 0
+        self.released = -1  # groups ≤ this one have dropped their device originals (forward)
+        self.started: set[int] = set()  # groups whose backward has begun
+        self.seen: dict[tuple, weakref.ref[_Held]] = {}
+        self.seq = 0
+        self.in_backward = False
+        self.pinned_ok = True
+        self.stats = {"offloaded_bytes": 0, "pinned_bytes": 0, "kept_bytes": 0, "deduplicated": 0, "h2d": 0}
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def enter_layer(self, i: int) -> None:
+        self.group = i
+        self._release_through(i - OFFLOAD_LAG)
+
+    def _release_through(self, last: int) -> None:
+        latest: dict[Copier, tuple[int, Any, torch.device]] = {}
+        drop = []
+        for g in range(self.released + 1, last + 1):
+            for ref in self.groups.get(g, ()):
+                held = ref()
+                if held is None or held.gpu is None or held.last_group > last:
+                    continue
+                drop.append(held)
+                if held.d2h is not None and held.seq > latest.get(held.copier, (-1,))[0]:
+                    latest[held.copier] = (held.seq, held.d2h, held.device)
+        # Copies on one side stream finish in order: waiting for the latest covers the group.
+        for copier, (_, event, device) in latest.items():
+            copier.wait(event, device)
+        for held in drop:
+            held.gpu = None
+            held.d2h = None
+        self.released = max(self.released, last)
+
+    def pack(self, t: torch.Tensor) -> Any:
+        if isinstance(t, nn.Parameter) or type(t) is not torch.Tensor or t.layout != torch.strided:
             return t
-        cpu = torch.empty(t.shape, dtype=t.dtype, layout=t.layout, pin_memory=t.is_cuda)
-        cpu.copy_(t, non_blocking=t.is_cuda)
-        return (t.device, cpu)
+        nbytes = t.numel() * t.element_size()
+        extent = _span(t)
+        if nbytes < self.min_bytes:
+            return t
+        if extent > 2 * t.numel():
+            self.stats["kept_bytes"] += nbytes
+            return t
+        key = (
+            t.device,
+            t.dtype,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+        )
+        ref = self.seen.get(key)
+        held = ref() if ref is not None else None
+        # The same storage only while the tensor first seen (or its base) lives: a freed block can come back.
+        if held is not None and (held.owner() is None or held.version != t._version):
+            held = None
+        if held is None:
+            held = self._offload(t, extent, nbytes)
+            self.seen[key] = weakref.ref(held)
+        else:
+            self.stats["deduplicated"] += 1
+        held.packs += 1
+        held.last_group = self.group
+        self.groups.setdefault(self.group, []).append(weakref.ref(held))
+        return (self, held, self.group)
 
-    def unpack(packed: Any) -> torch.Tensor:
+    def _copier_for(self, t: torch.Tensor, nbytes: int) -> Copier:
+        if not self.pinned_ok:
+            return self.sync
+        if self.copier is not None:
+            return self.copier
+        if not t.is_cuda:
+            return self.sync
+        if self.max_pinned_bytes is not None and self.stats["pinned_bytes"] + nbytes > self.max_pinned_bytes:
+            return self.sync
+        if t.device not in self.streams:
+            self.streams[t.device] = StreamCopier(t.device)
+        return self.streams[t.device]
+
+    def _offload(self, t: torch.Tensor, extent: int, nbytes: int) -> _Held:
+        span = t.as_strided((extent,), (1,))
+        copier = self._copier_for(t, nbytes)
+        try:
+            host, event = copier.to_host(span)
+        except RuntimeError:  # pinned memory exhausted: this and the rest of the pass go the synchronous way
+            if copier is self.sync:
+                raise
+            self.pinned_ok = False
+            copier = self.sync
+            host, event = copier.to_host(span)
+        held = _Held()
+        held.host, held.device, held.size, held.stride = host, t.device, t.shape, t.stride()
+        held.copier, held.gpu, held.d2h, held.h2d = copier, t, event, None
+        self.seq += 1
+        held.seq, held.packs, held.unpacks, held.last_group = self.seq, 0, 0, self.group
+        held.owner = weakref.ref(t._base if t._base is not None else t)
+        held.version = t._version
+        self.stats["offloaded_bytes"] += nbytes
+        if isinstance(copier, StreamCopier):
+            self.stats["pinned_bytes"] += host.numel() * host.element_size()
+        return held
+
+    # ---- backward ------------------------------------------------------------------------------------------
+    def unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
-        device, cpu = packed
-        return cpu.to(device, non_blocking=True)
+        _, held, group = packed
+        if not self.in_backward:
+            self.in_backward = True
+            try:  # reset at the end of this backward pass (a second one, retain_graph, starts over)
+                torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+            except RuntimeError:  # unpacked outside a backward pass (grad_fn._saved_* from Python)
+                self.in_backward = False
+        if group not in self.started:
+            self.started.add(group)
+            self._load(group)
+            below = [g for g in self.groups if g < group]
+            if below:
+                self._load(max(below))  # prefetch: overlaps with this layer's backward
+        if held.gpu is None:  # consumed already (a second unpack), or never grouped
+            self._load_all([held])
+        out = held.gpu
+        held.copier.wait(held.h2d, held.device)  # the compute stream waits for this tensor's copy only
+        held.unpacks += 1
+        if held.unpacks >= held.packs:
+            held.gpu = held.h2d = None  # autograd holds it now; freed on the compute stream after use
+        return out
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+    def _load(self, group: int) -> None:
+        todo = {id(h): h for ref in self.groups.get(group, ()) if (h := ref()) is not None and h.gpu is None}
+        self._load_all(list(todo.values()))
+
+    def _load_all(self, helds: list[_Held]) -> None:
+        by: dict[tuple[Copier, torch.device], list[_Held]] = {}
+        for h in helds:
+            by.setdefault((h.copier, h.device), []).append(h)
+        for (copier, device), hs in by.items():
+            for h, (flat, event) in zip(hs, copier.to_device([h.host for h in hs], device), strict=True):
+                h.gpu = flat.as_strided(h.size, h.stride, 0)
+                h.h2d = event
+                self.stats["h2d"] += 1
+
+    def _end_backward(self) -> None:
+        """Device copies loaded but never unpacked are dropped after the compute stream waits for them."""
+        for refs in self.groups.values():
+            for ref in refs:
+                held = ref()
+                if held is not None and held.gpu is not None:
+                    held.copier.wait(held.h2d, held.device)
+                    held.gpu = held.h2d = None
+                if held is not None:
+                    held.unpacks = 0
+        self.started.clear()
+        self.in_backward = False
+
+
+class OffloadHooks(torch.autograd.graph.saved_tensors_hooks):
+    """The context manager over the decoder's forward: saved_tensors_hooks of one `ActivationOffload`."""
+
+    def __init__(self, state: ActivationOffload) -> None:
+        super().__init__(state.pack, state.unpack)
+        self.state = state
+
+    def enter_layer(self, i: int) -> None:
+        self.state.enter_layer(i)
+
+
+def offload_saved_tensors(min_bytes: int = 1 << 16, copier: Copier | None = None) -> OffloadHooks:
+    """Hooks that send the decoder's saved tensors to host memory and bring them back a layer ahead of the
+    backward pass (see OFFLOAD_LAG above). TUNA_OFFLOAD_PINNED_GIB caps the pinned memory of one forward pass;
+    beyond it (or when a pinned allocation fails) tensors are copied synchronously to ordinary memory."""
+    cap = os.environ.get("TUNA_OFFLOAD_PINNED_GIB")
+    return OffloadHooks(ActivationOffload(min_bytes, copier, int(float(cap) * (1 << 30)) if cap else None))
 
 
 class Body(nn.Module):
@@ -429,16 +685,18 @@ class CausalLM(nn.Module):
         sin = (emb.sin() * self.rope_scale).to(x.dtype)
         seg = segments(sample_ids) if use_varlen(x) else Segments(sample_ids, sample_ids, 0)
         training = self.training and torch.is_grad_enabled()
-        offload = (
-            offload_saved_tensors() if self.offload_activations and training else contextlib.nullcontext()
-        )
-        with offload:
-            for layer in self.model.layers:
+        offload = offload_saved_tensors() if self.offload_activations and training else None
+        with offload if offload is not None else contextlib.nullcontext():
+            for i, layer in enumerate(self.model.layers):
+                if offload is not None:
+                    offload.enter_layer(i)  # saved tensors are grouped by layer for the backward prefetch
                 if self._recompute == "full" and training:
                     # Saved: the layer's inputs only (offloaded too when offload_activations is on).
                     x = checkpoint(layer, x, cos, sin, seg, use_reentrant=False)
                 else:
                     x = layer(x, cos, sin, seg)
+            if offload is not None:
+                offload.enter_layer(len(self.model.layers))  # the final norm's inputs: a group of their own
             return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
