@@ -345,6 +345,42 @@ def step(model_dir: Path, recompute: str, offload: bool, compile_layers: bool = 
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("mode", ["auto", "exact"])
+def test_weights_and_their_views_stay(tiny4: Path, mode: str) -> None:
+    """Eager F.linear saves W.t() (a view of the frozen weight) for the input's gradient: it must not be copied."""
+    lora = LoraSpec(
+        r=4, alpha=8.0, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
+    )
+    model = load_model(str(tiny4), "float32", torch.device("cpu"), lora, seed=1)
+    for n, p in model.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    set_lora_compute(model, mode)
+    model.recompute = "none"
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    hooks = llama.offload_saved_tensors(min_bytes=0)
+    copied: list[torch.Tensor] = []
+    pack = hooks.pack_hook
+
+    def rec(t: torch.Tensor) -> Any:
+        out = pack(t)
+        if out is not t:
+            copied.append(t)
+        return out
+
+    hooks.pack_hook = rec
+    batch = packed_batch(random_samples(4, seed=3), per_row=2)
+    with hooks:
+        hooks.enter_layer(0)
+        model.model.layers[0](
+            model.model.embed_tokens(batch.input_ids).requires_grad_(),
+            *[torch.ones(*batch.input_ids.shape, 16)] * 2,
+            llama.Segments(batch.sample_ids, batch.sample_ids, 0),
+        )
+    assert len(copied) > 5
+    assert not [tuple(t.shape) for t in copied if t.untyped_storage().data_ptr() in weights]
+
+
 @pytest.mark.parametrize("recompute", ["none", "mlp", "full", "mlp-tiled"])
 @pytest.mark.parametrize("fake", [False, True], ids=["cpu", "fake-device"])
 def test_model_offload_on_off_identical(

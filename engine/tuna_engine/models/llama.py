@@ -423,10 +423,11 @@ class ActivationOffload:
     """The state of one forward pass's offload: `pack`/`unpack` are the saved-tensor hooks, `enter_layer(i)` is
     called by the forward loop before layer i (and before the final norm, as one more group).
 
-    Not offloaded: parameters (the frozen weights every GEMM saves: copying 16 GB of 8B weights each step would
-    be the cost, which torch's `save_on_cpu` pays), tensors under `min_bytes`, tensor subclasses, and views that
-    cover more than twice their own size of storage. The same view of the same storage saved twice (normed x by
-    several projections, the rotary tables by every layer) is copied once."""
+    Not offloaded: parameters and views of them (the frozen weights every GEMM saves, W.t() in eager F.linear:
+    copying 16 GB of 8B weights each step would be the cost, which torch's `save_on_cpu` pays), tensors under
+    `min_bytes`, tensor subclasses, and views that cover more than twice their own size of storage. The same
+    view of the same storage saved twice (normed x by several projections, the rotary tables by every layer) is
+    copied once."""
 
     def __init__(
         self, min_bytes: int = 1 << 16, copier: Copier | None = None, max_pinned_bytes: int | None = None
@@ -472,6 +473,8 @@ class ActivationOffload:
 
     def pack(self, t: torch.Tensor) -> Any:
         if isinstance(t, nn.Parameter) or type(t) is not torch.Tensor or t.layout != torch.strided:
+            return t
+        if isinstance(t._base, nn.Parameter):  # W.t(), saved by eager F.linear: a weight, not an activation
             return t
         nbytes = t.numel() * t.element_size()
         extent = _span(t)
