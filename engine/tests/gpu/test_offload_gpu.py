@@ -197,8 +197,9 @@ def test_synchronous_fallback_when_pinned_memory_is_capped(
 
 def test_pinned_host_blocks_are_cached() -> None:
     """torch's caching host allocator hands a freed pinned block back (so no pool of our own is needed)."""
-    a = torch.empty(48 << 20, dtype=torch.uint8, pin_memory=True)
+    size = (200 << 20) + 1  # a size class (256 MiB) the other tests leave empty
+    a = torch.empty(size, dtype=torch.uint8, pin_memory=True)
     ptr = a.data_ptr()
     del a
-    b = torch.empty(48 << 20, dtype=torch.uint8, pin_memory=True)
+    b = torch.empty(size, dtype=torch.uint8, pin_memory=True)
     assert b.is_pinned() and b.data_ptr() == ptr

@@ -506,14 +506,17 @@ class ActivationOffload:
         self.groups.setdefault(self.group, []).append(weakref.ref(held))
         return (self, held, self.group)
 
-    def _copier_for(self, t: torch.Tensor, nbytes: int) -> Copier:
+    def _copier_for(self, t: torch.Tensor, host_bytes: int) -> Copier:
         if not self.pinned_ok:
             return self.sync
         if self.copier is not None:
             return self.copier
         if not t.is_cuda:
             return self.sync
-        if self.max_pinned_bytes is not None and self.stats["pinned_bytes"] + nbytes > self.max_pinned_bytes:
+        if (
+            self.max_pinned_bytes is not None
+            and self.stats["pinned_bytes"] + host_bytes > self.max_pinned_bytes
+        ):
             return self.sync
         if t.device not in self.streams:
             self.streams[t.device] = StreamCopier(t.device)
@@ -521,7 +524,7 @@ class ActivationOffload:
 
     def _offload(self, t: torch.Tensor, extent: int, nbytes: int) -> _Held:
         span = t.as_strided((extent,), (1,))
-        copier = self._copier_for(t, nbytes)
+        copier = self._copier_for(t, extent * t.element_size())
         try:
             host, event = copier.to_host(span)
         except RuntimeError:  # pinned memory exhausted: this and the rest of the pass go the synchronous way
