@@ -1,6 +1,7 @@
-// prepareShards tokenizing while reading (src/jobs/data/stream.ts: worker threads fed from prepareConversations'
-// onKept, results spilled and replayed in the mix's order) writes the same shards, manifest and data report as
-// the in-thread path (workers: 0), rejections included; strict mode fails with the same error either way.
+// prepareShards tokenizing while reading (src/jobs/data/stream.ts: conversations tokenized as
+// prepareConversationPlan keeps them, on worker threads or in this thread, spilled and replayed in the mix's order)
+// writes the same shards, manifest and data report as the in-memory reference path (every conversation held,
+// tokenized after the mix), rejections included; strict mode fails with the same error every way.
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -62,9 +63,16 @@ function config(strict = false) {
   });
 }
 
-async function run(workers: number, strict = false) {
-  const out = join(dir, `out-${workers}-${strict}`);
-  const manifest = await prepareShards({ config: config(strict), modelDir: QWEN, dataDir: out, workers });
+type Mode = number | "memory";
+
+async function run(mode: Mode, strict = false) {
+  const out = join(dir, `out-${mode}-${strict}`);
+  const manifest = await prepareShards({
+    config: config(strict),
+    modelDir: QWEN,
+    dataDir: out,
+    ...(mode === "memory" ? { inMemory: true } : { workers: mode }),
+  });
   const files = readdirSync(out).sort();
   // manifest.json differs only in its `created` time.
   const read = (f: string) =>
@@ -75,19 +83,21 @@ async function run(workers: number, strict = false) {
 }
 
 describe("prepareShards tokenizing while reading", () => {
-  it("writes byte-identical shards, manifest and report to the in-thread path", async () => {
-    const a = await run(0);
-    const b = await run(2);
-    expect(b.files).toEqual(a.files);
-    expect(a.files.some((f) => f.startsWith("."))).toBe(false); // the spill is removed
+  it("writes byte-identical shards, manifest and report to the in-memory path", async () => {
+    const a = await run("memory");
     expect(a.manifest.rejected).toEqual({ CONTENT_HAS_END_OF_TURN: 2 });
     expect(a.manifest.splits.train.samples).toBeGreaterThan(2400);
-    for (const f of a.files) expect({ f, b: b.bytes[f] }).toEqual({ f, b: a.bytes[f] });
+    for (const mode of [2, 0]) {
+      const b = await run(mode);
+      expect(b.files).toEqual(a.files);
+      expect(b.files.some((f) => f.startsWith("."))).toBe(false); // the spills are removed
+      for (const f of a.files) expect({ mode, f, b: b.bytes[f] }).toEqual({ mode, f, b: a.bytes[f] });
+    }
   }, 120_000);
 
   it("fails in strict mode with the template's error either way", async () => {
     const codes: string[] = [];
-    for (const w of [0, 2]) {
+    for (const w of ["memory", 2, 0] as const) {
       try {
         await run(w, true);
         codes.push("none");
@@ -97,5 +107,6 @@ describe("prepareShards tokenizing while reading", () => {
     }
     expect(codes[0]).toMatch(/^CONTENT_HAS_END_OF_TURN /);
     expect(codes[1]).toBe(codes[0]);
+    expect(codes[2]).toBe(codes[0]);
   }, 120_000);
 });

@@ -164,6 +164,16 @@ describe("Qwen3 tokenizer parity with Hugging Face tokenizers", () => {
     expect(ref.default.some((ids) => ids.includes(im))).toBe(true);
   });
 
+  it("gives identical ids with a word cache emptied every 500 entries (cache arena reset), twice over", () => {
+    const small = tokenizerFromJson(readFileSync(join(QWEN, "tokenizer.json"), "utf8")) as unknown as {
+      cacheLimit: number;
+    };
+    small.cacheLimit = 500;
+    const t = small as unknown as Tokenizer;
+    expect(firstMismatch(t, corpus, ref.default, false)).toBeNull();
+    expect(firstMismatch(t, corpus, ref.default, false)).toBeNull();
+  });
+
   it("gives identical ids on the corpus with splitSpecial (split_special_tokens=True)", () => {
     expect(firstMismatch(tok, corpus, ref.split, true)).toBeNull();
     const im = tok.tokenToId("<|im_start|>")!;

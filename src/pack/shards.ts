@@ -42,18 +42,37 @@ export interface SplitWriterOptions {
   shardTokens?: number;
 }
 
+/** Numbers appended to a typed array that doubles when full (8 or 4 bytes an entry, not a JS array's 8–24). */
+class Column<A extends Float64Array | Int32Array> {
+  length = 0;
+  constructor(public a: A) {}
+  push(v: number): void {
+    if (this.length === this.a.length) {
+      const b = new (this.a.constructor as new (n: number) => A)(2 * this.a.length);
+      b.set(this.a);
+      this.a = b;
+    }
+    this.a[this.length++] = v;
+  }
+  get values(): A {
+    return this.a.subarray(0, this.length) as A;
+  }
+}
+
 /** Collects one split's samples, then packs and writes them. */
 export class SplitWriter {
   private readonly spillPath: string;
   private readonly spill: number;
   private spillOffset = 0;
-  private readonly offsets: number[] = [];
-  private readonly lengths: number[] = [];
-  private readonly trained: number[] = [];
+  // Per kept sample: spill offset (past 2^31 on large data), length, trained tokens (a sum of float weights).
+  private readonly offsets = new Column(new Float64Array(1024));
+  private readonly lengthCol = new Column(new Int32Array(1024));
+  private readonly trained = new Column(new Float64Array(1024));
   private droppedTooLong = 0;
   private truncated = 0;
   private droppedNoTrained = 0;
-  private lengthsAll: number[] = [];
+  // Every sample's length, dropped ones included (the histogram).
+  private readonly lengthsAll = new Column(new Int32Array(1024));
 
   constructor(private readonly opts: SplitWriterOptions) {
     mkdirSync(opts.dir, { recursive: true });
@@ -92,21 +111,26 @@ export class SplitWriter {
     writeSync(this.spill, ib, 0, ib.length, this.spillOffset);
     writeSync(this.spill, wb, 0, wb.length, this.spillOffset + ib.length);
     this.offsets.push(this.spillOffset);
-    this.lengths.push(ids.length);
+    this.lengthCol.push(ids.length);
     this.trained.push(trained);
     this.spillOffset += ib.length + wb.length;
     return "kept";
   }
 
   get count(): number {
-    return this.lengths.length;
+    return this.lengthCol.length;
+  }
+
+  private get lengths(): Int32Array {
+    return this.lengthCol.values;
   }
 
   /** Packs and writes `<split>-00000.safetensors`, ...; removes the spill file. */
   finish(): ShardSplitStats {
     const { maxLength, dir, split } = this.opts;
     const shardTokens = this.opts.shardTokens ?? 32 * 1024 * 1024;
-    const { packs, paddingTokens, usedTokens } = packFirstFitDecreasing(this.lengths, maxLength);
+    const lengths = this.lengths;
+    const { packs, paddingTokens, usedTokens } = packFirstFitDecreasing(lengths, maxLength);
     const shards: string[] = [];
     let start = 0;
     while (start < packs.length) {
@@ -114,9 +138,9 @@ export class SplitWriter {
       let tokens = 0;
       while (
         end < packs.length &&
-        (end === start || tokens + packTokens(packs[end], this.lengths) <= shardTokens)
+        (end === start || tokens + packTokens(packs[end], lengths) <= shardTokens)
       ) {
-        tokens += packTokens(packs[end], this.lengths);
+        tokens += packTokens(packs[end], lengths);
         end++;
       }
       const name = `${split}-${String(shards.length).padStart(5, "0")}.safetensors`;
@@ -127,21 +151,23 @@ export class SplitWriter {
     closeSync(this.spill);
     rmSync(this.spillPath, { force: true });
     return {
-      samples: this.lengths.length,
+      samples: lengths.length,
       packs: packs.length,
       tokens: usedTokens,
-      trained_tokens: this.trained.reduce((a, b) => a + b, 0),
+      trained_tokens: this.trained.values.reduce((a, b) => a + b, 0),
       padding_tokens: paddingTokens,
       pack_efficiency: packs.length ? usedTokens / (packs.length * maxLength) : 0,
       dropped_too_long: this.droppedTooLong,
       truncated: this.truncated,
       dropped_no_trained_tokens: this.droppedNoTrained,
       shards,
-      length_histogram: histogram(this.lengthsAll, maxLength),
+      length_histogram: histogram(this.lengthsAll.values, maxLength),
     };
   }
 
   private writeShard(path: string, packs: number[][], tokens: number): void {
+    const lengths = this.lengths;
+    const offsets = this.offsets.values;
     const nSeq = packs.reduce((a, p) => a + p.length, 0);
     const seqOffsets = new BigInt64Array(nSeq + 1);
     const packOffsets = new BigInt64Array(packs.length + 1);
@@ -150,7 +176,7 @@ export class SplitWriter {
     for (let p = 0; p < packs.length; p++) {
       for (const i of packs[p]) {
         seqOffsets[s] = BigInt(t);
-        t += this.lengths[i];
+        t += lengths[i];
         s++;
       }
       packOffsets[p + 1] = BigInt(s);
@@ -170,9 +196,9 @@ export class SplitWriter {
     for (const part of [0, 1] as const) {
       for (const pack of packs) {
         for (const i of pack) {
-          const n = this.lengths[i] * 4;
+          const n = lengths[i] * 4;
           const buf = Buffer.allocUnsafe(n);
-          readSync(this.spill, buf, 0, n, this.offsets[i] + part * n);
+          readSync(this.spill, buf, 0, n, offsets[i] + part * n);
           w.write(buf);
         }
       }
@@ -183,13 +209,13 @@ export class SplitWriter {
   }
 }
 
-function packTokens(pack: number[], lengths: number[]): number {
+function packTokens(pack: number[], lengths: Int32Array): number {
   let t = 0;
   for (const i of pack) t += lengths[i];
   return t;
 }
 
-function histogram(lengths: number[], maxLength: number): { upper: number; count: number }[] {
+function histogram(lengths: Int32Array, maxLength: number): { upper: number; count: number }[] {
   const buckets: number[] = [];
   for (let b = 64; b < maxLength; b *= 2) buckets.push(b);
   buckets.push(maxLength, Number.POSITIVE_INFINITY);

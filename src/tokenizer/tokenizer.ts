@@ -189,7 +189,15 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   private readonly model: BytePairModel;
   /** Bytes per vocab token (each byte-level char is one byte), for offsets. */
   private readonly tokenBytes: Int32Array;
-  private cache = new Map<string, number | Int32Array>();
+  // Word cache: word → its id (≥ 0) when it is one token, else -(1 + offset * 64 + length) with the ids at
+  // arena[offset, offset + length) (a word of ≤ CACHE_MAX_WORD UTF-16 units has ≤ 36 bytes, so < 64 tokens). One
+  // Int32Array for all entries instead of one each: about 90 bytes an entry instead of 285 (a full cache of
+  // 250k entries held about 70 MB in each sample worker).
+  private cache = new Map<string, number>();
+  private arena = new Int32Array(1 << 16);
+  private arenaEnd = 0;
+  /** Entries before the cache is emptied (a field so that a test can make it small). */
+  cacheLimit = CACHE_LIMIT;
   private decodeBytes: (Uint8Array | undefined)[] = [];
   private scratch = new Uint32Array(64);
 
@@ -448,19 +456,45 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     let i = from;
     while (i < end) {
       const j = next(s, i, end);
-      let v: number | Int32Array | undefined;
+      // One token: v ≥ 0. Several: ids[off, off + len).
+      let v = -1;
+      let ids: Int32Array = this.arena;
+      let off = 0;
+      let len = 0;
       if (j - i > CACHE_MAX_WORD) {
-        v = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(s.slice(i, j)) : null);
+        const w = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(s.slice(i, j)) : null);
+        if (typeof w === "number") v = w;
+        else {
+          ids = w;
+          len = w.length;
+        }
       } else {
         const key = s.slice(i, j);
-        v = cache.get(key);
-        if (v === undefined) {
-          v = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(key) : null);
-          if (cache.size >= CACHE_LIMIT) cache.clear();
-          cache.set(key, v);
+        let c = cache.get(key);
+        if (c === undefined) {
+          const w = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(key) : null);
+          if (cache.size >= this.cacheLimit) {
+            cache.clear();
+            this.arenaEnd = 0;
+          }
+          c = typeof w === "number" ? w : w.length < 64 ? this.keep(w) : undefined;
+          if (c !== undefined) cache.set(key, c);
+          else {
+            ids = w as Int32Array;
+            len = ids.length;
+          }
+        }
+        if (c === undefined) {
+          // A word too long in tokens for the cache's encoding (not reachable with CACHE_MAX_WORD 12): ids as is.
+        } else if (c >= 0) v = c;
+        else {
+          const x = -c - 1;
+          ids = this.arena;
+          off = Math.floor(x / 64);
+          len = x & 63;
         }
       }
-      if (typeof v === "number") {
+      if (v >= 0) {
         if (sink.n >= sink.ids.length) sink.reserve(1);
         if (sink.offsets) this.mapSpan(sink, shift + i, shift + j, base, align);
         else if (sink.pos) {
@@ -468,14 +502,30 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
         }
         sink.ids[sink.n++] = v;
       } else {
-        sink.reserve(v.length);
-        if (sink.offsets) this.wordOffsets(s, i, j, v, sink.offsets, sink.n, base, align, shift);
-        else if (sink.pos) this.resolveWord(s, i, j, v, sink, base, align, shift);
-        sink.ids.set(v, sink.n);
-        sink.n += v.length;
+        sink.reserve(len);
+        if (sink.offsets) {
+          this.wordOffsets(s, i, j, ids.subarray(off, off + len), sink.offsets, sink.n, base, align, shift);
+        } else if (sink.pos) this.resolveWord(s, i, j, ids, off, len, sink, base, align, shift);
+        const out = sink.ids;
+        const n = sink.n;
+        for (let k = 0; k < len; k++) out[n + k] = ids[off + k];
+        sink.n += len;
       }
       i = j;
     }
+  }
+
+  /** Copy a word's ids into the cache arena; returns its cache value. */
+  private keep(w: Int32Array): number {
+    if (this.arenaEnd + w.length > this.arena.length) {
+      const a = new Int32Array(this.arena.length * 2);
+      a.set(this.arena.subarray(0, this.arenaEnd));
+      this.arena = a;
+    }
+    const off = this.arenaEnd;
+    this.arena.set(w, off);
+    this.arenaEnd += w.length;
+    return -(1 + off * 64 + w.length);
   }
 
   /** encodeAt's lookup for one word of several tokens: per-token offsets only when a position falls inside it. */
@@ -483,7 +533,9 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     s: string,
     i: number,
     j: number,
-    ids: Int32Array,
+    all: Int32Array,
+    off: number,
+    len: number,
     sink: IdSink,
     base: number,
     align: Uint32Array | null,
@@ -495,6 +547,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     // Positions at or before the word's start resolve to its first token; one inside it needs the tokens' offsets.
     sink.resolve(ws, we, sink.n);
     if (sink.pk >= pos.length || pos[sink.pk] >= we) return;
+    const ids = all.subarray(off, off + len);
     if (this.scratch.length < ids.length * 2) this.scratch = new Uint32Array(ids.length * 4);
     const o = this.scratch;
     this.wordOffsets(s, i, j, ids, o, 0, base, align, shift);

@@ -96,7 +96,7 @@ export interface WorkerPool {
   readonly size: number;
   run(
     worker: number,
-    message: { convs: Conversation[]; strict: boolean; perConversation?: boolean },
+    message: { convs: Conversation[]; strict: boolean; records?: boolean },
   ): Promise<unknown>;
   close(): Promise<void>;
 }
@@ -106,31 +106,32 @@ const WORKER_URL = new URL("./worker.mjs", import.meta.url);
 export async function startWorkers(
   ctx: Pick<SampleContext, "modelDir" | "policy">,
   n: number,
+  o: { oneByOne?: boolean } = {},
 ): Promise<WorkerPool> {
-  const workers = Array.from(
-    { length: n },
-    () => new Worker(WORKER_URL, { workerData: { modelDir: ctx.modelDir, policy: ctx.policy } }),
-  );
+  const workers: Worker[] = [];
   // Each worker answers its batches in the order it got them: one FIFO of waiting callers per worker.
-  const waiting: { resolve: (r: unknown) => void; reject: (e: unknown) => void }[][] = workers.map(() => []);
-  const ready = workers.map(
-    (w, i) =>
-      new Promise<void>((resolve, reject) => {
-        w.once("message", (m: { ready?: boolean; error?: ErrorData }) => {
-          if (m.ready) {
-            w.on("message", (r: unknown) => waiting[i].shift()?.resolve(r));
-            resolve();
-          } else
-            reject(errorFromData(m.error ?? { code: "INTERNAL", message: "sample worker failed to start" }));
-        });
-        w.on("error", (e) => {
-          reject(e);
-          for (const x of waiting[i].splice(0)) x.reject(e);
-        });
-      }),
-  );
+  const waiting: { resolve: (r: unknown) => void; reject: (e: unknown) => void }[][] = [];
+  const startOne = (i: number) => {
+    const w = new Worker(WORKER_URL, { workerData: { modelDir: ctx.modelDir, policy: ctx.policy } });
+    workers.push(w);
+    waiting.push([]);
+    return new Promise<void>((resolve, reject) => {
+      w.once("message", (m: { ready?: boolean; error?: ErrorData }) => {
+        if (m.ready) {
+          w.on("message", (r: unknown) => waiting[i].shift()?.resolve(r));
+          resolve();
+        } else
+          reject(errorFromData(m.error ?? { code: "INTERNAL", message: "sample worker failed to start" }));
+      });
+      w.on("error", (e) => {
+        reject(e);
+        for (const x of waiting[i].splice(0)) x.reject(e);
+      });
+    });
+  };
   try {
-    await Promise.all(ready);
+    if (o.oneByOne) for (let i = 0; i < n; i++) await startOne(i);
+    else await Promise.all(Array.from({ length: n }, (_, i) => startOne(i)));
   } catch (e) {
     await Promise.all(workers.map((w) => w.terminate()));
     throw e;

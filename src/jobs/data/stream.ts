@@ -1,18 +1,21 @@
-// Tokenize while reading: conversations go to the sample workers as prepareConversations keeps them (its onKept
-// hook), in reading order, while the main thread goes on reading; the split and the mix then pick and order
-// them. Results are spilled to a file beside the shards (ids + loss weights, like the shard writer's own spill),
-// so memory does not grow with the data, and are read back in the order the caller asks for.
+// Tokenize while reading: conversations go to the sample workers as prepareConversationPlan keeps them (its
+// onKept hook, with the conversation's ordinal), in reading order, while the main thread goes on reading; the
+// split and the mix then pick and order ordinals. Each conversation's samples become one record in a spill file
+// beside the shards (records.ts), and are read back in the order the caller asks for. No conversation is held
+// once it is tokenized: memory holds 8 bytes a conversation (where its record is), not its text.
 //
 // The output is the in-thread path's, exactly: samples per conversation are the same (a conversation is rendered
 // and tokenized on its own), the caller replays them in its order (a conversation the mix took twice is read
 // twice), and a conversation's TunaError is kept and replayed at its place in that order: counted as a
 // rejection, or thrown when strict, as tokenizeConversation does.
 //
-// Below MIN_PARALLEL conversations no worker starts; what was buffered is tokenized in this thread when asked.
+// With workers = 0, or below MIN_PARALLEL conversations (the workers' start-up would cost more than they save),
+// conversations are tokenized in this thread, in batches, into the same spill.
 import { closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
 import type { Conversation } from "../../data/conversation.ts";
 import { TunaError } from "../../errors.ts";
 import { startWorkers, type WorkerPool } from "./parallel.ts";
+import { decodeRecord, type EncodedBatch, encodeBatch } from "./records.ts";
 import {
   type ErrorData,
   errorFromData,
@@ -20,67 +23,80 @@ import {
   reject,
   type SampleContext,
   type TokenizedConvSample,
-  tokenizeConversation,
 } from "./samples.ts";
 
 /** Conversations buffered before the workers start: below this the in-thread path is cheaper. */
 const MIN_PARALLEL = 2000;
 const BATCH_CHARS = 256 * 1024;
 const IN_FLIGHT_PER_WORKER = 3;
+/** Characters queued while the workers start before reading waits for them (a slow start must not fill memory). */
+const START_QUEUE_CHARS = 16 * 1024 * 1024;
 
 const convChars = (c: Conversation) =>
   c.messages.reduce((a, m) => a + m.content.length + (m.reasoning?.length ?? 0), 0);
 
-type BatchResult = { out: TokenizedConvSample[][]; errors: (ErrorData | null)[] } | { error: ErrorData };
+type BatchResult = EncodedBatch | { error: ErrorData };
 
-interface Done {
-  /** First sample in the `samples` index. */
-  first: number;
-  count: number;
-  error: ErrorData | null;
+/** A Float64Array that grows (set at any index; unset entries read as -1). */
+class Slots {
+  private a = new Float64Array(1024).fill(-1);
+  get(i: number): number {
+    return i < this.a.length ? this.a[i] : -1;
+  }
+  set(i: number, v: number): void {
+    if (i >= this.a.length) {
+      const b = new Float64Array(Math.max(2 * this.a.length, i + 1)).fill(-1);
+      b.set(this.a);
+      this.a = b;
+    }
+    this.a[i] = v;
+  }
 }
 
 export class AheadTokenizer {
-  private readonly index = new Map<Conversation, number>();
-  private readonly convs: Conversation[] = [];
-  private readonly done: (Done | undefined)[] = [];
-  // The spill index, one entry per sample.
-  private readonly at: number[] = [];
-  private readonly lengths: number[] = [];
-  private readonly thinking: boolean[] = [];
-  private spill: number | null = null;
+  // Conversations pushed but not yet tokenized; queue[0] has ordinal `queued`.
+  private queue: Conversation[] = [];
+  private queueChars = 0;
+  private queued = 0;
+  private pushed = 0;
+  // Per ordinal: where its record starts in the spill and its size (-1: not tokenized yet).
+  private readonly at = new Slots();
+  private readonly size = new Slots();
+  private readonly errors = new Map<number, { error: ErrorData; source: string }>();
+  private readonly spill: number;
   private spillEnd = 0;
   private pool: WorkerPool | null = null;
   private starting: Promise<void> | null = null;
-  private sent = 0;
   private nextWorker = 0;
   private readonly inFlight = new Set<Promise<void>>();
   private failure: unknown = null;
 
   constructor(
     private readonly ctx: SampleContext,
-    private readonly o: {
-      workers: number;
-      spillPath: string;
-      /**
-       * Empty the messages (and tools) of a conversation once it is sent to a worker, to save memory: the caller
-       * then needs only its identity and `source` (true when nothing after reading reads the text: mixing by
-       * samples, no token filters).
-       */
-      releaseText?: boolean;
-    },
-  ) {}
+    private readonly o: { workers: number; spillPath: string },
+  ) {
+    this.spill = openSync(o.spillPath, "w+");
+  }
 
-  /** prepareConversations' onKept: number the conversation, send full batches; waits when enough are in flight. */
-  push = (conv: Conversation): Promise<void> | undefined => {
+  /** prepareConversationPlan's onKept: queue the conversation, send full batches; waits when enough are in flight. */
+  push = (conv: Conversation, ordinal: number): Promise<void> | undefined => {
     if (this.failure) throw this.failure;
-    if (this.index.has(conv)) return undefined;
-    this.index.set(conv, this.convs.length);
-    this.convs.push(conv);
-    if (this.o.workers === 0) return undefined;
+    if (ordinal !== this.pushed) {
+      throw new TunaError("INTERNAL", `conversation ordinal ${ordinal} pushed, expected ${this.pushed}`);
+    }
+    this.pushed++;
+    this.queue.push(conv);
+    this.queueChars += convChars(conv);
+    if (this.o.workers === 0) {
+      if (this.queueChars >= BATCH_CHARS) this.inThread();
+      return undefined;
+    }
     if (!this.pool) {
-      // Workers start (about a second) while reading goes on; the backlog goes out once they are ready.
-      if (this.convs.length >= MIN_PARALLEL) this.starting ??= this.start();
+      // Workers start (about a second each) while reading goes on; the backlog goes out once they are ready.
+      if (this.pushed >= MIN_PARALLEL) this.starting ??= this.start();
+      if (this.starting && this.queueChars >= START_QUEUE_CHARS) {
+        return this.starting.then(() => (this.pool ? this.dispatch(false) : undefined));
+      }
       return undefined;
     }
     return this.dispatch(false);
@@ -88,38 +104,50 @@ export class AheadTokenizer {
 
   private async start(): Promise<void> {
     try {
-      const pool = await startWorkers(this.ctx, this.o.workers);
-      this.spill = openSync(this.o.spillPath, "w+");
-      this.pool = pool;
+      // One after the other: each parses tokenizer.json (~60 MB of garbage until collected), not both at once.
+      this.pool = await startWorkers(this.ctx, this.o.workers, { oneByOne: true });
     } catch (e) {
       this.failure ??= e;
     }
   }
 
-  /** Send batches of unsent conversations (a partial one only when `all`); resolve once the pipe has room. */
+  /** Tokenize everything queued in this thread. */
+  private inThread(): void {
+    const first = this.queued;
+    const batch = this.queue;
+    this.queue = [];
+    this.queueChars = 0;
+    this.queued += batch.length;
+    this.store(first, batch, encodeBatch(batch, this.ctx));
+  }
+
+  /** Send batches of queued conversations (a partial one only when `all`); resolve once the pipe has room. */
   private async dispatch(all: boolean): Promise<void> {
     const pool = this.pool as WorkerPool;
     for (;;) {
       while (this.inFlight.size >= pool.size * IN_FLIGHT_PER_WORKER) await Promise.race(this.inFlight);
       if (this.failure) throw this.failure;
-      let end = this.sent;
+      if (this.queue.length === 0 || (this.queueChars < BATCH_CHARS && !all)) return;
+      let end = 0;
       let chars = 0;
-      while (end < this.convs.length && chars < BATCH_CHARS) chars += convChars(this.convs[end++]);
-      if (end === this.sent || (chars < BATCH_CHARS && !all)) return;
-      const first = this.sent;
-      const batch = this.convs.slice(first, end);
-      this.sent = end;
-      const message = { convs: batch, strict: true, perConversation: true };
-      // postMessage copies the batch at once, so the text can go right after.
-      const sent = pool.run(this.nextWorker++ % pool.size, message) as Promise<BatchResult>;
-      if (this.o.releaseText) {
-        for (const c of batch) {
-          c.messages = [];
-          c.tools = undefined;
-        }
-      }
+      while (end < this.queue.length && chars < BATCH_CHARS) chars += convChars(this.queue[end++]);
+      const first = this.queued;
+      const batch = this.queue.splice(0, end);
+      this.queued += end;
+      this.queueChars -= chars;
+      // postMessage copies the batch at once; after this line nothing here refers to its text. Only the sources are
+      // kept until the answer comes, for the errors.
+      const sent = pool.run(this.nextWorker++ % pool.size, {
+        convs: batch,
+        strict: true,
+        records: true,
+      }) as Promise<BatchResult>;
+      const sources = batch.map((c) => c.source);
       const p = sent.then(
-        (r) => this.store(first, r),
+        (r) => {
+          if ("error" in r) this.failure ??= errorFromData(r.error);
+          else this.store(first, sources, r);
+        },
         (e) => {
           this.failure ??= e;
         },
@@ -129,72 +157,63 @@ export class AheadTokenizer {
     }
   }
 
-  private store(first: number, r: BatchResult): void {
-    if ("error" in r) {
-      this.failure ??= errorFromData(r.error);
-      return;
-    }
-    const fd = this.spill as number;
-    r.out.forEach((samples, k) => {
-      this.done[first + k] = { first: this.at.length, count: samples.length, error: r.errors[k] };
-      for (const s of samples) {
-        const ib = new Uint8Array(s.ids.buffer, s.ids.byteOffset, s.ids.byteLength);
-        const wb = new Uint8Array(s.lossWeight.buffer, s.lossWeight.byteOffset, s.lossWeight.byteLength);
-        writeSync(fd, ib, 0, ib.length, this.spillEnd);
-        writeSync(fd, wb, 0, wb.length, this.spillEnd + ib.length);
-        this.at.push(this.spillEnd);
-        this.lengths.push(s.ids.length);
-        this.thinking.push(s.thinking);
-        this.spillEnd += ib.length + wb.length;
+  private store(first: number, convs: readonly (Conversation | string)[], r: EncodedBatch): void {
+    writeSync(this.spill, r.bytes, 0, r.bytes.length, this.spillEnd);
+    let at = this.spillEnd;
+    for (let k = 0; k < r.sizes.length; k++) {
+      const error = r.errors[k];
+      if (error) {
+        const c = convs[k];
+        this.errors.set(first + k, { error, source: typeof c === "string" ? c : c.source });
       }
-    });
+      this.at.set(first + k, at);
+      this.size.set(first + k, r.sizes[k]);
+      at += r.sizes[k];
+    }
+    this.spillEnd = at;
   }
 
-  /** After reading: send what is left and wait for every batch. */
+  /**
+   * After reading: tokenize or send what is left, wait for every batch, and stop the workers (replay reads only
+   * the spill; each worker holds its tokenizer, word cache and heap, about 60–100 MB).
+   */
   async finish(): Promise<void> {
     if (this.starting) await this.starting;
+    if (this.failure) throw this.failure;
     if (this.pool) {
       await this.dispatch(true);
       while (this.inFlight.size) await Promise.race(this.inFlight);
-    }
+      await this.pool.close();
+      this.pool = null;
+    } else if (this.queue.length) this.inThread();
     if (this.failure) throw this.failure;
   }
 
   /**
-   * The tokenized samples of `conv` (an empty list for a rejected one, counted in `rejections`; thrown when
-   * strict), as tokenizeConversation gives them. Conversations not seen by push are tokenized here.
+   * The tokenized samples of conversation `ordinal` (an empty list for a rejected one, counted in `rejections`;
+   * thrown when strict), as tokenizeConversation gives them.
    */
-  samplesOf(conv: Conversation, strict: boolean, rejections: Rejections): TokenizedConvSample[] {
-    const i = this.index.get(conv);
-    const d = i === undefined ? undefined : this.done[i];
-    if (d === undefined) return tokenizeConversation(conv, this.ctx, strict, rejections);
-    if (d.error) {
-      if (strict) throw errorFromData(d.error);
-      reject(rejections, d.error.code, conv.source, d.error.message);
+  samplesOf(ordinal: number, strict: boolean, rejections: Rejections): TokenizedConvSample[] {
+    const e = this.errors.get(ordinal);
+    if (e) {
+      if (strict) throw errorFromData(e.error);
+      reject(rejections, e.error.code, e.source, e.error.message);
       return [];
     }
-    const out: TokenizedConvSample[] = [];
-    for (let k = d.first; k < d.first + d.count; k++) {
-      const n = this.lengths[k];
-      const ids = new Int32Array(n);
-      const lossWeight = new Float32Array(n);
-      const fd = this.spill as number;
-      const got =
-        readSync(fd, new Uint8Array(ids.buffer), 0, n * 4, this.at[k]) +
-        readSync(fd, new Uint8Array(lossWeight.buffer), 0, n * 4, this.at[k] + n * 4);
-      if (got !== n * 8) {
-        throw new TunaError("INTERNAL", `token spill ${this.o.spillPath}: short read at ${this.at[k]}`);
-      }
-      out.push({ ids, lossWeight, source: conv.source, thinking: this.thinking[k] });
+    const at = this.at.get(ordinal);
+    const n = this.size.get(ordinal);
+    if (at < 0 || n < 0) throw new TunaError("INTERNAL", `conversation ${ordinal} was never tokenized`);
+    const record = new Uint8Array(n);
+    if (readSync(this.spill, record, 0, n, at) !== n) {
+      throw new TunaError("INTERNAL", `token spill ${this.o.spillPath}: short read at ${at}`);
     }
-    return out;
+    return decodeRecord(record);
   }
 
   async close(): Promise<void> {
+    await this.starting;
     await this.pool?.close();
-    if (this.spill !== null) {
-      closeSync(this.spill);
-      rmSync(this.o.spillPath, { force: true });
-    }
+    closeSync(this.spill);
+    rmSync(this.o.spillPath, { force: true });
   }
 }

@@ -2,10 +2,10 @@
 // conversations into tokenized samples (render + tokenize + mask) and sends the arrays back transferred.
 import { parentPort, workerData } from "node:worker_threads";
 import type { Conversation } from "../../data/conversation.ts";
-import { isTunaError } from "../../errors.ts";
 import type { LossPolicy } from "../../template/index.ts";
+import { collectGarbage } from "./gc.ts";
+import { encodeBatch } from "./records.ts";
 import {
-  type ErrorData,
   errorData,
   loadSampleContext,
   newRejections,
@@ -25,23 +25,15 @@ const { modelDir, policy } = workerData as { modelDir: string; policy: LossPolic
 
 try {
   const ctx = await loadSampleContext(modelDir, policy);
-  port.on("message", (m: { convs: Conversation[]; strict: boolean; perConversation?: boolean }) => {
+  // Parsing tokenizer.json left ~60 MB of garbage in this thread's heap (see gc.ts).
+  collectGarbage();
+  port.on("message", (m: { convs: Conversation[]; strict: boolean; records?: boolean }) => {
     try {
-      if (m.perConversation) {
-        // Tokenizing ahead (stream.ts): each conversation's samples or its TunaError, for the caller to replay in
-        // its own order; any other error fails the batch.
-        const errors: (ErrorData | null)[] = [];
-        const out: TokenizedConvSample[][] = m.convs.map((c) => {
-          try {
-            errors.push(null);
-            return tokenizeConversation(c, ctx, true, newRejections());
-          } catch (e) {
-            if (!isTunaError(e)) throw e;
-            errors[errors.length - 1] = errorData(e);
-            return [];
-          }
-        });
-        port.postMessage({ out, errors }, transferOf(out));
+      if (m.records) {
+        // Tokenizing ahead (stream.ts): each conversation's spill record or its TunaError, for the caller to replay
+        // in its own order; any other error fails the batch.
+        const r = encodeBatch(m.convs, ctx);
+        port.postMessage(r, [r.bytes.buffer as ArrayBuffer, r.sizes.buffer as ArrayBuffer]);
         return;
       }
       const rej = newRejections();

@@ -1,14 +1,23 @@
-// Data → token shards for one run: prepareConversations (src/data) → buildSamples with the model's own
+// Data → token shards for one run: prepareConversationPlan (src/data) → buildSamples with the model's own
 // template (src/template) → tokenize + mask → SplitWriter (src/pack) → manifest.json + data-report.json.
+//
+// Memory does not grow with the data: conversations are tokenized as they are kept (on worker threads) into a
+// spill file beside the shards (src/jobs/data/stream.ts), the split and the mix are computed over ordinals, and
+// the shard writer reads each conversation's samples back in the mix's order. `inMemory` runs the plain path
+// instead (every conversation held, tokenized in this thread after the mix): the reference the streaming path is
+// tested against (test/prepare-stream.test.ts).
 //
 // A conversation the template cannot render or mask exactly is skipped and counted by reason with its
 // `file:line` (or fails the run with --strict); nothing is dropped silently.
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { RunConfig } from "../../config/schema.ts";
-import { prepareConversations } from "../../data/prepare.ts";
+import type { PlainText, PreferencePair } from "../../data/conversation.ts";
+import { prepareConversationPlan, prepareConversations } from "../../data/prepare.ts";
+import type { DataReport } from "../../data/report.ts";
 import { TunaError } from "../../errors.ts";
 import { type Manifest, SplitWriter, writeManifest } from "../../pack/shards.ts";
+import { collectGarbage } from "../data/gc.ts";
 import { defaultWorkers, tokenizeConversations } from "../data/parallel.ts";
 import { loadSampleContext, lossPolicy, newRejections, tokenCounter } from "../data/samples.ts";
 import { AheadTokenizer } from "../data/stream.ts";
@@ -19,8 +28,10 @@ export interface PrepareArgs {
   dataDir: string;
   strict?: boolean;
   say?: (s: string) => void;
-  /** Worker threads for render + tokenize + mask; default: auto (src/jobs/data/parallel.ts). */
+  /** Worker threads for render + tokenize + mask; default: auto (src/jobs/data/parallel.ts); 0 = this thread. */
   workers?: number;
+  /** Hold every conversation and tokenize after the mix, in this thread (the reference path, for tests). */
+  inMemory?: boolean;
 }
 
 export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
@@ -28,57 +39,68 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
   const say = args.say ?? (() => {});
   mkdirSync(dataDir, { recursive: true });
   const ctx = await loadSampleContext(modelDir, lossPolicy(config));
+  collectGarbage();
   const { template, tokenizer } = ctx;
   const strict = args.strict ?? config.data.validation.strict;
 
   const t0 = Date.now();
-  // Render + tokenize + mask on worker threads while the main thread reads (stream.ts), unless workers is 0.
   const workers = args.workers ?? defaultWorkers(Number.POSITIVE_INFINITY);
-  const ahead =
-    workers > 0
-      ? new AheadTokenizer(ctx, {
-          workers,
-          spillPath: join(dataDir, ".tokens.spill"),
-          // After reading, only mixing by tokens reads a conversation's text again (token filters run before).
-          releaseText: config.data.mix.by !== "tokens",
-        })
-      : null;
-  try {
-    return await writeShards();
-  } finally {
-    await ahead?.close();
-  }
+  const dataConfig = { ...config.data, validation: { ...config.data.validation, strict } };
+  const countTokens = tokenCounter(ctx);
+  const rejections = newRejections();
+  const splits: Manifest["splits"] = {};
+  const writer = (split: string) =>
+    new SplitWriter({
+      dir: dataDir,
+      split,
+      maxLength: config.pack.max_length,
+      overLength: config.pack.over_length,
+    });
 
-  async function writeShards(): Promise<Manifest> {
-    const prepared = await prepareConversations(
-      { ...config.data, validation: { ...config.data.validation, strict } },
-      { countTokens: tokenCounter(ctx), onKept: ahead?.push },
-    );
-    await ahead?.finish();
-    say(prepared.report.format());
-
-    const rejections = newRejections();
-    const splits: Manifest["splits"] = {};
+  let prepared: { preference: PreferencePair[]; text: PlainText[]; report: DataReport };
+  if (args.inMemory) {
+    const p = await prepareConversations(dataConfig, { countTokens });
+    say(p.report.format());
     for (const [split, convs] of [
-      ["train", prepared.train],
-      ["validation", prepared.validation],
+      ["train", p.train],
+      ["validation", p.validation],
     ] as const) {
       if (convs.length === 0) continue;
-      const writer = new SplitWriter({
-        dir: dataDir,
-        split,
-        maxLength: config.pack.max_length,
-        overLength: config.pack.over_length,
-      });
-      if (ahead) {
-        for (const conv of convs) for (const s of ahead.samplesOf(conv, strict, rejections)) writer.add(s);
-      } else {
-        for await (const samples of tokenizeConversations(convs, ctx, { strict, rejections, workers: 0 })) {
-          for (const s of samples) writer.add(s);
-        }
+      const w = writer(split);
+      for await (const samples of tokenizeConversations(convs, ctx, { strict, rejections, workers: 0 })) {
+        for (const s of samples) w.add(s);
       }
-      splits[split] = writer.finish();
+      splits[split] = w.finish();
     }
+    prepared = p;
+  } else {
+    // Render + tokenize + mask while the main thread reads (on worker threads unless workers is 0).
+    const ahead = new AheadTokenizer(ctx, { workers, spillPath: join(dataDir, ".tokens.spill") });
+    try {
+      const plan = await prepareConversationPlan(dataConfig, { countTokens, onKept: ahead.push });
+      await ahead.finish();
+      say(plan.report.format());
+      for (const [split, ordinals] of [
+        ["train", plan.train],
+        ["validation", plan.validation],
+      ] as const) {
+        if (ordinals.length === 0) continue;
+        const w = writer(split);
+        for (const i of ordinals) for (const s of ahead.samplesOf(i, strict, rejections)) w.add(s);
+        splits[split] = w.finish();
+      }
+      prepared = plan;
+    } finally {
+      await ahead.close();
+    }
+  }
+  return finishShards(prepared);
+
+  function finishShards(prepared: {
+    preference: PreferencePair[];
+    text: PlainText[];
+    report: DataReport;
+  }): Manifest {
     // Preference pairs and plain text are not conversations: kept beside the shards, listed in the manifest, for
     // the training methods that use them (DPO-style preference tuning, continued pre-training).
     const records: NonNullable<Manifest["records"]> = {};
