@@ -27,15 +27,6 @@ export function normalizeText(s: string): string {
     .trim();
 }
 
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
-
 function fmix32(x: number): number {
   let h = x;
   h ^= h >>> 16;
@@ -44,6 +35,46 @@ function fmix32(x: number): number {
   h = Math.imul(h, 0xc2b2ae35);
   h ^= h >>> 16;
   return h >>> 0;
+}
+
+/**
+ * A set of SHA-1 digests kept as their first 96 bits in one open-addressing table (13 bytes a slot, at most half
+ * full: ≤ 26 bytes an entry at the largest) instead of a Set of base64 strings (about 70 bytes an entry, 30 MB for
+ * 420k conversations). Two different texts are taken for one only if their SHA-1s share 96 bits (p ≈ n²/2^97).
+ */
+class DigestSet {
+  private keys = new Uint32Array(3 * 1024);
+  private used = new Uint8Array(1024);
+  private count = 0;
+
+  /** Adds the digest; false when it was already there. */
+  add(d: Buffer): boolean {
+    if (2 * (this.count + 1) > this.used.length) this.grow();
+    return this.put(d.readUInt32LE(0), d.readUInt32LE(4), d.readUInt32LE(8));
+  }
+
+  private put(a: number, b: number, c: number): boolean {
+    const mask = this.used.length - 1;
+    for (let i = a & mask; ; i = (i + 1) & mask) {
+      if (!this.used[i]) {
+        this.used[i] = 1;
+        this.keys[3 * i] = a;
+        this.keys[3 * i + 1] = b;
+        this.keys[3 * i + 2] = c;
+        this.count++;
+        return true;
+      }
+      if (this.keys[3 * i] === a && this.keys[3 * i + 1] === b && this.keys[3 * i + 2] === c) return false;
+    }
+  }
+
+  private grow(): void {
+    const { keys, used } = this;
+    this.keys = new Uint32Array(keys.length * 2);
+    this.used = new Uint8Array(used.length * 2);
+    this.count = 0;
+    for (let i = 0; i < used.length; i++) if (used[i]) this.put(keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]);
+  }
 }
 
 export interface DedupOptions {
@@ -64,31 +95,59 @@ export interface DedupOptions {
   maxBucket?: number;
 }
 
-/** MinHash signature of a text's character shingles. */
+/**
+ * MinHash signature of a text's character shingles, by one-permutation hashing with optimal densification
+ * (Shrivastava, "Optimal Densification for Fast and Accurate Minwise Hashing", ICML 2017): each shingle is hashed
+ * once; the hash's top bits pick one of `numPerm` bins and the bin keeps the smallest value it sees. A bin no
+ * shingle fell into borrows the value of a non-empty bin chosen by a hash of (bin, attempt), the same choice for
+ * every text, so two texts' bins still agree with probability equal to their Jaccard similarity. Cost: one hash a
+ * shingle, not one per permutation (128× fewer), with the same estimator (`estimatedJaccard`) and LSH banding.
+ * `numPerm` must be a power of two.
+ */
 export function minhash(text: string, numPerm: number, k = 5): Uint32Array {
-  const sig = new Uint32Array(numPerm).fill(0xffffffff);
-  const seeds = seedsFor(numPerm);
-  const shingles = new Set<number>();
-  if (text.length <= k) shingles.add(fnv1a(text));
-  else for (let i = 0; i + k <= text.length; i++) shingles.add(fnv1a(text.slice(i, i + k)));
-  for (const x of shingles) {
-    for (let p = 0; p < numPerm; p++) {
-      const h = fmix32(x ^ seeds[p]);
-      if (h < sig[p]) sig[p] = h;
+  const bits = Math.log2(numPerm);
+  if (!Number.isInteger(bits) || bits < 1 || bits > 16) {
+    throw new RangeError(`numPerm ${numPerm} is not a power of two between 2 and 65536`);
+  }
+  const shift = 32 - bits;
+  const mask = 2 ** shift - 1;
+  // Bin values keep the low 32 - bits bits of the shingle's hash; EMPTY is above any of them.
+  const EMPTY = 0xffffffff;
+  const sig = new Uint32Array(numPerm).fill(EMPTY);
+  const last = text.length <= k ? 0 : text.length - k;
+  const width = Math.min(k, text.length);
+  for (let i = 0; i <= last; i++) {
+    // fnv1a of text.slice(i, i + k), without the slice, then fmix32 to spread it over all 32 bits.
+    let h = 0x811c9dc5;
+    for (let j = i; j < i + width; j++) {
+      h ^= text.charCodeAt(j);
+      h = Math.imul(h, 0x01000193);
+    }
+    h ^= h >>> 16;
+    h = Math.imul(h, 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
+    const bin = h >>> shift;
+    const v = (h & mask) >>> 0;
+    if (v < sig[bin]) sig[bin] = v;
+  }
+  let empty = 0;
+  for (let b = 0; b < numPerm; b++) if (sig[b] === EMPTY) empty++;
+  if (empty === 0 || empty === numPerm) return sig;
+  // Densify from a copy, so that a bin never borrows a borrowed value.
+  const filled = sig.slice();
+  for (let b = 0; b < numPerm; b++) {
+    if (filled[b] !== EMPTY) continue;
+    for (let attempt = 0; ; attempt++) {
+      const donor = fmix32(Math.imul(b + 1, 0x9e3779b1) ^ Math.imul(attempt + 1, 0x85ebca77)) >>> shift;
+      if (filled[donor] !== EMPTY) {
+        sig[b] = filled[donor];
+        break;
+      }
     }
   }
   return sig;
-}
-
-const seedCache = new Map<number, Uint32Array>();
-function seedsFor(n: number): Uint32Array {
-  let s = seedCache.get(n);
-  if (!s) {
-    s = new Uint32Array(n);
-    for (let i = 0; i < n; i++) s[i] = fmix32(0x9e3779b9 + i * 0x632be5ab);
-    seedCache.set(n, s);
-  }
-  return s;
 }
 
 export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
@@ -102,8 +161,10 @@ export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
  * duplicate of one seen before (first one wins, so the result depends only on input order).
  */
 export class Deduplicator {
-  private readonly exactSeen = new Set<string>();
-  private readonly buckets = new Map<string, number[]>();
+  private readonly exactSeen = new DigestSet();
+  // One map per band: the band's rows hashed to 32 bits → signatures in that bucket. Two different bands that
+  // hash alike only add a candidate, which the Jaccard estimate then checks.
+  private readonly buckets: Map<number, number[]>[] = [];
   private readonly sigs: Uint32Array[] = [];
   private readonly o: Required<DedupOptions>;
 
@@ -123,19 +184,19 @@ export class Deduplicator {
   check(conv: Conversation): "new" | "exact" | "near" {
     const norm = normalizeText(conversationText(conv));
     if (this.o.exact) {
-      const h = createHash("sha1").update(norm).digest("base64");
-      if (this.exactSeen.has(h)) return "exact";
-      this.exactSeen.add(h);
+      if (!this.exactSeen.add(createHash("sha1").update(norm).digest())) return "exact";
     }
     if (!this.o.near) return "new";
     const { bands, rows, threshold, maxBucket } = this.o;
     const sig = minhash(norm, bands * rows, this.o.shingle);
-    const keys: string[] = [];
+    const keys: number[] = [];
+    while (this.buckets.length < bands) this.buckets.push(new Map());
     const compared = new Set<number>();
     for (let b = 0; b < bands; b++) {
-      const key = `${b}:${Array.from(sig.subarray(b * rows, (b + 1) * rows)).join(",")}`;
+      let key = b;
+      for (let r = b * rows; r < (b + 1) * rows; r++) key = fmix32(Math.imul(key, 0x01000193) ^ sig[r]);
       keys.push(key);
-      for (const c of this.buckets.get(key) ?? []) {
+      for (const c of this.buckets[b].get(key) ?? []) {
         if (compared.has(c)) continue;
         compared.add(c);
         if (estimatedJaccard(sig, this.sigs[c]) >= threshold) return "near";
@@ -143,9 +204,10 @@ export class Deduplicator {
     }
     const id = this.sigs.length;
     this.sigs.push(sig);
-    for (const key of keys) {
-      const list = this.buckets.get(key);
-      if (!list) this.buckets.set(key, [id]);
+    for (let b = 0; b < bands; b++) {
+      const key = keys[b];
+      const list = this.buckets[b].get(key);
+      if (!list) this.buckets[b].set(key, [id]);
       else if (list.length < maxBucket) list.push(id);
     }
     return "new";
