@@ -329,16 +329,17 @@ def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "train,want",
     [
-        ({"gradient_checkpointing": True}, ("auto", "full", False)),
-        ({"gradient_checkpointing": False}, ("auto", "none", False)),
+        ({"gradient_checkpointing": True}, ("auto", "full", "auto")),
+        ({"gradient_checkpointing": False}, ("auto", "none", "auto")),
         (
             {"gradient_checkpointing": True, "recompute": "mlp", "offload_activations": True},
             ("auto", "mlp", True),
         ),
         (
             {"gradient_checkpointing": False, "recompute": "none", "lora_compute": "exact"},
-            ("exact", "none", False),
+            ("exact", "none", "auto"),
         ),
+        ({"gradient_checkpointing": True, "offload_activations": False}, ("auto", "full", False)),
     ],
 )
 def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
@@ -354,6 +355,10 @@ def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
         ({"gradient_checkpointing": True, "recompute": "none"}, 'train.recompute: "none" contradicts'),
         ({"lora_compute": "fast"}, 'train.lora_compute: expected one of "auto", "exact", got "fast"'),
         ({"recompute": "attn"}, "train.recompute: expected one of"),
+        (
+            {"offload_activations": "yes"},
+            'train.offload_activations: expected true, false or "auto", got "yes"',
+        ),
     ],
 )
 def test_plan_field_errors(tmp_path: Path, train: dict, msg: str) -> None:

@@ -93,7 +93,8 @@ class TrainSpec:
     # Absent from the plan = "full" if gradient_checkpointing else "none"; present, it must agree with it.
     recompute: Literal["full", "mlp", "none"] = "full"
     # Tensors saved for backward by the decoder live in (pinned) CPU memory until the backward pass.
-    offload_activations: bool = False
+    # "auto": on for CUDA with recompute "full" (only the layer inputs move; measured at no cost on Qwen3-8B).
+    offload_activations: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -363,9 +364,7 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         )
         or "auto",
         recompute=_recompute(r, t),
-        offload_activations=bool(
-            r.get(t, "offload_activations", "train.offload_activations", "bool", optional=True)
-        ),
+        offload_activations=_offload(r, t),
     )
     device = r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda"))
     o = r.obj(raw, "output", "output")
@@ -401,6 +400,16 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         resume_from=resume_from,
         distributed=distributed,
     )
+
+
+def _offload(r: _Reader, t: dict[str, Any]) -> bool | Literal["auto"]:
+    v = t.get("offload_activations")
+    if v is None or v == "auto":
+        return "auto"
+    if isinstance(v, bool):
+        return v
+    r.bad("train.offload_activations", 'true, false or "auto"', v)
+    return "auto"
 
 
 def _recompute(r: _Reader, t: dict[str, Any]) -> Any:

@@ -204,7 +204,10 @@ def train(plan: TrainPlan) -> None:
     trainable = set_trainable(model, plan)
     if hasattr(model, "recompute"):  # our models; the generic backend has only gradient_checkpointing
         model.recompute = t.recompute
-        model.offload_activations = t.offload_activations
+        # "auto": the layer inputs of full recompute wait in pinned CPU memory on CUDA (measured on an H200:
+        # Qwen3-8B 10,145 → 10,137 tok/s, 19.9 → 17.7 GiB); never on CPU, never by default with mlp/none.
+        auto = device.type == "cuda" and t.recompute == "full"
+        model.offload_activations = auto if t.offload_activations == "auto" else t.offload_activations
     else:
         model.gradient_checkpointing = t.gradient_checkpointing
     if lora is not None:
@@ -507,7 +510,7 @@ def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineErro
     ]
     if t.recompute != "full":
         advice.append(f'set train.recompute: "full" (now "{t.recompute}")')
-    if not t.offload_activations:
+    if t.offload_activations is not True:
         advice.append("set train.offload_activations: true")
     if plan.method.type != "qlora":
         advice.append("use method qlora (4-bit base weights)")

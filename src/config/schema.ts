@@ -71,8 +71,8 @@ export const TrainConfig = z
     /** What the backward pass recomputes; when given it decides, else gradient_checkpointing does
      * (true → full, false → none). gradient_checkpointing: false with full/mlp is a contradiction. */
     recompute: z.enum(["full", "mlp", "none"]).optional(),
-    /** Activations saved for backward wait in pinned CPU memory (less GPU memory, PCIe traffic). */
-    offload_activations: z.boolean().default(false),
+    /** Activations saved for backward wait in pinned CPU memory; "auto" = CUDA with recompute full. */
+    offload_activations: z.union([z.boolean(), z.literal("auto")]).default("auto"),
     /** Stop after this many validation evaluations without a new best (needs eval_every); absent = never. */
     early_stopping_patience: z.number().int().positive().optional(),
     log_every: z.number().int().positive().default(1),

@@ -81,7 +81,7 @@ export const TrainPlan = z.object({
      * gradient_checkpointing (true → full, false → none); present, it must agree with it. */
     recompute: z.enum(["full", "mlp", "none"]).optional(),
     /** Tensors saved for backward by the decoder wait in pinned CPU memory. Absent = off. */
-    offload_activations: z.boolean().optional(),
+    offload_activations: z.union([z.boolean(), z.literal("auto")]).optional(),
     log_every: z.number().int().positive(),
     eval_every: z.number().int().min(0),
     save_every: z.number().int().min(0),
