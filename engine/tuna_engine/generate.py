@@ -250,7 +250,7 @@ class Engine:
     mode: "graph" / "eager" run decode.Decoder (KV cache of max_batch_size × max_model_len positions
     allocated here; a request longer than max_model_len is refused); "reference" is the original path (a cache
     that grows, per-adapter row groups, one host sync per row), kept as the plain reference the static path is
-    tested against. Default: resolve_mode(). fused (default on, TUNA_GENERATE_FUSED) / compile (default off,
+    tested against. Default: resolve_mode(). fused (default on, TUNA_GENERATE_FUSED) / compile (default on in graph mode,
     TUNA_GENERATE_COMPILE): the Decoder's fused layer and its torch.compile'd regions (decode.py)."""
 
     def __init__(
@@ -293,7 +293,9 @@ class Engine:
                 self.max_model_len,
                 use_graphs=self.mode == "graph",
                 fused=resolve_switch(fused, "TUNA_GENERATE_FUSED", True),
-                compile=resolve_switch(compile, "TUNA_GENERATE_COMPILE", False),
+                # On with CUDA graphs (H200: Qwen3-0.6B 2.83 → 1.97 ms per decode step, 8B 7.12 → 5.85 ms; setup
+                # 2 → 7 s); the eager/CPU path stays uncompiled.
+                compile=resolve_switch(compile, "TUNA_GENERATE_COMPILE", self.mode == "graph"),
             )
             # Prompt + generated ids per slot, for the repetition penalty (on the device: no host round trip).
             self.seen = torch.zeros(max_batch_size, c.vocab_size, dtype=torch.bool, device=self.device)
@@ -624,7 +626,7 @@ def load_for_generation(
 ) -> Engine:
     """The model, its adapters and an Engine. Each setting is the argument when given, else its env var
     (TUNA_MAX_MODEL_LEN, TUNA_GENERATE_MODE, TUNA_GENERATE_FUSED, TUNA_GENERATE_COMPILE) when set, else the
-    plan's field, else the default (4096; graph on CUDA, eager on CPU; fused; not compiled)."""
+    plan's field, else the default (4096; graph on CUDA, eager on CPU; fused; compiled in graph mode)."""
     max_model_len = _plan_or_env(max_model_len, "TUNA_MAX_MODEL_LEN", plan.max_model_len)
     mode = _plan_or_env(mode, "TUNA_GENERATE_MODE", plan.mode)
     fused = _plan_or_env(fused, "TUNA_GENERATE_FUSED", plan.fused)
