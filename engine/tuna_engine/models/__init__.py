@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -352,17 +353,7 @@ def load_model_sharded(
         def tensor(name: str) -> torch.Tensor:
             return handles[files[name]].get_tensor(name)
 
-        def shape_of(name: str) -> tuple[int, ...]:
-            return tuple(handles[files[name]].get_slice(name).get_shape())
-
-        def check(name: str, want: tuple[int, ...]) -> None:
-            if shape_of(name) != want:
-                raise EngineError(
-                    "MODEL_WEIGHTS_MISMATCH",
-                    f"{files[name]}: tensor {name} has shape {list(shape_of(name))} but config.json implies "
-                    f"{list(want)}",
-                    hint="config.json and the safetensors files come from different models",
-                )
+        check = partial(_check_shape, handles, files)
 
         with torch.device("meta"):
             model = llama.CausalLM(c, lora, lora_layers)
@@ -585,17 +576,7 @@ def load_weights(
             for path in sorted(set(files.values()))
         }
 
-        def shape_of(name: str) -> tuple[int, ...]:
-            return tuple(handles[files[name]].get_slice(name).get_shape())
-
-        def check(name: str, want: tuple[int, ...]) -> None:
-            if shape_of(name) != want:
-                raise EngineError(
-                    "MODEL_WEIGHTS_MISMATCH",
-                    f"{files[name]}: tensor {name} has shape {list(shape_of(name))} but config.json implies "
-                    f"{list(want)}",
-                    hint="config.json and the safetensors files come from different models",
-                )
+        check = partial(_check_shape, handles, files)
 
         for name, p in params.items():
             check(name, tuple(p.shape))
@@ -683,6 +664,20 @@ def _check_names(
             hint="config.json and the safetensors files come from different models",
         )
     return params, four_bit
+
+
+def _shape_of(handles: dict[str, Any], files: dict[str, str], name: str) -> tuple[int, ...]:
+    return tuple(handles[files[name]].get_slice(name).get_shape())
+
+
+def _check_shape(handles: dict[str, Any], files: dict[str, str], name: str, want: tuple[int, ...]) -> None:
+    got = _shape_of(handles, files, name)
+    if got != want:
+        raise EngineError(
+            "MODEL_WEIGHTS_MISMATCH",
+            f"{files[name]}: tensor {name} has shape {list(got)} but config.json implies {list(want)}",
+            hint="config.json and the safetensors files come from different models",
+        )
 
 
 def _has_bias(c: llama.Config, name: str) -> bool:
