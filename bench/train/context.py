@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PRESETS, ROOT, make_model_dir, write_random_shards  # noqa: E402
+from run import PRESETS, ROOT, make_model_dir, train_plan, write_random_shards  # noqa: E402
 
 # The engine, run with its GPU memory capped: an H200 must not pass a length an H100 80GB could not train.
 CAPPED_ENGINE = (
@@ -43,49 +43,7 @@ def try_length(model_dir: Path, length: int, steps: int, work: Path, card_gib: f
     run = work / f"ctx-{length}-{int(time.time())}"
     vocab = PRESETS[model_dir.name]["config"]["vocab_size"]
     shard = write_random_shards(run / "data", steps, length, vocab, "full")
-    plan = {
-        "version": 1,
-        "command": "train",
-        "run_dir": str(run),
-        "model": {"path": str(model_dir), "dtype": "bfloat16"},
-        "data": {"train": [str(shard)], "validation": [], "manifest": str(run / "data/manifest.json")},
-        "method": {
-            "type": "qlora",
-            "lora": {
-                "r": 16,
-                "alpha": 32,
-                "dropout": 0.0,
-                "target_modules": ["all-linear"],
-                "use_rslora": False,
-                "use_dora": False,
-            },
-        },
-        "train": {
-            "seed": 0,
-            "micro_batch_size": 1,
-            "grad_accum": 1,
-            "max_steps": steps,
-            "learning_rate": 1e-4,
-            "weight_decay": 0.0,
-            "warmup_steps": 0,
-            "scheduler": "constant",
-            "min_lr_ratio": 0.0,
-            "max_grad_norm": 1.0,
-            "optimizer": "adamw",
-            "adam_beta1": 0.9,
-            "adam_beta2": 0.999,
-            "adam_eps": 1e-8,
-            "gradient_checkpointing": True,
-            "log_every": 1,
-            "eval_every": 0,
-            "save_every": 0,
-            **settings,
-        },
-        "device": "cuda",
-        "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
-        "base_model_name": model_dir.name,
-        "resume_from": None,
-    }
+    plan = train_plan(run, model_dir, shard, "qlora", 1, 1, steps, settings)
     (run / "plan.json").write_text(json.dumps(plan))
     env = {
         **os.environ,

@@ -34,8 +34,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import PRESETS, ROOT, flops_per_token, log, matmul_tflops, write_random_shards
-from tuna_engine.models.random_dir import planned_bytes, write_random_model
+from run import PRESETS, ROOT, flops_per_token, log, matmul_tflops, train_plan, write_random_shards  # noqa: E402
+
+from tuna_engine.models.random_dir import planned_bytes, write_random_model  # noqa: E402
 
 # name -> (preset, method, 4-bit directory)
 RUNS = {
@@ -78,9 +79,7 @@ def write_dirs(work: Path, names: list[str]) -> dict:
         log(
             f"== writing {d} ({'NF4' if four_bit else 'bf16'}, ~{planned_bytes(PRESETS[preset]['config'], four_bit=four_bit) / 1e9:.0f} GB)"
         )
-        out[name] = write_random_model(
-            PRESETS[preset]["config"], d, four_bit=four_bit, progress=log
-        )
+        out[name] = write_random_model(PRESETS[preset]["config"], d, four_bit=four_bit, progress=log)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     return out
@@ -102,56 +101,9 @@ def run_engine(
     d = model_dir(work, preset, four_bit)
     run = work / f"run-{name}-{gpus}gpu-{int(time.time())}"
     n_steps = steps + warmup
-    shard = write_random_shards(
-        run / "data", n_steps * batch * gpus, seq, cfg["vocab_size"], "full"
-    )
-    lora = {
-        "r": 16,
-        "alpha": 32,
-        "dropout": 0.0,
-        "target_modules": ["all-linear"],
-        "use_rslora": False,
-        "use_dora": False,
-    }
-    plan = {
-        "version": 1,
-        "command": "train",
-        "run_dir": str(run),
-        "model": {"path": str(d), "dtype": "bfloat16"},
-        "data": {
-            "train": [str(shard)],
-            "validation": [],
-            "manifest": str(run / "data/manifest.json"),
-        },
-        "method": {"type": method, "lora": lora},
-        "train": {
-            "seed": 0,
-            "micro_batch_size": batch,
-            "grad_accum": gpus,
-            "max_steps": n_steps,
-            "learning_rate": 1e-4,
-            "weight_decay": 0.0,
-            "warmup_steps": 0,
-            "scheduler": "constant",
-            "min_lr_ratio": 0.0,
-            "max_grad_norm": 1.0,
-            "optimizer": "adamw",
-            "adam_beta1": 0.9,
-            "adam_beta2": 0.999,
-            "adam_eps": 1e-8,
-            "gradient_checkpointing": True,
-            "log_every": 1,
-            "eval_every": 0,
-            "save_every": 0,
-        },
-        "device": device,
-        "output": {
-            "adapter_dir": str(run / "adapter"),
-            "checkpoints_dir": str(run / "checkpoints"),
-        },
-        "base_model_name": preset,
-        "resume_from": None,
-    }
+    shard = write_random_shards(run / "data", n_steps * batch * gpus, seq, cfg["vocab_size"], "full")
+    plan = train_plan(run, d, shard, method, batch, gpus, n_steps, device=device)
+    plan["base_model_name"] = preset
     if gpus > 1:
         plan["distributed"] = {"strategy": "fsdp", "gpus": gpus, "nnodes": 1}
     (run / "plan.json").write_text(json.dumps(plan))
@@ -169,11 +121,7 @@ def run_engine(
         "PYTHONPATH": str(ROOT / "engine"),
         "NCCL_NVLS_ENABLE": "0",
         "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-        **(
-            {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))}
-            if device == "cuda"
-            else {}
-        ),
+        **({"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus))} if device == "cuda" else {}),
     }
     t0 = time.time()
     stderr_file = open(run / "stderr.log", "w")  # noqa: SIM115 (closed after the process ends)
@@ -242,9 +190,7 @@ def run_engine(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--work",
         required=True,
@@ -256,9 +202,7 @@ def main() -> None:
         help=f"comma list of {', '.join(RUNS)}",
     )
     ap.add_argument("--gpus", type=int, default=2)
-    ap.add_argument(
-        "--batch", type=int, default=2, help="packs per GPU per step (micro-batch)"
-    )
+    ap.add_argument("--batch", type=int, default=2, help="packs per GPU per step (micro-batch)")
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=4, help="timed steps after --warmup")
     ap.add_argument("--warmup", type=int, default=1)
@@ -280,13 +224,9 @@ def main() -> None:
     names = [n for n in args.runs.split(",") if n]
     for n in names:
         if n not in RUNS:
-            raise SystemExit(
-                f"--runs: unknown run {n!r}; choose from {', '.join(RUNS)}"
-            )
+            raise SystemExit(f"--runs: unknown run {n!r}; choose from {', '.join(RUNS)}")
     if cuda and torch.cuda.device_count() < args.gpus:
-        raise SystemExit(
-            f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA GPUs visible"
-        )
+        raise SystemExit(f"--gpus {args.gpus}: only {torch.cuda.device_count()} CUDA GPUs visible")
     t_all = time.time()
     results: dict = {
         "card": torch.cuda.get_device_name() if cuda else "cpu",
@@ -300,9 +240,7 @@ def main() -> None:
         if cuda:
             torch.cuda.empty_cache()
         for n in names:
-            log(
-                f"== {n} on {args.gpus} GPUs, {args.batch} x {args.seq} tokens per GPU per step"
-            )
+            log(f"== {n} on {args.gpus} GPUs, {args.batch} x {args.seq} tokens per GPU per step")
             r = run_engine(
                 n,
                 work,
@@ -315,14 +253,10 @@ def main() -> None:
                 args.device,
             )
             if "tokens_per_s" in r:
-                r["mfu"] = (
-                    r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e12 * args.gpus)
-                )
+                r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e12 * args.gpus)
             results[n] = r
     results["total_wall_s"] = time.time() - t_all
-    print(
-        "\nrun               | GPUs | load s | tokens/s (per GPU) | peak GiB per GPU      | MFU"
-    )
+    print("\nrun               | GPUs | load s | tokens/s (per GPU) | peak GiB per GPU      | MFU")
     for n in names:
         r = results.get(n)
         if r is None:

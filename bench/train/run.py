@@ -170,31 +170,40 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
     return path
 
 
+LORA_R16 = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"], "use_rslora": False, "use_dora": False}
+
+
+def train_plan(run: Path, model_dir: Path, shard: Path, method: str, batch: int, grad_accum: int, steps: int,
+               extra_train: dict | None = None, device: str = "cuda") -> dict:
+    """The plan.json every bench here hands the engine (src/engine/protocol.ts): LoRA r=16, alpha=32 on all linear
+    projections (`method` lora or qlora), constant lr 1e-4, AdamW, gradient checkpointing, no eval or saving."""
+    return {
+        "version": 1,
+        "command": "train",
+        "run_dir": str(run),
+        "model": {"path": str(model_dir), "dtype": "bfloat16"},
+        "data": {"train": [str(shard)], "validation": [], "manifest": str(shard.parent / "manifest.json")},
+        "method": {"type": method, "lora": dict(LORA_R16)},
+        "train": {
+            "seed": 0, "micro_batch_size": batch, "grad_accum": grad_accum, "max_steps": steps, "learning_rate": 1e-4,
+            "weight_decay": 0.0, "warmup_steps": 0, "scheduler": "constant", "min_lr_ratio": 0.0, "max_grad_norm": 1.0,
+            "optimizer": "adamw", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8, "gradient_checkpointing": True,
+            "log_every": 1, "eval_every": 0, "save_every": 0, **(extra_train or {}),
+        },
+        "device": device,
+        "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
+        "base_model_name": model_dir.name,
+        "resume_from": None,
+    }
+
+
 def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, work: Path, extra_train: dict, lengths: str,
                extra_env: dict | None = None, gpus: int = 1, strategy: str = "fsdp") -> dict:
     """`gpus` > 1: the engine under torchrun (docs/distributed.md), `batch` packs per GPU per step (grad_accum =
     gpus keeps one micro-batch per GPU), so a step trains gpus × batch × seq tokens."""
     run = work / f"run-{model_dir.name}-{lengths}-{gpus}gpu-{int(time.time())}"
     shard = write_random_shards(run / "data", (steps + warmup) * batch * gpus, seq, PRESETS[model_dir.name]["config"]["vocab_size"], lengths)
-    plan = {
-        "version": 1,
-        "command": "train",
-        "run_dir": str(run),
-        "model": {"path": str(model_dir), "dtype": "bfloat16"},
-        "data": {"train": [str(shard)], "validation": [], "manifest": str(run / "data/manifest.json")},
-        "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"], "use_rslora": False, "use_dora": False}},
-        "train": {
-            "seed": 0, "micro_batch_size": batch, "grad_accum": 1, "max_steps": steps + warmup, "learning_rate": 1e-4,
-            "weight_decay": 0.0, "warmup_steps": 0, "scheduler": "constant", "min_lr_ratio": 0.0, "max_grad_norm": 1.0,
-            "optimizer": "adamw", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8, "gradient_checkpointing": True,
-            "log_every": 1, "eval_every": 0, "save_every": 0, **extra_train,
-        },
-        "device": "cuda",
-        "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
-        "base_model_name": model_dir.name,
-        "resume_from": None,
-    }
-    plan["train"]["grad_accum"] = gpus
+    plan = train_plan(run, model_dir, shard, "lora", batch, gpus, steps + warmup, extra_train)
     launch = [sys.executable]
     if gpus > 1:
         plan["distributed"] = {"strategy": strategy, "gpus": gpus, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
