@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PRESETS, ROOT, make_model_dir, train_plan, write_random_shards  # noqa: E402
+from run import (  # noqa: E402
+    PRESETS,
+    ROOT,
+    make_model_dir,
+    run_engine,
+    stop_engines_with_this_script,
+    train_plan,
+    write_random_shards,
+)
 
 # The engine, run with its GPU memory capped: an H200 must not pass a length an H100 80GB could not train.
 CAPPED_ENGINE = (
@@ -51,11 +58,10 @@ def try_length(model_dir: Path, length: int, steps: int, work: Path, card_gib: f
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     }
     t0 = time.time()
-    proc = subprocess.run(
+    proc = run_engine(
         [sys.executable, "-c", CAPPED_ENGINE, str(card_gib), "train", "--plan", str(run / "plan.json")],
-        env=env,
-        capture_output=True,
-        text=True,
+        env,
+        run / "plan.json",
     )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     steps_ev = [e for e in events if e.get("event") == "step"]
@@ -91,6 +97,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/train/context needs a CUDA GPU"
+    stop_engines_with_this_script()
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-ctx-"))
     model_dir = make_model_dir(args.model, work)
     settings = json.loads(args.settings)

@@ -34,7 +34,18 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import PRESETS, ROOT, flops_per_token, log, matmul_tflops, train_plan, write_random_shards  # noqa: E402
+from run import (  # noqa: E402
+    PRESETS,
+    ROOT,
+    flops_per_token,
+    kill_engine,
+    log,
+    matmul_tflops,
+    start_engine,
+    stop_engines_with_this_script,
+    train_plan,
+    write_random_shards,
+)
 
 from tuna_engine.models.random_dir import planned_bytes, write_random_model  # noqa: E402
 
@@ -125,9 +136,10 @@ def run_engine(
     }
     t0 = time.time()
     stderr_file = open(run / "stderr.log", "w")  # noqa: SIM115 (closed after the process ends)
-    proc = subprocess.Popen(
+    proc = start_engine(
         launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")],
-        env=env,
+        env,
+        run / "plan.json",
         stdout=subprocess.PIPE,
         stderr=stderr_file,
         text=True,
@@ -144,12 +156,11 @@ def run_engine(
                         f"  [{name} {time.time() - t0:6.1f}s] {json.dumps({k: v for k, v in e.items() if k not in ('event',)})[:300]}"
                     )
             if time.time() - t0 > timeout:
-                proc.kill()
+                kill_engine(proc.pid)
                 break
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_engine(proc.pid)  # torchrun's ranks too, finished or not
         stderr_file.close()
     stderr_tail = (run / "stderr.log").read_text()[-3000:]
     evs = [e for _, e in events]
@@ -220,6 +231,7 @@ def main() -> None:
     args = ap.parse_args()
     cuda = args.device == "cuda"
     assert not cuda or torch.cuda.is_available(), "bench/train/large needs CUDA GPUs"
+    stop_engines_with_this_script()
     work = Path(args.work)
     names = [n for n in args.runs.split(",") if n]
     for n in names:

@@ -19,9 +19,12 @@ The fast-path comparison (issue 5; docs/performance.md), every setting against H
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +38,63 @@ ROOT = Path(__file__).resolve().parents[2]
 PRESETS = json.loads((ROOT / "src/model/presets.json").read_text())
 
 # tokens per step (micro-batch x length) from the issue's table
-DEFAULT_SHAPES = {"qwen3-0.6b": (8, 2048), "qwen3-8b": (4, 2048), "qwen3-32b": (2, 2048), "qwen3-1.7b": (8, 2048), "qwen3-4b": (4, 2048)}
+DEFAULT_SHAPES = {
+    "qwen3-0.6b": (8, 2048),
+    "qwen3-8b": (4, 2048),
+    "qwen3-32b": (2, 2048),
+    "qwen3-1.7b": (8, 2048),
+    "qwen3-4b": (4, 2048),
+}
+
+
+_ENGINES: dict[int, str] = {}  # engine pid -> its plan path (on every one of its processes' command lines)
+
+
+def kill_engine(pid: int) -> None:
+    """The engine `start_engine` started and every process it started. torchrun starts its ranks in sessions
+    of their own and stops them itself on SIGTERM, so: SIGTERM to the group, a grace period, then SIGKILL to
+    whatever still has the plan on its command line."""
+    plan = _ENGINES.pop(pid, None)
+    with contextlib.suppress(ProcessLookupError, PermissionError, ChildProcessError):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):  # up to 10 s
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                break
+            time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError, ChildProcessError):
+        os.killpg(pid, signal.SIGKILL)
+    if plan:
+        subprocess.run(["pkill", "-KILL", "-f", plan], check=False)
+
+
+def stop_engines_with_this_script() -> None:
+    """SIGTERM (from `timeout`), Ctrl-C or exit stops every engine this script started, with all it started in
+    turn (torchrun's ranks). Without it a stopped bench leaves runs computing on the GPUs: on 2026-11-28 one did,
+    and a later measurement on the same cards was void."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for pid in list(_ENGINES):
+            kill_engine(pid)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    atexit.register(lambda: [kill_engine(pid) for pid in list(_ENGINES)])
+
+
+def start_engine(cmd: list[str], env: dict, plan: Path, **popen: object) -> subprocess.Popen:
+    """The engine in a process group of its own, so `kill_engine` can end all of it."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, **popen)  # type: ignore[call-overload]
+    _ENGINES[proc.pid] = str(plan)
+    return proc
+
+
+def run_engine(cmd: list[str], env: dict, plan: Path) -> subprocess.CompletedProcess:
+    proc = start_engine(cmd, env, plan, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    _ENGINES.pop(proc.pid, None)
+    subprocess.run(["pkill", "-KILL", "-f", str(plan)], check=False)  # anything the engine left behind
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def log(msg: str) -> None:
@@ -66,7 +125,12 @@ def flops_per_token(cfg: dict, seq: int, recompute: bool) -> float:
     gradients (about the same again; frozen weights get no weight gradient). Recomputation is not counted
     (MFU counts model FLOPs, not hardware FLOPs)."""
     h, L = cfg["hidden_size"], cfg["num_hidden_layers"]
-    hd, nh, nkv, inter = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]
+    hd, nh, nkv, inter = (
+        cfg["head_dim"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["intermediate_size"],
+    )
     linear = L * (h * nh * hd + 2 * h * nkv * hd + nh * hd * h + 3 * h * inter) + cfg["vocab_size"] * h
     attn = L * 2 * 2 * nh * hd * seq / 2  # QK^T and PV, causal half
     fwd = 2 * linear + attn
@@ -98,7 +162,9 @@ def bench_hf(model_dir: Path, batch: int, seq: int, steps: int, warmup: int) -> 
     from transformers import AutoModelForCausalLM
 
     torch.cuda.reset_peak_memory_stats()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map="cuda")
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map="cuda"
+    )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
     model.train()  # from_pretrained returns eval mode, where checkpointing is off
@@ -162,7 +228,12 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
     d.mkdir(parents=True, exist_ok=True)
     path = d / "train-00000.safetensors"
     save_file(
-        {"tokens": tokens, "loss_weight": weight, "seq_offsets": np.array(seq_off, np.int64), "pack_offsets": np.array(pack_off, np.int64)},
+        {
+            "tokens": tokens,
+            "loss_weight": weight,
+            "seq_offsets": np.array(seq_off, np.int64),
+            "pack_offsets": np.array(pack_off, np.int64),
+        },
         str(path),
         metadata={"format": "tuna-shard", "version": "1", "max_length": str(seq)},
     )
@@ -170,11 +241,27 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
     return path
 
 
-LORA_R16 = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"], "use_rslora": False, "use_dora": False}
+LORA_R16 = {
+    "r": 16,
+    "alpha": 32,
+    "dropout": 0.0,
+    "target_modules": ["all-linear"],
+    "use_rslora": False,
+    "use_dora": False,
+}
 
 
-def train_plan(run: Path, model_dir: Path, shard: Path, method: str, batch: int, grad_accum: int, steps: int,
-               extra_train: dict | None = None, device: str = "cuda") -> dict:
+def train_plan(
+    run: Path,
+    model_dir: Path,
+    shard: Path,
+    method: str,
+    batch: int,
+    grad_accum: int,
+    steps: int,
+    extra_train: dict | None = None,
+    device: str = "cuda",
+) -> dict:
     """The plan.json every bench here hands the engine (src/engine/protocol.ts): LoRA r=16, alpha=32 on all linear
     projections (`method` lora or qlora), constant lr 1e-4, AdamW, gradient checkpointing, no eval or saving."""
     return {
@@ -185,10 +272,25 @@ def train_plan(run: Path, model_dir: Path, shard: Path, method: str, batch: int,
         "data": {"train": [str(shard)], "validation": [], "manifest": str(shard.parent / "manifest.json")},
         "method": {"type": method, "lora": dict(LORA_R16)},
         "train": {
-            "seed": 0, "micro_batch_size": batch, "grad_accum": grad_accum, "max_steps": steps, "learning_rate": 1e-4,
-            "weight_decay": 0.0, "warmup_steps": 0, "scheduler": "constant", "min_lr_ratio": 0.0, "max_grad_norm": 1.0,
-            "optimizer": "adamw", "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8, "gradient_checkpointing": True,
-            "log_every": 1, "eval_every": 0, "save_every": 0, **(extra_train or {}),
+            "seed": 0,
+            "micro_batch_size": batch,
+            "grad_accum": grad_accum,
+            "max_steps": steps,
+            "learning_rate": 1e-4,
+            "weight_decay": 0.0,
+            "warmup_steps": 0,
+            "scheduler": "constant",
+            "min_lr_ratio": 0.0,
+            "max_grad_norm": 1.0,
+            "optimizer": "adamw",
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.999,
+            "adam_eps": 1e-8,
+            "gradient_checkpointing": True,
+            "log_every": 1,
+            "eval_every": 0,
+            "save_every": 0,
+            **(extra_train or {}),
         },
         "device": device,
         "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
@@ -197,20 +299,56 @@ def train_plan(run: Path, model_dir: Path, shard: Path, method: str, batch: int,
     }
 
 
-def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, work: Path, extra_train: dict, lengths: str,
-               extra_env: dict | None = None, gpus: int = 1, strategy: str = "fsdp") -> dict:
+def bench_tuna(
+    model_dir: Path,
+    batch: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    work: Path,
+    extra_train: dict,
+    lengths: str,
+    extra_env: dict | None = None,
+    gpus: int = 1,
+    strategy: str = "fsdp",
+) -> dict:
     """`gpus` > 1: the engine under torchrun (docs/distributed.md), `batch` packs per GPU per step (grad_accum =
     gpus keeps one micro-batch per GPU), so a step trains gpus × batch × seq tokens."""
     run = work / f"run-{model_dir.name}-{lengths}-{gpus}gpu-{int(time.time())}"
-    shard = write_random_shards(run / "data", (steps + warmup) * batch * gpus, seq, PRESETS[model_dir.name]["config"]["vocab_size"], lengths)
+    shard = write_random_shards(
+        run / "data",
+        (steps + warmup) * batch * gpus,
+        seq,
+        PRESETS[model_dir.name]["config"]["vocab_size"],
+        lengths,
+    )
     plan = train_plan(run, model_dir, shard, "lora", batch, gpus, steps + warmup, extra_train)
     launch = [sys.executable]
     if gpus > 1:
-        plan["distributed"] = {"strategy": strategy, "gpus": gpus, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
-        launch += ["-m", "torch.distributed.run", f"--nproc-per-node={gpus}", "--master-addr=127.0.0.1", "--master-port=29500"]
+        plan["distributed"] = {
+            "strategy": strategy,
+            "gpus": gpus,
+            "nnodes": 1,
+            "node_rank": 0,
+            "master_addr": "127.0.0.1",
+            "master_port": 29500,
+        }
+        launch += [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={gpus}",
+            "--master-addr=127.0.0.1",
+            "--master-port=29500",
+        ]
     (run / "plan.json").write_text(json.dumps(plan))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "engine"), "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", **(extra_env or {})}
-    proc = subprocess.run(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], check=False, env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "engine"),
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+        **(extra_env or {}),
+    }
+    proc = run_engine(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env, run / "plan.json")
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     steps_ev = [e for e in events if e.get("event") == "step"]
     errors = [e for e in events if e.get("event") == "error"]
@@ -236,23 +374,58 @@ def bench_tuna(model_dir: Path, batch: int, seq: int, steps: int, warmup: int, w
 # Tuna variants: name -> (plan `train` overrides, engine environment, data lengths, what it is). The plan the
 # bench writes has gradient_checkpointing true and no other setting, so "default" is the engine's defaults.
 VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
-    "default": ({}, {}, "full", "the engine's defaults (lora_compute auto, recompute full, train.compile on)"),
+    "default": (
+        {},
+        {},
+        "full",
+        "the engine's defaults (lora_compute auto, recompute full, train.compile on)",
+    ),
     "eager": ({"compile": False}, {}, "full", "the defaults without train.compile"),
-    "exact": ({"lora_compute": "exact", "compile": False}, {}, "full",
-              "peft's fp32 adapter math, eager (the engine before issue 5's work)"),
+    "exact": (
+        {"lora_compute": "exact", "compile": False},
+        {},
+        "full",
+        "peft's fp32 adapter math, eager (the engine before issue 5's work)",
+    ),
     "fast": ({"compile": True}, {}, "full", "lora_compute auto + train.compile, recompute full"),
     "fast_mlp": ({"compile": True, "recompute": "mlp"}, {}, "full", "fast, recomputing only the MLP blocks"),
-    "fast_none": ({"compile": True, "recompute": "none", "gradient_checkpointing": False}, {}, "full",
-                  "fast, no recomputation"),
-    "fast_offload": ({"compile": True, "offload_activations": True}, {}, "full",
-                     "fast, recompute full, layer inputs offloaded to pinned CPU memory"),
-    "fast_mlp_offload": ({"compile": True, "recompute": "mlp", "offload_activations": True}, {}, "full",
-                         "fast_mlp with its saved activations offloaded"),
-    "exact_compile": ({"lora_compute": "exact", "compile": True}, {}, "full",
-                      "exact + train.compile (the earlier compile row)"),
+    "fast_none": (
+        {"compile": True, "recompute": "none", "gradient_checkpointing": False},
+        {},
+        "full",
+        "fast, no recomputation",
+    ),
+    "fast_offload": (
+        {"compile": True, "offload_activations": True},
+        {},
+        "full",
+        "fast, recompute full, layer inputs offloaded to pinned CPU memory",
+    ),
+    "fast_mlp_offload": (
+        {"compile": True, "recompute": "mlp", "offload_activations": True},
+        {},
+        "full",
+        "fast_mlp with its saved activations offloaded",
+    ),
+    "exact_compile": (
+        {"lora_compute": "exact", "compile": True},
+        {},
+        "full",
+        "exact + train.compile (the earlier compile row)",
+    ),
     "mix": ({}, {}, "mix", "default on a support-transcript length mix, packed"),
-    "mix_unpacked": ({}, {}, "mix_unpacked", "the same length mix, one sample per row (padded to the batch's longest)"),
-    "sdpa": ({}, {"TUNA_ATTENTION": "sdpa"}, "full", "default with the reference attention path (SDPA + block mask)"),
+    "mix_unpacked": (
+        {},
+        {},
+        "mix_unpacked",
+        "the same length mix, one sample per row (padded to the batch's longest)",
+    ),
+    "sdpa": (
+        {},
+        {"TUNA_ATTENTION": "sdpa"},
+        "full",
+        "default with the reference attention path (SDPA + block mask)",
+    ),
     "nockpt": ({"gradient_checkpointing": False}, {}, "full", "default without gradient checkpointing"),
     "compile": ({}, {"TUNA_COMPILE": "1"}, "full", "default + TUNA_COMPILE=1 (same as train.compile)"),
 }
@@ -272,23 +445,44 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--work", default=None, help="where model directories and runs go (default: a temp dir)")
     ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--variants", default="default",
-                    help="comma list of Tuna settings: " + "; ".join(f"{k}: {v[3]}" for k, v in VARIANTS.items()))
-    ap.add_argument("--gpus", default="1", help="comma list of GPU counts for the scaling benchmark, e.g. 1,2,4 "
-                    "(each >1 runs the engine under torchrun; tuna_<variant>_<n>gpu rows, with scaling vs 1 GPU)")
-    ap.add_argument("--scaling-variant", default="default", choices=list(VARIANTS),
-                    help="the Tuna variant the --gpus rows run (its 1-GPU row, if in --variants, is the base)")
+    ap.add_argument(
+        "--variants",
+        default="default",
+        help="comma list of Tuna settings: " + "; ".join(f"{k}: {v[3]}" for k, v in VARIANTS.items()),
+    )
+    ap.add_argument(
+        "--gpus",
+        default="1",
+        help="comma list of GPU counts for the scaling benchmark, e.g. 1,2,4 "
+        "(each >1 runs the engine under torchrun; tuna_<variant>_<n>gpu rows, with scaling vs 1 GPU)",
+    )
+    ap.add_argument(
+        "--scaling-variant",
+        default="default",
+        choices=list(VARIANTS),
+        help="the Tuna variant the --gpus rows run (its 1-GPU row, if in --variants, is the base)",
+    )
     ap.add_argument("--strategy", default="fsdp", choices=["fsdp", "ddp"])
     ap.add_argument("--out", default=None)
-    ap.add_argument("--profile-dir", default=None,
-                    help="write a per-operation profile of Tuna's third step here, one file per model and variant")
+    ap.add_argument(
+        "--profile-dir",
+        default=None,
+        help="write a per-operation profile of Tuna's third step here, one file per model and variant",
+    )
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/train needs a CUDA GPU"
+    stop_engines_with_this_script()
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-bench-"))
     card = torch.cuda.get_device_name()
     peak_tflops = matmul_tflops()
     log(f"{card}: bf16 matmul {peak_tflops:.0f} TFLOP/s")
-    results = {"card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "matmul_tflops": peak_tflops, "models": {}}
+    results = {
+        "card": card,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "matmul_tflops": peak_tflops,
+        "models": {},
+    }
     for name in args.models.split(","):
         batch, seq = DEFAULT_SHAPES[name]
         cfg = PRESETS[name]["config"]
@@ -303,14 +497,27 @@ def main() -> None:
             extra, env, lengths = variant(v)
             if args.profile_dir:
                 env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}-{v}.txt")
-            r[f"tuna_{v}"] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env)
+            r[f"tuna_{v}"] = bench_tuna(
+                model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env
+            )
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
         for n in [int(g) for g in args.gpus.split(",") if int(g) > 1]:
             sv = args.scaling_variant
             key = f"tuna_{sv}_{n}gpu"
             extra, env, lengths = variant(sv)
-            r[key] = bench_tuna(model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env, gpus=n,
-                                strategy=args.strategy)
+            r[key] = bench_tuna(
+                model_dir,
+                batch,
+                seq,
+                args.steps,
+                args.warmup,
+                work,
+                extra,
+                lengths,
+                env,
+                gpus=n,
+                strategy=args.strategy,
+            )
             base = r.get(f"tuna_{sv}", {})
             if "tokens_per_s" in r[key] and "tokens_per_s" in base:
                 r[key]["scaling_vs_1gpu"] = r[key]["tokens_per_s"] / (n * base["tokens_per_s"])
@@ -329,7 +536,9 @@ def main() -> None:
                 if "error" in v:
                     print(f"{name:12} | {k:18} | error: {str(v['error'])[:200]}")
                     continue
-                print(f"{name:12} | {k:18} | {v['tokens_per_s']:8.0f} | {v.get('trained_tokens_per_s', v['tokens_per_s']):9.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}")
+                print(
+                    f"{name:12} | {k:18} | {v['tokens_per_s']:8.0f} | {v.get('trained_tokens_per_s', v['tokens_per_s']):9.0f} | {v['peak_gib']:8.1f} | {v['mfu']:.3f} | {v.get('speedup_vs_hf', 1):.2f} | {v.get('memory_vs_hf', 1):.2f}"
+                )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
 
