@@ -321,11 +321,22 @@ describe("tokenizer API", () => {
 
 describe("worker pool", () => {
   it("encodes a batch on 2 workers with the same ids, in order", async () => {
-    const pool = await createTokenizerPool(join(dir, "qwen3"), 2);
+    const pool = await createTokenizerPool(join(dir, "qwen3"), 2, { stats: true });
     try {
       const texts = corpus.slice(0, 300);
       const got = await pool.encodeBatch(texts);
       expect(got).toHaveLength(texts.length);
+      // Stats account for every text, character and token, split over both workers.
+      const st = pool.lastStats();
+      expect(st?.workers.map((w) => w.texts).reduce((a, b) => a + b)).toBe(texts.length);
+      expect(st?.workers.map((w) => w.chars).reduce((a, b) => a + b)).toBe(
+        texts.reduce((a, t) => a + t.length, 0),
+      );
+      expect(st?.workers.map((w) => w.tokens).reduce((a, b) => a + b)).toBe(
+        got.reduce((a, ids) => a + ids.length, 0),
+      );
+      expect(st?.workers.every((w) => w.jobs > 0 && w.busyMs > 0)).toBe(true);
+      expect(st?.wallMs).toBeGreaterThan(0);
       got.forEach((ids, i) => {
         expect(Array.from(ids)).toEqual(Array.from(ref.default[i]));
       });

@@ -8,7 +8,17 @@ import type { EncodeOptions } from "./types.ts";
 export interface TokenizerPool {
   readonly size: number;
   encodeBatch(texts: readonly string[], opts?: EncodeOptions): Promise<Int32Array[]>;
+  /** Where the last encodeBatch spent its time (with `stats: true` at creation; null otherwise). */
+  lastStats(): PoolStats | null;
   close(): Promise<void>;
+}
+
+/** One encodeBatch call: per worker, the jobs it ran and their encode time; the main thread's send time. */
+export interface PoolStats {
+  wallMs: number;
+  /** Time in postMessage on the main thread (the structured clone of the texts). */
+  postMs: number;
+  workers: { jobs: number; texts: number; chars: number; tokens: number; busyMs: number; cpuMs: number }[];
 }
 
 interface Job {
@@ -19,7 +29,11 @@ interface Job {
 const WORKER_URL = new URL("./worker.mjs", import.meta.url);
 
 /** Starts `n` workers that each load `<modelDir>/tokenizer.json`; resolves when all are ready. */
-export async function createTokenizerPool(modelDir: string, n: number): Promise<TokenizerPool> {
+export async function createTokenizerPool(
+  modelDir: string,
+  n: number,
+  o: { stats?: boolean } = {},
+): Promise<TokenizerPool> {
   if (!Number.isInteger(n) || n < 1) {
     throw new TunaError("TOKENIZER_POOL", `pool size ${n} is not a positive integer`, {
       hint: "pass n >= 1",
@@ -52,11 +66,19 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
   });
 
   let busy = false;
+  let last: PoolStats | null = null;
   return {
     size: n,
+    lastStats: () => last,
     async encodeBatch(texts, opts) {
       if (busy) throw new TunaError("TOKENIZER_POOL", "encodeBatch called while another batch is running");
       busy = true;
+      const t0 = performance.now();
+      const stats: PoolStats = {
+        wallMs: 0,
+        postMs: 0,
+        workers: workers.map(() => ({ jobs: 0, texts: 0, chars: 0, tokens: 0, busyMs: 0, cpuMs: 0 })),
+      };
       try {
         const results: Int32Array[] = new Array(texts.length);
         let total = 0;
@@ -84,8 +106,17 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
             for (let j = wi; j < jobs.length; j += n) {
               const job = jobs[j];
               const ids = await new Promise<Int32Array[]>((resolve, reject) => {
-                const onMsg = (m: { ids?: Int32Array[]; error?: { code: string; message: string } }) => {
+                const onMsg = (m: {
+                  ids?: Int32Array[];
+                  busyMs?: number;
+                  cpuMs?: number;
+                  error?: { code: string; message: string };
+                }) => {
                   w.off("error", onErr);
+                  const st = stats.workers[wi];
+                  st.jobs++;
+                  st.busyMs += m.busyMs ?? 0;
+                  st.cpuMs += m.cpuMs ?? 0;
                   if (m.ids) resolve(m.ids);
                   else
                     reject(
@@ -98,12 +129,22 @@ export async function createTokenizerPool(modelDir: string, n: number): Promise<
                 };
                 w.once("message", onMsg);
                 w.once("error", onErr);
-                w.postMessage({ texts: job.texts, splitSpecial });
+                const p0 = performance.now();
+                w.postMessage({ texts: job.texts, splitSpecial, stats: o.stats === true });
+                stats.postMs += performance.now() - p0;
               });
-              for (let k = 0; k < ids.length; k++) results[job.first + k] = ids[k];
+              const st = stats.workers[wi];
+              st.texts += job.texts.length;
+              for (let k = 0; k < ids.length; k++) {
+                results[job.first + k] = ids[k];
+                st.chars += job.texts[k].length;
+                st.tokens += ids[k].length;
+              }
             }
           }),
         );
+        stats.wallMs = performance.now() - t0;
+        if (o.stats) last = stats;
         return results;
       } finally {
         busy = false;
