@@ -15,6 +15,7 @@ import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
 from tuna_engine.decode import Decoder
 from tuna_engine.generate import AdapterWeights
 from tuna_engine.models.llama import CausalLM, Config

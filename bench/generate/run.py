@@ -30,10 +30,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench/train"))
-from run import make_model_dir
-from tuna_engine.decode import bucket_for
-from tuna_engine.generate import Engine, requests_from_dicts
-from tuna_engine.models import load_model
+from run import make_model_dir  # noqa: E402  (the same random model directories as bench/train)
+
+from tuna_engine.decode import bucket_for  # noqa: E402
+from tuna_engine.generate import Engine, requests_from_dicts  # noqa: E402
+from tuna_engine.models import load_model  # noqa: E402
 
 
 def log(msg: str) -> None:
