@@ -67,9 +67,22 @@ export function mergeRejections(into: Rejections, from: Rejections, maxExamples 
 }
 
 /** The counter prepareConversations uses for token filters and mixing by tokens. */
+/**
+ * Tokens of one conversation, for mixing by tokens. A conversation the template rejects counts 0 here: the
+ * tokenizing pass that follows rejects it again and counts it under its reason (or throws, with `strict`).
+ */
 export function tokenCounter(ctx: SampleContext): (conv: Conversation) => number {
-  return (conv) =>
-    buildSamples(conv, ctx.template, ctx.policy).reduce((a, s) => a + ctx.tokenizer.encode(s.text).length, 0);
+  return (conv) => {
+    try {
+      return buildSamples(conv, ctx.template, ctx.policy).reduce(
+        (a, s) => a + ctx.tokenizer.encode(s.text).length,
+        0,
+      );
+    } catch (e) {
+      if (isTunaError(e)) return 0;
+      throw e;
+    }
+  };
 }
 
 /**
