@@ -73,7 +73,8 @@ class DigestSet {
     this.keys = new Uint32Array(keys.length * 2);
     this.used = new Uint8Array(used.length * 2);
     this.count = 0;
-    for (let i = 0; i < used.length; i++) if (used[i]) this.put(keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]);
+    for (let i = 0; i < used.length; i++)
+      if (used[i]) this.put(keys[3 * i], keys[3 * i + 1], keys[3 * i + 2]);
   }
 }
 
