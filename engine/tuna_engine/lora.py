@@ -318,8 +318,8 @@ def _projection_targets(targets: list[str]) -> tuple[list[str], list[int] | None
     do for "all-linear"): reduce them to projection names, and to the layers they name when every named layer
     has the same projections (anything else stays as given and is reported as unsupported)."""
     paths = [t for t in targets if "." in t]
-    if not paths:
-        return targets, None
+    if not paths or len(paths) != len(targets):
+        return targets, None  # no paths; or names (every layer) mixed with paths (some layers): not expressible
     per_layer: dict[int, set[str]] = {}
     for t in paths:
         parts = t.split(".")
@@ -333,8 +333,7 @@ def _projection_targets(targets: list[str]) -> tuple[list[str], list[int] | None
     projections = set(next(iter(per_layer.values())))
     if any(v != projections for v in per_layer.values()):
         return targets, None
-    rest = [t for t in targets if "." not in t]
-    return sorted(projections | set(rest)), sorted(per_layer)
+    return sorted(projections), sorted(per_layer)
 
 
 def read_adapter_config(adapter_dir: str) -> tuple[LoraSpec, tuple[int, ...] | None]:
