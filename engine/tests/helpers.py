@@ -202,10 +202,21 @@ def engine_env() -> dict[str, str]:
     return env
 
 
-def run_engine(command: str, plan_path: Path, timeout: float = 120) -> tuple[int, list[dict[str, Any]], str]:
-    """Run `python -m tuna_engine <command> --plan <plan>`; return (exit code, events, stderr)."""
+def run_engine(
+    command: str, plan_path: Path, timeout: float = 120, prelude: str = ""
+) -> tuple[int, list[dict[str, Any]], str]:
+    """Run `python -m tuna_engine <command> --plan <plan>`; return (exit code, events, stderr). `prelude`: Python
+    run in the engine's process first (to patch a function, cap GPU memory, …), then the engine's main."""
+    if prelude:
+        prog = (
+            f"{prelude}\nimport sys\nfrom tuna_engine.__main__ import main\n"
+            f"sys.exit(main([{command!r}, '--plan', {str(plan_path)!r}]))\n"
+        )
+        argv = [sys.executable, "-c", prog]
+    else:
+        argv = [sys.executable, "-m", "tuna_engine", command, "--plan", str(plan_path)]
     p = subprocess.run(
-        [sys.executable, "-m", "tuna_engine", command, "--plan", str(plan_path)],
+        argv,
         cwd=REPO_ROOT,
         env=engine_env(),
         capture_output=True,

@@ -390,22 +390,9 @@ def _fp16_run(tmp: Path, model: Path, shard: Path, name: str, init_exp: int | No
     if init_exp is None:
         code, events, err = run_engine("train", path)
         return code, events, err, plan
-    prog = (
-        "import sys; import tuna_engine.loss_scale as ls\n"
-        f"ls.INIT_SCALE = 2.0**{init_exp}; ls.GROWTH_INTERVAL = 2\n"
-        "from tuna_engine.__main__ import main\n"
-        f"sys.exit(main(['train', '--plan', {str(path)!r}]))\n"
-    )
-    p = subprocess.run(
-        [sys.executable, "-c", prog],
-        env=engine_env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    return p.returncode, events, p.stderr, plan
+    prelude = f"import tuna_engine.loss_scale as ls; ls.INIT_SCALE = 2.0**{init_exp}; ls.GROWTH_INTERVAL = 2"
+    code, events, err = run_engine("train", path, prelude=prelude)
+    return code, events, err, plan
 
 
 def test_fp16_loss_scaling_skips_overflows_and_resumes_exactly(tmp_path: Path) -> None:

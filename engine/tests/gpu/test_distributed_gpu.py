@@ -176,10 +176,6 @@ def test_oom_in_first_step_names_phase_and_settings(tmp_path: Path) -> None:
     checkpointing): the run ends with one OOM error event naming the step, the micro-batch shape and the
     settings to lower."""
     import json
-    import subprocess
-    import sys
-
-    from helpers import REPO_ROOT, engine_env
 
     from tuna_engine.models.random_dir import write_random_model
 
@@ -192,24 +188,14 @@ def test_oom_in_first_step_names_phase_and_settings(tmp_path: Path) -> None:
     plan["device"] = "cuda"
     plan["model"]["dtype"] = "bfloat16"
     path = write_plan(plan)
-    prog = (
-        "import sys, torch\n"
-        "torch.cuda.set_per_process_memory_fraction(6 * 2**30 / torch.cuda.get_device_properties(0).total_memory)\n"
-        "from tuna_engine.__main__ import main\n"
-        f"sys.exit(main(['train', '--plan', {str(path)!r}]))\n"
+    prelude = (
+        "import torch\n"
+        "torch.cuda.set_per_process_memory_fraction(6 * 2**30 / torch.cuda.get_device_properties(0).total_memory)"
     )
-    p = subprocess.run(
-        [sys.executable, "-c", prog],
-        env=engine_env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    assert p.returncode != 0
+    code, events, err = run_engine("train", path, timeout=300, prelude=prelude)
+    assert code != 0
     errors = [e for e in events if e["event"] == "error"]
-    assert len(errors) == 1, (events, p.stderr[-3000:])
+    assert len(errors) == 1, (events, err[-3000:])
     e = errors[0]
     assert e["code"] == "OOM" and e["step"] == 1
     assert (
@@ -222,11 +208,8 @@ def test_oom_in_first_step_names_phase_and_settings(tmp_path: Path) -> None:
 def test_oom_mid_run_keeps_checkpoints(tmp_path: Path) -> None:
     """The card budget shrinks to almost nothing before step 3's forward (a real CUDA OOM from the caching
     allocator): the error event names step 3, and checkpoints step-1 and step-2 are complete and resumable."""
-    import json
-    import subprocess
-    import sys
 
-    from helpers import REPO_ROOT, engine_env, make_hf_model
+    from helpers import make_hf_model
 
     make_hf_model(tmp_path / "m", "qwen3", hidden_size=256, intermediate_size=512, dtype=torch.bfloat16)
     samples = random_samples(64, seed=7, max_len=60)
@@ -235,8 +218,8 @@ def test_oom_mid_run_keeps_checkpoints(tmp_path: Path) -> None:
     plan["device"] = "cuda"
     plan["model"]["dtype"] = "bfloat16"
     path = write_plan(plan)
-    prog = (
-        "import sys, torch\n"
+    prelude = (
+        "import torch\n"
         "import tuna_engine.train as t\n"
         "real, calls = t.weighted_ce_sum, []\n"
         "def squeezed(model, batch):\n"
@@ -245,21 +228,11 @@ def test_oom_mid_run_keeps_checkpoints(tmp_path: Path) -> None:
         "        torch.cuda.empty_cache()\n"
         "        torch.cuda.set_per_process_memory_fraction(1e-6)\n"
         "    return real(model, batch)\n"
-        "t.weighted_ce_sum = squeezed\n"
-        "from tuna_engine.__main__ import main\n"
-        f"sys.exit(main(['train', '--plan', {str(path)!r}]))\n"
+        "t.weighted_ce_sum = squeezed"
     )
-    p = subprocess.run(
-        [sys.executable, "-c", prog],
-        env=engine_env(),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    code, events, err = run_engine("train", path, timeout=300, prelude=prelude)
     errors = [e for e in events if e["event"] == "error"]
-    assert p.returncode != 0 and len(errors) == 1, (events, p.stderr[-3000:])
+    assert code != 0 and len(errors) == 1, (events, err[-3000:])
     assert errors[0]["code"] == "OOM" and errors[0]["step"] == 3
     assert "forward/backward of step 3" in errors[0]["message"]
     assert [e["step"] for e in events if e["event"] == "checkpoint"] == [1, 2]
