@@ -127,6 +127,20 @@ def greedy_packs(samples: list[tuple[list[int], list[float]]], max_length: int) 
     return packs
 
 
+def lora_method(type: str = "lora", r: int = 4, alpha: float = 8, **extra: Any) -> dict[str, Any]:
+    """A plan's `method` section: LoRA (or QLoRA) of rank r on every linear projection; `extra` goes beside
+    `lora` (e.g. keep_16bit)."""
+    lora = {
+        "r": r,
+        "alpha": alpha,
+        "dropout": 0.0,
+        "target_modules": ["all-linear"],
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    return {"type": type, "lora": lora, **extra}
+
+
 def make_plan(
     tmp: Path,
     model_dir: Path,
@@ -169,18 +183,7 @@ def make_plan(
             "validation": [str(s) for s in (val_shards or [])],
             "manifest": str(run / "manifest.json"),
         },
-        "method": method
-        or {
-            "type": "lora",
-            "lora": {
-                "r": 4,
-                "alpha": 8,
-                "dropout": 0.0,
-                "target_modules": ["all-linear"],
-                "use_rslora": False,
-                "use_dora": False,
-            },
-        },
+        "method": method or lora_method(),
         "train": t,
         "device": "cpu",
         "output": {"adapter_dir": str(run / "adapter"), "checkpoints_dir": str(run / "checkpoints")},
@@ -229,10 +232,29 @@ def run_engine(
 
 # Real Qwen3 architectures (config.json of Qwen/Qwen3-0.6B and Qwen/Qwen3-8B) for GPU tests with random weights.
 QWEN3_COMMON = dict(
-    head_dim=128, vocab_size=151936, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=40960,
-    attention_bias=False, hidden_act="silu",
+    head_dim=128,
+    vocab_size=151936,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=40960,
+    attention_bias=False,
+    hidden_act="silu",
 )
-QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
-                  num_key_value_heads=8, tie_word_embeddings=True, **QWEN3_COMMON)
-QWEN3_8B = dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8, tie_word_embeddings=False, **QWEN3_COMMON)
+QWEN3_0_6B = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    tie_word_embeddings=True,
+    **QWEN3_COMMON,
+)
+QWEN3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=False,
+    **QWEN3_COMMON,
+)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import (
     greedy_packs,
+    lora_method,
     make_hf_model,
     make_plan,
     random_samples,
@@ -153,17 +154,7 @@ def _curves(tmp: Path, model_dir: Path, method: dict[str, Any] | None, dtype: st
     return out
 
 
-QLORA = {
-    "type": "qlora",
-    "lora": {
-        "r": 4,
-        "alpha": 8,
-        "dropout": 0.0,
-        "target_modules": ["all-linear"],
-        "use_rslora": False,
-        "use_dora": False,
-    },
-}
+QLORA = lora_method("qlora")
 
 
 @pytest.mark.parametrize("kind", ["16bit-qlora", "prequantized"])

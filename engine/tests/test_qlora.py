@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_hf_model, make_plan, random_samples, run_engine, write_plan, write_shard
+from helpers import lora_method, make_hf_model, make_plan, random_samples, run_engine, write_plan, write_shard
 from safetensors.torch import load_file, save_file
 from test_lora import copy_peft_into_ours, packed_batch, reference_loss
 
@@ -146,18 +146,7 @@ def randomized_peft(hf, variant: dict):
 
 
 def qlora_method(**extra) -> dict:
-    return {
-        "type": "qlora",
-        "lora": {
-            "r": 4,
-            "alpha": 8,
-            "dropout": 0.0,
-            "target_modules": ["all-linear"],
-            "use_rslora": False,
-            "use_dora": False,
-        },
-        **extra,
-    }
+    return lora_method("qlora", **extra)
 
 
 def test_qlora_run_adapter_loads_in_peft_and_merge_dequantizes(tmp_path: Path) -> None:

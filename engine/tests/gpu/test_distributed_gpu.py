@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import (
     greedy_packs,
+    lora_method,
     make_hf_model,
     make_plan,
     random_samples,
@@ -28,17 +29,7 @@ def gpus(n: int) -> pytest.MarkDecorator:
     return pytest.mark.skipif(torch.cuda.device_count() < n, reason=f"needs {n} CUDA GPUs")
 
 
-QLORA = {
-    "type": "qlora",
-    "lora": {
-        "r": 8,
-        "alpha": 16,
-        "dropout": 0.0,
-        "target_modules": ["all-linear"],
-        "use_rslora": False,
-        "use_dora": False,
-    },
-}
+QLORA = lora_method("qlora", r=8, alpha=16)
 
 
 @gpus(2)
@@ -121,17 +112,7 @@ def test_200_steps_on_4_gpus_follow_1_gpu(tmp_path: Path) -> None:
     write_random_model(preset, model_dir)
     samples = learnable_samples(3000, seed=11)
     shard = write_shard(tmp_path / "train.safetensors", samples, greedy_packs(samples, 1024), max_length=1024)
-    method = {
-        "type": "lora",
-        "lora": {
-            "r": 16,
-            "alpha": 32,
-            "dropout": 0.0,
-            "target_modules": ["all-linear"],
-            "use_rslora": False,
-            "use_dora": False,
-        },
-    }
+    method = lora_method(r=16, alpha=32)
     curves = {}
     for name, n in (("one", 1), ("four", 4)):
         plan = make_plan(
