@@ -53,6 +53,7 @@ from tuna_engine.models.random_dir import planned_bytes, write_random_model  # n
 RUNS = {
     "llama3-70b-qlora": ("llama3-70b", "qlora", True),
     "qwen3-32b-lora": ("qwen3-32b", "lora", False),
+    "qwen3-32b-qlora": ("qwen3-32b", "qlora", True),  # issue 5: one GPU, peak ≤ 22 GiB (run with --gpus 1)
     "qwen2.5-72b-qlora": ("qwen2.5-72b", "qlora", True),  # optional (~41 GB more disk)
     "tiny-qlora": (
         "tiny",
@@ -106,6 +107,7 @@ def run_engine(
     warmup: int,
     timeout: int,
     device: str = "cuda",
+    settings: dict | None = None,
 ) -> dict:
     preset, method, four_bit = RUNS[name]
     cfg = PRESETS[preset]["config"]
@@ -113,7 +115,7 @@ def run_engine(
     run = work / f"run-{name}-{gpus}gpu-{int(time.time())}"
     n_steps = steps + warmup
     shard = write_random_shards(run / "data", n_steps * batch * gpus, seq, cfg["vocab_size"], "full")
-    plan = train_plan(run, d, shard, method, batch, gpus, n_steps, device=device)
+    plan = train_plan(run, d, shard, method, batch, gpus, n_steps, extra_train=settings, device=device)
     plan["base_model_name"] = preset
     if gpus > 1:
         plan["distributed"] = {"strategy": "fsdp", "gpus": gpus, "nnodes": 1}
@@ -172,6 +174,7 @@ def run_engine(
         "batch_per_gpu": batch,
         "seq": seq,
         "method": method,
+        "settings": settings or {},
         "model_dir": str(d),
         "load_s": start_at,
         "wall_s": time.time() - t0,
@@ -218,6 +221,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="timed steps after --warmup")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--timeout", type=int, default=420, help="seconds per engine run")
+    ap.add_argument(
+        "--settings",
+        default="{}",
+        help='JSON merged into every plan\'s train section, e.g. \'{"optimizer": "adamw8bit"}\'',
+    )
     ap.add_argument("--write-only", action="store_true")
     ap.add_argument(
         "--delete-after",
@@ -263,6 +271,7 @@ def main() -> None:
                 args.warmup,
                 args.timeout,
                 args.device,
+                json.loads(args.settings),
             )
             if "tokens_per_s" in r:
                 r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e12 * args.gpus)
