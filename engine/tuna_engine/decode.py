@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels.decode_attn import decode_attention as _register_op  # noqa: F401  (defines tuna::decode_attention)
+from .kernels.decode_attn import default_splits
 from .models.llama import CausalLM, rotate_half
 
 KEY_BLOCK = 256  # smallest key bucket; buckets double up to the capacity
@@ -235,6 +237,59 @@ def _attn_out_mlp(
     return x + _group_forward(w.down, F.silu(gu[..., :inter]) * gu[..., inter:], sel.down, scale, aidx)
 
 
+def _decode_layer(
+    x: torch.Tensor,
+    d: torch.Tensor,
+    w: _LayerW,
+    sel: _Sel,
+    scale: torch.Tensor,
+    aidx: torch.Tensor,
+    ck: torch.Tensor,
+    cv: torch.Tensor,
+    pos: torch.Tensor,
+    cos_t: torch.Tensor,
+    sin_t: torch.Tensor,
+    perm: torch.Tensor,
+    heads: tuple[int, int, int],
+    eps: float,
+    n_split: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One whole decoder layer of a decode step (compile scope "layer": one compiled graph shared by every
+    layer). x [B, 1, C] is the residual stream before the previous layer's MLP output d [B, 1, C] is added: the
+    add happens here, inside the same graph as this layer's first norm, so it fuses with it across the layer
+    boundary (the first layer gets d = 0). Returns (x + attention, MLP output), the pair for the next layer.
+    The K/V of each row go into the caches [slots, KV, capacity, D] at its position (an in-place index_put_
+    that Inductor fuses with q/k norm and rotary); attention is tuna::decode_attention over keys 0..pos[b]."""
+    H, KV, D = heads
+    B = x.shape[0]
+    x = x + d
+    h = _fnorm(x, w.ln1, eps)
+    qkv = _group_forward(w.qkv, h, sel.qkv, scale, aidx).view(B, H + 2 * KV, D)
+    qk, v = qkv[:, : H + KV], qkv[:, H + KV :]
+    if w.qk_norm is not None:
+        qk = _fnorm(qk, w.qk_norm, eps)
+    cos, sin = cos_t[pos][:, None], sin_t[pos][:, None]  # [B, 1, D]
+    qk = qk * cos + qk.index_select(-1, perm) * sin  # rotary for q and k at once
+    rows = torch.arange(B, device=x.device)[:, None]
+    kv_heads = torch.arange(KV, device=x.device)[None, :]
+    ck.index_put_((rows, kv_heads, pos[:, None]), qk[:, H:])  # [B, KV, D] at (b, h, pos[b])
+    cv.index_put_((rows, kv_heads, pos[:, None]), v)
+    y = torch.ops.tuna.decode_attention(qk[:, :H], ck, cv, pos, n_split)  # [B, H, D]
+    x = x + _group_forward(w.o, y.reshape(B, 1, H * D), sel.o, scale, aidx)
+    h = _fnorm(x, w.ln2, eps)
+    gu = _group_forward(w.gate_up, h, sel.gate_up, scale, aidx)
+    inter = gu.shape[-1] // 2
+    return x, _group_forward(w.down, F.silu(gu[..., :inter]) * gu[..., inter:], sel.down, scale, aidx)
+
+
+def _decode_head(
+    x: torch.Tensor, d: torch.Tensor, norm_w: torch.Tensor, out_w: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer's residual add, the final norm, the lm head: logits fp32 [B, vocab] and greedy ids [B]."""
+    logits = F.linear(_fnorm((x + d)[:, -1], norm_w, eps), out_w).float()
+    return logits, logits.argmax(-1)
+
+
 def _fusable(modules: list[nn.Module]) -> bool:
     """16-bit weights (a 4-bit base has no `weight`), same dtype and device, bias on all or none."""
     ws = [getattr(m, "weight", None) for m in modules]
@@ -315,7 +370,7 @@ class Decoder:
         use_graphs: bool,
         key_block: int = KEY_BLOCK,
         fused: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         self.model, c = model, model.config
         self.c = c
@@ -350,15 +405,27 @@ class Decoder:
         self.graphs: dict[tuple[int, int, bool], _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         self.stats = {"captures": 0, "replays": 0, "eager_steps": 0}
+        scopes = {False: None, True: "layer", "layer": "layer", "regions": "regions"}
+        if compile not in scopes:
+            raise ValueError(f"compile: expected True, False, 'layer' or 'regions', got {compile!r}")
         self.layer_w = self._fuse_layers(n_adapters) if fused or compile else None
         self.fused = self.layer_w is not None
-        self.compiled = compile and self.fused
+        # "layer": the whole layer, attention and cache write included, one compiled graph shared by every
+        # layer (plus the final norm + lm head); "regions": the two regions around an eager attention (before).
+        self.compile_scope: str | None = scopes[compile] if self.fused else None
+        self.compiled = self.compile_scope is not None
         self._zero = torch.zeros(1, dtype=torch.long, device=dev)
+        out_w = model.output_weight
+        self._head_w = out_w if out_w.is_floating_point() and out_w.dim() == 2 else None
         if self.compiled:
-            # One graph per (batch bucket, adapters on/off) and region: more than dynamo's default limit of 8.
+            # One graph per (batch bucket, adapters on/off) and function: more than dynamo's default limit of 8.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if self.compile_scope == "regions":
             self._in = torch.compile(_attn_in, dynamic=False, fullgraph=True)
             self._out = torch.compile(_attn_out_mlp, dynamic=False, fullgraph=True)
+        elif self.compile_scope == "layer":
+            self._layer = torch.compile(_decode_layer, dynamic=False, fullgraph=True)
+            self._head = torch.compile(_decode_head, dynamic=False, fullgraph=True)
 
     def _fuse_layers(self, n_adapters: int) -> list[_LayerW] | None:
         """Every layer's weights as _LayerW (q/k/v and gate/up concatenated), or None where a layer cannot be
@@ -473,7 +540,7 @@ class Decoder:
         c = self.c
         B, T, _ = x.shape
         heads = (c.num_heads, c.num_kv_heads, c.head_dim)
-        compiled = self.compiled and T == 1
+        compiled = self.compile_scope == "regions" and T == 1
         f_in = self._in if compiled else _attn_in
         f_out = self._out if compiled else _attn_out_mlp
         scale, aidx = (rows.scale, rows.aidx) if rows is not None else (self._zero, self._zero)
@@ -511,6 +578,11 @@ class Decoder:
 
     # -- decode --------------------------------------------------------------------------------------------
 
+    def graph_S(self, S: int) -> int:
+        """The key bucket a step's graph is keyed by: S, or the capacity for compile scope "layer", whose
+        attention reads each row's own length from the positions (one graph serves every length)."""
+        return self.capacity if self.compile_scope == "layer" else S
+
     @torch.no_grad()
     def _step(self, Bk: int, S: int, lora: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One token for slots 0..Bk-1 from the static inputs, attending to keys 0..S-1. No host syncs, no
@@ -520,6 +592,8 @@ class Decoder:
         G = c.num_heads // KV
         ids, pos, aidx = self.inputs[0, :Bk], self.inputs[1, :Bk], self.inputs[2, :Bk]
         rows = _Rows(aidx, self.scalings) if lora else None
+        if self.compile_scope == "layer":
+            return self._step_layers(ids, pos, rows)
         x = self.model.model.embed_tokens(ids)[:, None]  # [Bk, 1, C]
         sin_table = self.sin_pm if self.fused else self.sin
         cos, sin = self.cos[pos][:, None, None], sin_table[pos][:, None, None]  # [Bk, 1, 1, D]
@@ -539,6 +613,31 @@ class Decoder:
 
         x = self._layers(x, cos, sin, attend, rows)
         logits = self.model.logits(_norm(self.model.model.norm, x[:, -1])).float()
+        return logits, logits.argmax(-1)
+
+    def _step_layers(
+        self, ids: torch.Tensor, pos: torch.Tensor, rows: _Rows | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """_step for compile scope "layer": embedding, then the compiled _decode_layer once per layer (each row's
+        K/V written and attended to inside it), then the compiled _decode_head. No mask, no key bucket."""
+        c = self.c
+        assert self.layer_w is not None
+        Bk = ids.shape[0]
+        heads = (c.num_heads, c.num_kv_heads, c.head_dim)
+        n_split = default_splits(Bk, c.num_kv_heads, self.device)
+        scale, aidx = (rows.scale, rows.aidx) if rows is not None else (self._zero, self._zero)
+        x = self.model.model.embed_tokens(ids)[:, None]  # [Bk, 1, C]
+        d = torch.zeros_like(x)
+        for li, w in enumerate(self.layer_w):
+            sel = _Sel(*(None if rows is None or g.owner is None else rows.select(g.owner) for g in w[3:]))
+            x, d = self._layer(
+                x, d, w, sel, scale, aidx, self.k[li], self.v[li], pos, self.cos, self.sin_pm, self.perm,
+                heads, self.eps, n_split,
+            )  # fmt: skip
+        norm = self.model.model.norm
+        if self._head_w is not None and getattr(norm, "eps", None) == self.eps:
+            return self._head(x, d, norm.weight, self._head_w, self.eps)
+        logits = self.model.logits(_norm(norm, (x + d)[:, -1])).float()
         return logits, logits.argmax(-1)
 
     def _capture(self, key: tuple[int, int, bool]) -> _Graph:
@@ -569,7 +668,7 @@ class Decoder:
         top = max(positions)
         if top >= self.capacity:
             raise ValueError(f"position {top} is outside the cache ({self.capacity} positions)")
-        S = self.key_bucket(top + 1)
+        S = self.graph_S(self.key_bucket(top + 1))
         lora = any(a > 0 for a in adapters) and bool(self.stacks)
         h = self.host.numpy()
         h[:, :Bk] = 0
@@ -593,7 +692,8 @@ class Decoder:
             return
         top = min(max_len or self.capacity, self.capacity)
         key_buckets = sorted(
-            {self.key_bucket(n) for n in range(1, top + 1, self.key_block)} | {self.key_bucket(top)}
+            {self.graph_S(self.key_bucket(n)) for n in range(1, top + 1, self.key_block)}
+            | {self.graph_S(self.key_bucket(top))}
         )
         variants = [False, True] if lora is None and self.stacks else [bool(lora) and bool(self.stacks)]
         self.inputs.zero_()
