@@ -2,6 +2,7 @@
 // and filters by turn count, script-detected language, and token length (through a caller's counter).
 import { createHash } from "node:crypto";
 import type { Conversation } from "./conversation.ts";
+import { NearIndex } from "./near-index.ts";
 
 /** Text of a conversation for duplicate detection: roles, content, reasoning and tool calls. */
 export function conversationText(conv: Conversation): string {
@@ -94,6 +95,10 @@ export interface DedupOptions {
    * bucket stops growing (its first members still match, and other bands still find later duplicates).
    */
   maxBucket?: number;
+  /** Directory for the near-duplicate index's files (default: the OS temporary directory). */
+  dir?: string;
+  /** LSH entries held in memory before they go to a sorted run on disk (near-index.ts; tests make it tiny). */
+  memEntries?: number;
 }
 
 /**
@@ -159,15 +164,14 @@ export function estimatedJaccard(a: Uint32Array, b: Uint32Array): number {
 
 /**
  * Streaming de-duplicator: `check(conv)` says whether a conversation is new, an exact duplicate, or a near
- * duplicate of one seen before (first one wins, so the result depends only on input order).
+ * duplicate of one seen before (first one wins, so the result depends only on input order). Near-duplicate state
+ * (signatures, LSH buckets) lives in files with a small index in memory (near-index.ts); close() releases them.
  */
 export class Deduplicator {
   private readonly exactSeen = new DigestSet();
-  // One map per band: the band's rows hashed to 32 bits → signatures in that bucket. Two different bands that
-  // hash alike only add a candidate, which the Jaccard estimate then checks.
-  private readonly buckets: Map<number, number[]>[] = [];
-  private readonly sigs: Uint32Array[] = [];
-  private readonly o: Required<DedupOptions>;
+  private near: NearIndex | null = null;
+  private readonly o: Required<Omit<DedupOptions, "dir" | "memEntries">> &
+    Pick<DedupOptions, "dir" | "memEntries">;
 
   constructor(opts: DedupOptions = {}) {
     this.o = {
@@ -188,30 +192,15 @@ export class Deduplicator {
       if (!this.exactSeen.add(createHash("sha1").update(norm).digest())) return "exact";
     }
     if (!this.o.near) return "new";
-    const { bands, rows, threshold, maxBucket } = this.o;
-    const sig = minhash(norm, bands * rows, this.o.shingle);
-    const keys: number[] = [];
-    while (this.buckets.length < bands) this.buckets.push(new Map());
-    const compared = new Set<number>();
-    for (let b = 0; b < bands; b++) {
-      let key = b;
-      for (let r = b * rows; r < (b + 1) * rows; r++) key = fmix32(Math.imul(key, 0x01000193) ^ sig[r]);
-      keys.push(key);
-      for (const c of this.buckets[b].get(key) ?? []) {
-        if (compared.has(c)) continue;
-        compared.add(c);
-        if (estimatedJaccard(sig, this.sigs[c]) >= threshold) return "near";
-      }
-    }
-    const id = this.sigs.length;
-    this.sigs.push(sig);
-    for (let b = 0; b < bands; b++) {
-      const key = keys[b];
-      const list = this.buckets[b].get(key);
-      if (!list) this.buckets[b].set(key, [id]);
-      else if (list.length < maxBucket) list.push(id);
-    }
-    return "new";
+    const { bands, rows, threshold, maxBucket, dir, memEntries } = this.o;
+    this.near ??= new NearIndex({ bands, rows, threshold, maxBucket, dir, memEntries });
+    return this.near.check(minhash(norm, bands * rows, this.o.shingle));
+  }
+
+  /** Releases the near-duplicate index's files (they are unlinked already; this closes them). */
+  close(): void {
+    this.near?.close();
+    this.near = null;
   }
 }
 
