@@ -251,7 +251,8 @@ class Engine:
     allocated here; a request longer than max_model_len is refused); "reference" is the original path (a cache
     that grows, per-adapter row groups, one host sync per row), kept as the plain reference the static path is
     tested against. Default: resolve_mode(). fused (default on, TUNA_GENERATE_FUSED) / compile (default on in graph mode,
-    TUNA_GENERATE_COMPILE): the Decoder's fused layer and its torch.compile'd regions (decode.py)."""
+    TUNA_GENERATE_COMPILE): the Decoder's fused layer and its torch.compile (decode.py; True = scope "layer", the
+    whole layer with the Triton attention; "regions" = the two regions around an eager attention, for comparison)."""
 
     def __init__(
         self,
@@ -261,7 +262,7 @@ class Engine:
         max_model_len: int | None = None,
         mode: str | None = None,
         fused: bool | None = None,
-        compile: bool | None = None,
+        compile: bool | str | None = None,
     ) -> None:
         self.model = model.eval()
         c = model.config
@@ -293,9 +294,9 @@ class Engine:
                 self.max_model_len,
                 use_graphs=self.mode == "graph",
                 fused=resolve_switch(fused, "TUNA_GENERATE_FUSED", True),
-                # On with CUDA graphs (H200: Qwen3-0.6B 2.83 → 1.97 ms per decode step, 8B 7.12 → 5.85 ms; setup
-                # 2 → 7 s); the eager/CPU path stays uncompiled.
-                compile=resolve_switch(compile, "TUNA_GENERATE_COMPILE", self.mode == "graph"),
+                # On with CUDA graphs (H200, scope "regions": Qwen3-0.6B 2.83 → 1.97 ms per decode step, 8B 7.12 →
+                # 5.85 ms; setup 2 → 7 s; scope "layer" is the default now); the eager/CPU path stays uncompiled.
+                compile=resolve_switch(compile, "TUNA_GENERATE_COMPILE", self.mode == "graph"),  # type: ignore[arg-type]
             )
             # Prompt + generated ids per slot, for the repetition penalty (on the device: no host round trip).
             self.seen = torch.zeros(max_batch_size, c.vocab_size, dtype=torch.bool, device=self.device)
