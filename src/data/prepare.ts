@@ -27,8 +27,18 @@ export interface PrepareOptions {
   onKept?: (conv: Conversation) => void | Promise<void>;
 }
 
+/** A record that is not a conversation: handed to PlanOptions.onRecord as it is read. */
+export type OtherRecord = { kind: "preference"; value: PreferencePair } | { kind: "text"; value: PlainText };
+
 export interface PlanOptions {
   countTokens?: (conv: Conversation) => number;
+  /**
+   * Called with each preference pair and plain text, in reading order (a returned promise is awaited: backpressure).
+   * The plan keeps none of them, only their counts; without onRecord they are counted and dropped.
+   */
+  onRecord?: (r: OtherRecord) => void | Promise<void>;
+  /** Directory for the near-dedup index's files (default: the OS temporary directory). */
+  spillDir?: string;
   /**
    * Called with each conversation kept (after PII redaction, dedup and filters, before the split and the mix) and
    * its ordinal (0, 1, 2, … in reading order across sources). A returned promise is awaited before the next
@@ -43,8 +53,8 @@ export interface PreparedPlan {
   validation: number[];
   /** Conversations kept (ordinals run from 0 to kept - 1). */
   kept: number;
-  preference: PreferencePair[];
-  text: PlainText[];
+  /** Preference pairs and plain texts read (each went to onRecord). */
+  records: { preference: number; text: number };
   report: DataReport;
   config: DataConfig;
 }
@@ -81,18 +91,24 @@ export async function prepareConversations(
   opts: PrepareOptions = {},
 ): Promise<Prepared> {
   const kept: Conversation[] = [];
+  const preference: PreferencePair[] = [];
+  const text: PlainText[] = [];
   const plan = await prepareConversationPlan(input, {
     countTokens: opts.countTokens,
     onKept: (conv) => {
       kept.push(conv);
       return opts.onKept?.(conv);
     },
+    onRecord: (r) => {
+      if (r.kind === "preference") preference.push(r.value);
+      else text.push(r.value);
+    },
   });
   return {
     train: plan.train.map((i) => kept[i]),
     validation: plan.validation.map((i) => kept[i]),
-    preference: plan.preference,
-    text: plan.text,
+    preference,
+    text,
     report: plan.report,
     config: plan.config,
   };
@@ -124,6 +140,7 @@ export async function prepareConversationPlan(
           exact: config.clean.dedup.exact,
           near: config.clean.dedup.near,
           threshold: config.clean.dedup.threshold,
+          dir: opts.spillDir,
         })
       : null;
   const pii: PiiCounts = zeroCounts();
@@ -139,57 +156,59 @@ export async function prepareConversationPlan(
   const byTokens = config.mix.by === "tokens";
   const tokens: number[] = [];
   let ordinal = 0;
-  const preference: PreferencePair[] = [];
-  const text: PlainText[] = [];
+  const records = { preference: 0, text: 0 };
 
-  for (const [i, src] of config.sources.entries()) {
-    const name = names[i];
-    const kept: number[] = [];
-    const records = validRecords(
-      Array.isArray(src.path) ? src.path : [src.path],
-      {
-        format: src.format,
-        columns: src.columns,
-        thinking: src.thinking,
-        field: src.field,
-        maxRecordBytes: config.validation.maxRecordBytes,
-      },
-      report,
-    );
-    for await (const r of records) {
-      if (r.kind === "preference") {
-        preference.push(r.value);
-        continue;
-      }
-      if (r.kind === "text") {
-        text.push(r.value);
-        continue;
-      }
-      let conv = r.value;
-      if (config.clean.pii.enabled) conv = redactConversation(conv, { types: config.clean.pii.types }, pii);
-      if (dedup) {
-        const d = dedup.check(conv);
-        if (d !== "new") {
-          report.drop("dedup", d);
+  // The near-dedup index (files + ~40 bytes a conversation) is released once reading ends, or fails.
+  try {
+    for (const [i, src] of config.sources.entries()) {
+      const name = names[i];
+      const kept: number[] = [];
+      const read = validRecords(
+        Array.isArray(src.path) ? src.path : [src.path],
+        {
+          format: src.format,
+          columns: src.columns,
+          thinking: src.thinking,
+          field: src.field,
+          maxRecordBytes: config.validation.maxRecordBytes,
+        },
+        report,
+      );
+      for await (const r of read) {
+        if (r.kind === "preference" || r.kind === "text") {
+          records[r.kind]++;
+          const wait = opts.onRecord?.(r);
+          if (wait) await wait;
           continue;
         }
+        let conv = r.value;
+        if (config.clean.pii.enabled) conv = redactConversation(conv, { types: config.clean.pii.types }, pii);
+        if (dedup) {
+          const d = dedup.check(conv);
+          if (d !== "new") {
+            report.drop("dedup", d);
+            continue;
+          }
+        }
+        const why = filterReason(conv, f, opts.countTokens);
+        if (why) {
+          report.drop("filter", why);
+          continue;
+        }
+        if (byTokens) tokens.push((opts.countTokens as (c: Conversation) => number)(conv));
+        kept.push(ordinal);
+        const wait = opts.onKept(conv, ordinal++);
+        if (wait) await wait;
+        if (src.limit !== undefined && kept.length >= src.limit) {
+          await read.return(undefined);
+          break;
+        }
       }
-      const why = filterReason(conv, f, opts.countTokens);
-      if (why) {
-        report.drop("filter", why);
-        continue;
-      }
-      if (byTokens) tokens.push((opts.countTokens as (c: Conversation) => number)(conv));
-      kept.push(ordinal);
-      const wait = opts.onKept(conv, ordinal++);
-      if (wait) await wait;
-      if (src.limit !== undefined && kept.length >= src.limit) {
-        await records.return(undefined);
-        break;
-      }
+      report.count("sources", `${name}.kept`, kept.length);
+      perSource.push(kept);
     }
-    report.count("sources", `${name}.kept`, kept.length);
-    perSource.push(kept);
+  } finally {
+    dedup?.close();
   }
   for (const [k, v] of Object.entries(pii)) if (v) report.count("pii", k, v);
 
@@ -221,5 +240,5 @@ export async function prepareConversationPlan(
       if (config.mix.by === "tokens") report.count("mix", `${name}.tokens`, s.units);
     }
   }
-  return { train, validation, kept: ordinal, preference, text, report, config };
+  return { train, validation, kept: ordinal, records, report, config };
 }

@@ -12,7 +12,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { RunConfig } from "../../config/schema.ts";
-import type { PlainText, PreferencePair } from "../../data/conversation.ts";
+import { JsonlWriter } from "../../data/jsonl-writer.ts";
 import { prepareConversationPlan, prepareConversations } from "../../data/prepare.ts";
 import type { DataReport } from "../../data/report.ts";
 import { TunaError } from "../../errors.ts";
@@ -57,27 +57,51 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
       overLength: config.pack.over_length,
     });
 
-  let prepared: { preference: PreferencePair[]; text: PlainText[]; report: DataReport };
-  if (args.inMemory) {
-    const p = await prepareConversations(dataConfig, { countTokens });
-    say(p.report.format());
-    for (const [split, convs] of [
-      ["train", p.train],
-      ["validation", p.validation],
-    ] as const) {
-      if (convs.length === 0) continue;
-      const w = writer(split);
-      for await (const samples of tokenizeConversations(convs, ctx, { strict, rejections, workers: 0 })) {
-        for (const s of samples) w.add(s);
+  // Preference pairs and plain text are not conversations: written beside the shards as they are read (never held),
+  // listed in the manifest, for the training methods that use them (DPO-style preference tuning, continued
+  // pre-training).
+  const recordFiles = {
+    preference: new JsonlWriter(join(dataDir, "preference.jsonl")),
+    text: new JsonlWriter(join(dataDir, "text.jsonl")),
+  };
+  let report: DataReport;
+  try {
+    report = await prepare();
+  } catch (e) {
+    recordFiles.preference.abort();
+    recordFiles.text.abort();
+    throw e;
+  }
+  return finishShards(report);
+
+  async function prepare(): Promise<DataReport> {
+    if (args.inMemory) {
+      const p = await prepareConversations(dataConfig, { countTokens });
+      for (const r of p.preference) recordFiles.preference.write(r);
+      for (const r of p.text) recordFiles.text.write(r);
+      say(p.report.format());
+      for (const [split, convs] of [
+        ["train", p.train],
+        ["validation", p.validation],
+      ] as const) {
+        if (convs.length === 0) continue;
+        const w = writer(split);
+        for await (const samples of tokenizeConversations(convs, ctx, { strict, rejections, workers: 0 })) {
+          for (const s of samples) w.add(s);
+        }
+        splits[split] = w.finish();
       }
-      splits[split] = w.finish();
+      return p.report;
     }
-    prepared = p;
-  } else {
     // Render + tokenize + mask while the main thread reads (on worker threads unless workers is 0).
     const ahead = new AheadTokenizer(ctx, { workers, spillPath: join(dataDir, ".tokens.spill") });
     try {
-      const plan = await prepareConversationPlan(dataConfig, { countTokens, onKept: ahead.push });
+      const plan = await prepareConversationPlan(dataConfig, {
+        countTokens,
+        onKept: ahead.push,
+        onRecord: (r) => recordFiles[r.kind].write(r.value),
+        spillDir: dataDir,
+      });
       await ahead.finish();
       say(plan.report.format());
       for (const [split, ordinals] of [
@@ -89,29 +113,17 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
         for (const i of ordinals) for (const s of ahead.samplesOf(i, strict, rejections)) w.add(s);
         splits[split] = w.finish();
       }
-      prepared = plan;
+      return plan.report;
     } finally {
       await ahead.close();
     }
   }
-  return finishShards(prepared);
 
-  function finishShards(prepared: {
-    preference: PreferencePair[];
-    text: PlainText[];
-    report: DataReport;
-  }): Manifest {
-    // Preference pairs and plain text are not conversations: kept beside the shards, listed in the manifest, for
-    // the training methods that use them (DPO-style preference tuning, continued pre-training).
+  function finishShards(report: DataReport): Manifest {
     const records: NonNullable<Manifest["records"]> = {};
-    for (const [kind, items] of [
-      ["preference", prepared.preference],
-      ["text", prepared.text],
-    ] as const) {
-      if (items.length === 0) continue;
-      const file = `${kind}.jsonl`;
-      writeFileSync(join(dataDir, file), items.map((r) => `${JSON.stringify(r)}\n`).join(""));
-      records[kind] = { count: items.length, file };
+    for (const kind of ["preference", "text"] as const) {
+      const count = recordFiles[kind].finish();
+      if (count) records[kind] = { count, file: `${kind}.jsonl` };
     }
     if (!splits.train || splits.train.packs === 0) {
       const other = Object.entries(records).map(([k, r]) => `${r.count} ${k} records`);
@@ -123,7 +135,7 @@ export async function prepareShards(args: PrepareArgs): Promise<Manifest> {
     }
     writeFileSync(
       join(dataDir, "data-report.json"),
-      `${JSON.stringify({ data: prepared.report.toJSON(), rejected: rejections }, null, 2)}\n`,
+      `${JSON.stringify({ data: report.toJSON(), rejected: rejections }, null, 2)}\n`,
     );
     const manifest = writeManifest(dataDir, {
       tokenizer_hash: tokenizer.hash,
