@@ -226,14 +226,14 @@ def train(plan: TrainPlan) -> None:
     # TUNA_COMPILE=0/1 overrides train.compile (benches, and a way out should a torch release break it).
     compile_env = os.environ.get("TUNA_COMPILE")
     compile_layers = t.compile if compile_env is None else compile_env == "1"
-    if compile_layers and dist is not None and device.type == "cuda":
-        # FSDP2's hooks and DDP's wrapper together with regional compile have not been tested on GPUs yet.
-        log("train.compile: not applied under several processes (runs eager)")
-    elif device.type == "cuda" and compile_layers and isinstance(model, CausalLM):
+    inner = distributed.unwrap(model)
+    if device.type == "cuda" and compile_layers and isinstance(inner, CausalLM):
         # train.compile (docs/performance.md): compile each decoder layer (regional compilation: one graph,
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels. Our own
-        # model code only: the generic transformers backend stays eager.
-        for layer in model.model.layers:
+        # model code only: the generic transformers backend stays eager. Under DDP the gradient hooks sit on the
+        # parameters, outside the compiled layers; under FSDP2 a layer's all-gather/reshard hooks run eagerly
+        # around its compiled forward (dynamo skips FSDP hooks), as torchtitan compiles its blocks.
+        for layer in inner.model.layers:
             layer.compile()
     packs_per_step = t.micro_batch_size * t.grad_accum  # the global batch, whatever the process count
     if dist is not None:
