@@ -124,7 +124,8 @@ def test_graph_equals_eager_bf16_mixed_adapters_and_graphs_are_reused(tmp_path):
     _save_adapter(base, tmp_path / "lora", lora, 3.0)
     _save_adapter(base, tmp_path / "dora", dora, 3.0)
     p = parse_generate_plan(_bf16_plan(base, {"lora": tmp_path / "lora", "dora": tmp_path / "dora"}, 4))
-    graph = load_for_generation(p, max_model_len=96)
+    # Uncompiled: the SDPA step with its key buckets (the compiled whole-layer step: test_layer_compiled_*).
+    graph = load_for_generation(p, max_model_len=96, compile=False)
     eager = load_for_generation(p, max_model_len=96, mode="eager")
     assert graph.mode == "graph" and eager.mode == "eager"
     for e in (graph, eager):
@@ -172,7 +173,7 @@ def test_graph_equals_eager_on_qwen3_0_6b_shapes(tmp_path):
     def reqs():
         return [req(f"r{i}", x, 48, "lora" if i % 2 else None) for i, x in enumerate(prompts)]
 
-    graph = load_for_generation(p, max_model_len=512)
+    graph = load_for_generation(p, max_model_len=512, compile=False)  # graph = eager exactly: same kernels
     graph.decoder.capture_all(max_len=128)
     captured = graph.decoder.stats["captures"]
     assert captured == len(graph.decoder.buckets) * 2  # key bucket 256 (capped at 512) x adapters or not
@@ -229,29 +230,124 @@ def test_fused_and_compiled_decode_on_qwen3_0_6b_shapes(tmp_path):
     def reqs():
         return [req(f"r{i}", x, 32, "lora" if i % 2 else None) for i, x in enumerate(prompts)]
 
-    fused_graph = load_for_generation(p, max_model_len=256)
+    fused_graph = load_for_generation(p, max_model_len=256, compile=False)
     assert fused_graph.decoder.fused and not fused_graph.decoder.compiled
     got = fused_graph.generate(reqs())
     assert got == load_for_generation(p, max_model_len=256, mode="eager").generate(reqs())
 
     unfused = load_for_generation(p, max_model_len=256, mode="eager", fused=False)
+    regions = load_for_generation(p, max_model_len=256, compile="regions")
     compiled = load_for_generation(p, max_model_len=256, compile=True)
-    assert compiled.decoder.compiled
+    assert regions.decoder.compile_scope == "regions" and compiled.decoder.compile_scope == "layer"
     want = _one_step_logits(unfused, prompts, adapters)
     scale = want.abs().max()
-    for e in (fused_graph, compiled):
+    for e in (fused_graph, regions, compiled):
         logits = _one_step_logits(e, prompts, adapters)
         err = ((logits - want).abs().max() / scale).item()
         agree = (logits.argmax(-1) == want.argmax(-1)).sum().item()
         print(
-            f"fused={e.decoder.fused} compiled={e.decoder.compiled}: max rel err {err:.2e}, argmax {agree}/8"
+            f"fused={e.decoder.fused} compile={e.decoder.compile_scope}: max rel err {err:.2e}, argmax {agree}/8"
         )
         assert err < 0.05 and agree >= 7
-    k_unfused, k_fused, k_compiled = (_kernels(e, 8) for e in (unfused, fused_graph, compiled))
-    print(f"CUDA kernels per 4-layer step: unfused {k_unfused}, fused {k_fused}, compiled {k_compiled}")
-    assert k_fused < 0.8 * k_unfused and k_compiled < k_fused
+    k_unfused, k_fused, k_regions, k_compiled = (
+        _kernels(e, 8) for e in (unfused, fused_graph, regions, compiled)
+    )
+    print(
+        f"CUDA kernels per 4-layer step: unfused {k_unfused}, fused {k_fused}, regions {k_regions}, "
+        f"layer {k_compiled}"
+    )
+    assert k_fused < 0.8 * k_unfused and k_regions < k_fused and k_compiled < k_regions
     # The compiled path serves requests with its graphs, captured once and replayed.
     out = compiled.generate(reqs())
     assert sorted(map(len, out.values())) == [32] * 8
     captures = compiled.decoder.stats["captures"]
     assert compiled.generate(reqs()) == out and compiled.decoder.stats["captures"] == captures
+
+
+# ---- tuna::decode_attention (Triton) and the whole-layer compiled step ------------------------------------------
+
+
+def test_triton_decode_attention_bf16_equals_sdpa():
+    """The Triton kernels against the SDPA reference (fp32 math on the same bf16 inputs) and against per-row
+    float64 attention: Qwen3-0.6B (G=2) and 8B (G=4) heads, G=1 and G=8, 1 to 16 key splits, a capacity that is
+    not a multiple of the block, positions 0 and capacity-1; then the op inside a CUDA graph, replayed with new
+    positions, equals the op called directly (each row's length is read on the device at replay)."""
+    from test_generate_attn import case, per_row_reference
+
+    from tuna_engine.kernels.decode_attn import (
+        decode_attention_reference,
+        decode_attention_triton,
+        default_splits,
+    )
+
+    shapes = [
+        (16, 8, 2, 128, 700, 16),
+        (16, 8, 4, 128, 700, 16),
+        (3, 4, 1, 64, 300, 4),
+        (2, 2, 8, 128, 333, 2),
+    ]
+    for i, shape in enumerate(shapes):
+        q, k, v, pos = (t.cuda() for t in case(shape, seed=i, dtype=torch.bfloat16))
+        ref = decode_attention_reference(q.float(), k.float(), v.float(), pos)
+        exact = per_row_reference(q.cpu(), k.cpu(), v.cpu(), pos.cpu()).cuda()
+        for n_split in sorted({1, 2, 4, 16, default_splits(shape[0], shape[1], q.device)}):
+            got = decode_attention_triton(q, k, v, pos, n_split)
+            assert got.dtype == torch.bfloat16 and got.shape == q.shape
+            err, err64 = (got.float() - ref).abs().max().item(), (got.double() - exact).abs().max().item()
+            print(f"{shape} split {n_split}: max abs err vs SDPA fp32 {err:.2e}, vs float64 {err64:.2e}")
+            assert err < 2e-2 and err64 < 2e-2, (shape, n_split, err, err64)
+
+    q, k, v, pos = (t.cuda() for t in case(shapes[0], seed=9, dtype=torch.bfloat16))
+    n_split = default_splits(16, 8, q.device)
+    torch.ops.tuna.decode_attention(q, k, v, pos, n_split)  # compile the kernels before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.tuna.decode_attention(q, k, v, pos, n_split)
+    for new in (torch.full_like(pos, 5), torch.randint(0, 700, pos.shape, device="cuda")):
+        pos.copy_(new)
+        graph.replay()
+        assert torch.equal(out, torch.ops.tuna.decode_attention(q, k, v, pos, n_split))
+
+
+def test_layer_compiled_graph_equals_layer_compiled_eager_on_qwen3_0_6b_shapes(tmp_path):
+    """The default CUDA path (graph mode, compile scope "layer": one compiled graph per whole layer with the
+    Triton attention) on Qwen3-0.6B widths (4 layers, bf16, batch 8, LoRA on half the rows, requests joining and
+    leaving, sampling): token for token the same compiled step run without CUDA graphs; one graph per (batch
+    bucket, adapter rows or not) whatever the lengths (no key buckets), reused on a second run; and close to the
+    uncompiled SDPA step (the share of equal tokens is printed: bf16 near-ties may flip)."""
+    from peft import LoraConfig
+
+    base = tmp_path / "base"
+    make_hf_model(base, "qwen3", seed=1, dtype=torch.bfloat16, **{**QWEN3_0_6B, "num_hidden_layers": 4})
+    _save_adapter(
+        base,
+        tmp_path / "lora",
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
+    )
+    p = parse_generate_plan(_bf16_plan(base, {"lora": tmp_path / "lora"}, 8))
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 151_000, (int(n),), generator=g).tolist() for n in (3, 300, 17, 64, 1, 9)]
+
+    def arrivals():
+        sampled = dict(temperature=0.8, top_p=0.9, top_k=20, repetition_penalty=1.2)
+        return {
+            0: [req(f"r{i}", x, 40 + 7 * i, "lora" if i % 2 else None) for i, x in enumerate(prompts[:4])],
+            5: [req("s", prompts[4], 30, "lora", seed=3, **sampled), req("t", prompts[5], 60, None)],
+        }
+
+    graph = load_for_generation(p, max_model_len=512)
+    assert graph.mode == "graph" and graph.decoder.compile_scope == "layer"
+    got = _run_script(graph, arrivals())
+    dec = graph.decoder
+    assert {k[1] for k in dec.graphs} == {512}, dec.graphs  # no key buckets: every length, one graph
+    assert len(dec.graphs) <= 2 * len(dec.buckets) and {k[2] for k in dec.graphs} == {False, True}
+    captures = dec.stats["captures"]
+    assert _run_script(graph, arrivals()) == got and dec.stats["captures"] == captures
+    eager = load_for_generation(p, max_model_len=512, mode="eager", compile=True)
+    assert eager.decoder.compile_scope == "layer"
+    assert _run_script(eager, arrivals()) == got
+    sdpa = _run_script(load_for_generation(p, max_model_len=512, mode="eager"), arrivals())
+    same = sum(a == b for r in got for a, b in zip(got[r], sdpa[r], strict=False))
+    print(f"layer-compiled vs uncompiled SDPA step (bf16): {same}/{sum(map(len, got.values()))} tokens agree")
+    assert same >= 0.5 * sum(map(len, got.values()))
