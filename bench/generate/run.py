@@ -5,13 +5,17 @@ bandwidth measured in the same run (a decode step cannot be faster than reading 
 
 Rows: transformers `generate`; Tuna variants (--variants): `reference` (the original dynamic-cache path), `eager`
 (static cache, fused layer, no graphs), `graph_unfused` (static cache + CUDA graphs, one matmul per projection:
-the path before the fused layer), `graph` (graphs + fused layer, the default on CUDA), `graph_compile` (graphs +
-fused layer through torch.compile: 2 compiles per model here, the batch-16 bucket's two regions). ms/step for
+the path before the fused layer), `graph` (graphs + fused layer, uncompiled), `graph_compile` (graphs + fused
+layer with the two regions around an eager SDPA attention through torch.compile, compile scope "regions": 2
+compiles per model here, the batch-16 bucket's two regions), `graph_layer` (the default on CUDA: graphs + the
+whole layer as one compiled graph with the Triton tuna::decode_attention and the cache writes inside, plus the
+compiled head, compile scope "layer": 2 compiles per model here, and one graph for every length). ms/step for
 Tuna is decode steps only (prefills are eager in every mode and timed apart). The launch-bound rows (HF,
 reference, eager) decode --slow-new tokens (32) instead of 256 to keep the run short; their per-step time
 hardly depends on the context length at these sizes. graph/graph_unfused capture every bucket's graph before
-timing; graph_compile captures only the batch-16 bucket's graphs (each batch bucket would be 2 more compiles).
-kernels_per_step: CUDA kernels one decode step launches, counted by torch.profiler on an eager run of the step.
+timing; the compiled rows capture only the batch-16 bucket's graphs (each batch bucket would be more compiles).
+kernels_per_step: CUDA kernels one decode step launches, counted by torch.profiler on an eager run of the step;
+compiles: graphs dynamo compiled for the row (torch._dynamo counters).
 
     PYTHONPATH=engine python bench/generate/run.py --models qwen3-0.6b,qwen3-8b --out /tmp/gen.json
 """
@@ -69,9 +73,7 @@ def prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
 def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16, device_map="cuda"
-    ).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
     x = torch.tensor(ids, device="cuda")
     kw = {
         "do_sample": False,
@@ -144,12 +146,13 @@ def _run(
 
 
 # variant -> (TUNA_GENERATE_MODE, fused, compile)
-VARIANTS = {
+VARIANTS: dict[str, tuple[str, bool, bool | str]] = {
     "reference": ("reference", False, False),
     "eager": ("eager", True, False),
     "graph_unfused": ("graph", False, False),
     "graph": ("graph", True, False),
-    "graph_compile": ("graph", True, True),
+    "graph_compile": ("graph", True, "regions"),
+    "graph_layer": ("graph", True, "layer"),
 }
 SLOW = {"reference", "eager"}
 
@@ -161,22 +164,21 @@ def kernels_per_step(engine: Engine, batch: int) -> int:
     dec = engine.decoder
     assert dec is not None
     dec.inputs.zero_()
-    dec._step(
-        batch, dec.key_bucket(1), False
-    )  # warm (compiled regions compile here if not yet)
+    dec._step(batch, dec.key_bucket(1), False)  # warm (compiled regions compile here if not yet)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         dec._step(batch, dec.key_bucket(1), False)
         torch.cuda.synchronize()
-    return sum(
-        1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-    )
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
     """One Engine over the already loaded model. ms_per_step is decode steps only (all rows active); the
     prefills are timed apart (they are eager in every mode)."""
+    from torch._dynamo.utils import counters
+
     mode, fused, compiled = VARIANTS[variant]
+    graphs_before = counters["stats"]["unique_graphs"]
     t = time.perf_counter()
     engine = Engine(
         model,
@@ -189,20 +191,16 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
     )
     dec = engine.decoder
     if dec is not None and dec.use_graphs:
-        if (
-            compiled
-        ):  # only the full batch's bucket: each batch bucket is 2 more compiles
+        if compiled:  # only the full batch's bucket: each batch bucket is 2 more compiles
             cap = dec.capacity
             for S in sorted(
-                {dec.key_bucket(n) for n in range(1, cap + 1, dec.key_block)}
-                | {dec.key_bucket(cap)}
+                {dec.graph_S(dec.key_bucket(n)) for n in range(1, cap + 1, dec.key_block)}
+                | {dec.graph_S(dec.key_bucket(cap))}
             ):
                 dec._capture((bucket_for(len(ids), dec.buckets), S, False))
         else:
             dec.capture_all()
-        log(
-            f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s"
-        )
+        log(f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s")
     _run(engine, ids, min(new, 8), "w")  # warm-up
     setup_s = time.perf_counter() - t
     out, prefill_s, decode_s, steps = _run(engine, ids, new, "r")
@@ -221,7 +219,9 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
     if engine.decoder is not None:
         res["decoder_stats"] = dict(engine.decoder.stats)
         res["fused"], res["compiled"] = engine.decoder.fused, engine.decoder.compiled
+        res["compile_scope"] = engine.decoder.compile_scope
         res["kernels_per_step"] = kernels_per_step(engine, len(ids))
+        res["compiles"] = counters["stats"]["unique_graphs"] - graphs_before
     del engine
     gc.collect()
     torch.cuda.empty_cache()
@@ -229,9 +229,7 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128)
@@ -258,26 +256,20 @@ def main() -> None:
         "card": torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
         "copy_GBps": bw,
-        "settings": {
-            k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")
-        },
+        "settings": {k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")},
         "models": {},
     }
     log(f"{res['card']}: copy bandwidth {bw:.0f} GB/s")
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        ap.error(
-            f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
-        )
+        ap.error(f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}")
     rows = ([] if args.skip_hf else ["hf_generate"]) + [f"tuna_{m}" for m in variants]
     for name in args.models.split(","):
         d = make_model_dir(name, work)
         cfg = json.loads((d / "config.json").read_text())
         nbytes = sum(f.stat().st_size for f in d.glob("*.safetensors"))
-        floor_ms = (
-            nbytes / (bw * 1e9 / 2) * 1000
-        )  # reading once = half of a copy's traffic
+        floor_ms = nbytes / (bw * 1e9 / 2) * 1000  # reading once = half of a copy's traffic
         ids = prompts(args.batch, args.prompt, cfg["vocab_size"])
         slow = min(args.new, args.slow_new)
         r: dict = {"weight_bytes": nbytes, "floor_ms_per_step": floor_ms}
@@ -294,26 +286,21 @@ def main() -> None:
         for k in rows:
             r[k]["step_over_floor"] = r[k]["ms_per_step"] / floor_ms
             if "hf_generate" in r:
-                r[k]["speedup_vs_hf"] = (
-                    r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
-                )
+                r[k]["speedup_vs_hf"] = r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
         if "tuna_graph" in r and "tuna_eager" in r:
-            r["graph_first_row_equals_eager"] = (
-                r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
-            )
-        for other in ("tuna_graph_unfused", "tuna_graph_compile"):
+            r["graph_first_row_equals_eager"] = r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
+        for other in ("tuna_graph_unfused", "tuna_graph_compile", "tuna_graph_layer"):
             if "tuna_graph" in r and other in r:
                 r[f"graph_first_row_equals_{other[5:]}"] = (
                     r["tuna_graph"]["first_row"] == r[other]["first_row"]
                 )
         if "tuna_graph" in r and "hf_generate" in r:
-            r["graph_first_row_equals_hf"] = (
-                r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
-            )
+            r["graph_first_row_equals_hf"] = r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
         res["models"][name] = r
     res["wall_s"] = time.perf_counter() - t_start
     print(
         "\nmodel        | impl               | new | ms/step | floor ms | step/floor | speed× vs HF | kernels/step | setup s"
+        " | compiles"
     )
     for name, r in res["models"].items():
         for k in rows:
@@ -322,7 +309,7 @@ def main() -> None:
             print(
                 f"{name:12} | {k:18} | {n:3} | {v['ms_per_step']:7.2f} | {r['floor_ms_per_step']:8.2f} | "
                 f"{v['step_over_floor']:10.2f} | {v.get('speedup_vs_hf', 1):12.2f} | "
-                f"{v.get('kernels_per_step', '-'):>12} | {v.get('setup_s', 0):7.1f}"
+                f"{v.get('kernels_per_step', '-'):>12} | {v.get('setup_s', 0):7.1f} | {v.get('compiles', '-')}"
             )
     print(f"wall {res['wall_s']:.0f} s")
     if args.out:
