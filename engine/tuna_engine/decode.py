@@ -29,11 +29,18 @@ What is notable:
     H+KV heads with a per-head weight table; rotary is one gather + multiply-add for q and k together
     (rotate_half(x)·sin = x[perm]·sin± with sin± = (-sin₁, sin₂), exact). Same numbers as the unfused step
     in fp32 (the CPU tests compare tokens); the 4-bit base keeps the per-projection path.
-  - `compile`: the two regions of a fused layer around attention (norm → qkv → q/k norm → rotary, and
-    o_proj → residual → norm → gate/up → SiLU·up → down → residual) go through torch.compile (dynamic=False,
-    fullgraph): one compiled graph per (batch bucket, adapters on/off) and region, shared by every layer (the
-    weights are inputs, not constants); the attention between them (cache write + SDPA) stays eager, so key
-    buckets add no compiles. Prefill runs the same functions uncompiled.
+  - `compile` (True = scope "layer", the default on CUDA): each whole decoder layer of a decode step is ONE
+    torch.compile'd graph (`_decode_layer`, dynamic=False, fullgraph) shared by every layer (the weights and the
+    layer's caches are inputs, not constants): the previous layer's residual add + norm, qkv, q/k norm + rotary
+    with the K/V cache writes (an in-place index_put_ Inductor fuses into the same kernel), attention as the
+    custom op tuna::decode_attention (kernels/decode_attn.py: Triton on CUDA, each row reading its own keys
+    0..pos[b], so no mask and no key bucket), o, residual + norm, gate/up, SiLU·up, down. The layer returns
+    (x, MLP output) and the next layer adds them, so that add fuses with its norm across the layer boundary.
+    The final add, norm, lm head and argmax are a second compiled graph (`_decode_head`). One graph per (batch
+    bucket, adapter rows or not) for the layer, per batch bucket for the head; one CUDA graph per (batch bucket,
+    adapter rows or not) serves every length. CPU Inductor: 9 kernels per layer (bench/generate/count_ops.py).
+    Scope "regions" (the previous path, kept for comparison): the two regions around an eager attention (cache
+    write + SDPA with a length mask) compiled apart. Prefill runs the uncompiled fused layer.
 Prefill (one request, its whole prompt) stays eager: causal SDPA over the prompt (flash on CUDA), K/V written
 into the request's slot.
 """
