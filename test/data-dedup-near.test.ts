@@ -42,7 +42,7 @@ const conv = (source: string, answer: string): Conversation => ({
 });
 
 /** The planted set, in a fixed order; `kind` says what each one was made as. */
-export function plantedSet(n = 1200): { conv: Conversation; kind: string }[] {
+function plantedSet(n = 1200): { conv: Conversation; kind: string }[] {
   const out: { conv: Conversation; kind: string }[] = [];
   const originals: string[] = [];
   for (let i = 0; i < n; i++) {
@@ -81,11 +81,11 @@ function fmix32(x: number): number {
   return h >>> 0;
 }
 
-export function decisions(d: { check(c: Conversation): string }, set: { conv: Conversation }[]): string[] {
+function decisions(d: { check(c: Conversation): string }, set: { conv: Conversation }[]): string[] {
   return set.map((s) => d.check(s.conv));
 }
 
-export const digest = (ds: string[]) => createHash("sha256").update(ds.join(",")).digest("hex");
+const digest = (ds: string[]) => createHash("sha256").update(ds.join(",")).digest("hex");
 
 /**
  * The in-memory algorithm the Deduplicator had before (commit 7ff94e4), near part only: per band a Map from the
@@ -192,11 +192,23 @@ describe("near dedup decisions", () => {
       const rs = decisions(ref, set);
       if (maxBucket < 32 && threshold < 0.9) {
         expect(Math.max(...ref.near.fullest)).toBe(maxBucket); // the cap was reached
-        expect(digest(decisions(reference({ threshold, maxBucket: maxBucket + 1 }), set))).not.toBe(digest(rs));
+        expect(digest(decisions(reference({ threshold, maxBucket: maxBucket + 1 }), set))).not.toBe(
+          digest(rs),
+        );
       }
       expect(ds).toEqual(rs);
       expect(digest(ds)).toBe(digest(rs));
       if (threshold === 0.8 && maxBucket === 32) expect(digest(ds)).toBe(GOLDEN);
+    }
+    // Other band shapes, signatures shorter than 32 values included (the in-memory bits are padded).
+    for (const [bands, rows] of [
+      [4, 4],
+      [8, 4],
+    ] as const) {
+      const d = new Deduplicator({ threshold: 0.7, maxBucket: 8, bands, rows, memEntries: 40 });
+      const ds = decisions(d, set);
+      d.close();
+      expect(ds).toEqual(decisions(reference({ threshold: 0.7, maxBucket: 8, bands, rows }), set));
     }
   });
 
@@ -244,7 +256,8 @@ describe("NearIndex at the threshold", () => {
           const [a, b] = pairOf(same, lowBit);
           expect(ix.check(a)).toBe("new");
           // Enough unrelated signatures to push `a` out of the write buffer and its entries into runs.
-          if (memEntries === 16) for (let i = 0; i < 600; i++) expect(ix.check(new Uint32Array(128).map(rnd))).toBe("new");
+          if (memEntries === 16)
+            for (let i = 0; i < 600; i++) expect(ix.check(new Uint32Array(128).map(rnd))).toBe("new");
           expect(ix.check(b)).toBe(want);
           ix.close();
           expect(() => ix.check(a)).toThrow(/after close/);

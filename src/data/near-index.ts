@@ -109,7 +109,7 @@ class SignatureStore {
     private readonly numPerm: number,
   ) {
     this.file = new ScratchFile(dir, "signatures");
-    this.words = numPerm / 32;
+    this.words = Math.ceil(numPerm / 32);
     this.pending = new Uint32Array(this.pendingCap * numPerm);
     this.pendingBytes = new Uint8Array(this.pending.buffer);
     this.scratch = new Uint32Array(numPerm);
@@ -151,7 +151,8 @@ class SignatureStore {
     // Equal values have equal bits: agreement in values ≤ agreement in bits.
     if ((n - differ) / n < threshold) return false;
     let other: Uint32Array;
-    if (id >= this.flushed) other = this.pending.subarray((id - this.flushed) * n, (id - this.flushed + 1) * n);
+    if (id >= this.flushed)
+      other = this.pending.subarray((id - this.flushed) * n, (id - this.flushed + 1) * n);
     else {
       this.file.read(this.scratchBytes, id * n * 4);
       other = this.scratch;
@@ -246,7 +247,10 @@ class RunWriter {
   finish(): Run {
     this.flush();
     if (this.written !== this.count) {
-      throw new TunaError("INTERNAL", `near-dedup run: ${this.written} entries written, ${this.count} expected`);
+      throw new TunaError(
+        "INTERNAL",
+        `near-dedup run: ${this.written} entries written, ${this.count} expected`,
+      );
     }
     return {
       file: this.file,
@@ -396,7 +400,10 @@ class BucketIndex {
     this.runs.push(w.finish());
     this.memCount = 0;
     this.heads.fill(-1);
-    while (this.runs.length >= 2 && this.runs[this.runs.length - 1].level === this.runs[this.runs.length - 2].level) {
+    while (
+      this.runs.length >= 2 &&
+      this.runs[this.runs.length - 1].level === this.runs[this.runs.length - 2].level
+    ) {
       const b = this.runs.pop() as Run;
       const a = this.runs.pop() as Run;
       this.runs.push(this.merge(a, b));
@@ -437,13 +444,12 @@ export class NearIndex {
 
   constructor(private readonly o: NearIndexOptions) {
     const numPerm = o.bands * o.rows;
-    if (numPerm % 32 !== 0) throw new RangeError(`near dedup: bands × rows = ${numPerm}, not a multiple of 32`);
     const dir = o.dir ?? tmpdir();
     this.sigs = new SignatureStore(dir, numPerm);
     this.index = new BucketIndex(dir, o.bands, o.memEntries ?? 1 << 16);
     this.keys = new Uint32Array(o.bands);
     this.counts = new Int32Array(o.bands);
-    this.bits = new Uint32Array(numPerm / 32);
+    this.bits = new Uint32Array(Math.ceil(numPerm / 32));
   }
 
   /** "near" when an earlier kept signature sharing an LSH bucket is similar enough; else records it: "new". */
