@@ -90,11 +90,15 @@ def start_engine(cmd: list[str], env: dict, plan: Path, **popen: object) -> subp
 
 
 def run_engine(cmd: list[str], env: dict, plan: Path) -> subprocess.CompletedProcess:
-    proc = start_engine(cmd, env, plan, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
+    """Runs the engine to its end. Its stderr goes to engine-stderr.log beside the plan, so a run stopped by a
+    timeout still leaves its log (e.g. TORCH_LOGS=recompiles output)."""
+    log_path = plan.parent / "engine-stderr.log"
+    with open(log_path, "w") as err_file:
+        proc = start_engine(cmd, env, plan, stdout=subprocess.PIPE, stderr=err_file, text=True)
+        out, _ = proc.communicate()
     _ENGINES.pop(proc.pid, None)
     subprocess.run(["pkill", "-KILL", "-f", str(plan)], check=False)  # anything the engine left behind
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, log_path.read_text(errors="replace"))
 
 
 def log(msg: str) -> None:
