@@ -6,6 +6,7 @@ out-of-memory in a step ends with an OOM error event naming the phase and what t
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,9 +133,15 @@ def test_200_steps_on_4_gpus_follow_1_gpu(tmp_path: Path) -> None:
         if n == 4:
             plan["distributed"] = {"strategy": "fsdp", "gpus": 4, "nnodes": 1}
         path = write_plan(plan)
-        code, events, err = (
-            torchrun(path, n=4, timeout=600) if n == 4 else run_engine("train", path, timeout=600)
-        )
+        try:
+            code, events, err = (
+                torchrun(path, n=4, timeout=420) if n == 4 else run_engine("train", path, timeout=420)
+            )
+        except subprocess.TimeoutExpired as e:  # say how far it got: the last step events and the stderr tail
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            steps = [line for line in out.splitlines() if '"event": "step"' in line]
+            pytest.fail(f"{name}: timed out after {e.timeout} s at {len(steps)} steps; last: {steps[-2:]}\n{err[-3000:]}")
         assert code == 0, err[-4000:]
         curves[name] = losses(events)
         if n == 4:
