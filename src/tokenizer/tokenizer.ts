@@ -12,6 +12,7 @@ import { BYTE_TO_CHAR, CHAR_TO_BYTE } from "./bytelevel.ts";
 import { buildNormalizer, type Normalizer } from "./normalizer.ts";
 import { GPT2_PATTERN, type NextWord, splitterFor } from "./pretokenizer.ts";
 import type { EncodeOptions, Encoding, PositionedEncoding, Tokenizer } from "./types.ts";
+import { MISS, WordCache } from "./wordcache.ts";
 
 const AddedTokenSchema = z.object({
   id: z.number().int().nonnegative(),
@@ -193,11 +194,17 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   // arena[offset, offset + length) (a word of ≤ CACHE_MAX_WORD UTF-16 units has ≤ 36 bytes, so < 64 tokens). One
   // Int32Array for all entries instead of one each: about 90 bytes an entry instead of 285 (a full cache of
   // 250k entries held about 70 MB in each sample worker).
-  private cache = new Map<string, number>();
+  private cache = new WordCache(CACHE_LIMIT, CACHE_MAX_WORD);
   private arena = new Int32Array(1 << 16);
   private arenaEnd = 0;
-  /** Entries before the cache is emptied (a field so that a test can make it small). */
-  cacheLimit = CACHE_LIMIT;
+  /** Entries before the cache is emptied (settable so that a test can make it small). */
+  get cacheLimit(): number {
+    return this.cache.limit;
+  }
+  set cacheLimit(n: number) {
+    this.cache = new WordCache(n, CACHE_MAX_WORD);
+    this.arenaEnd = 0;
+  }
   private decodeBytes: (Uint8Array | undefined)[] = [];
   private scratch = new Uint32Array(64);
 
@@ -469,16 +476,16 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
           len = w.length;
         }
       } else {
-        const key = s.slice(i, j);
-        let c = cache.get(key);
-        if (c === undefined) {
-          const w = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(key) : null);
-          if (cache.size >= this.cacheLimit) {
+        let c: number | undefined = cache.get(s, i, j);
+        if (c === MISS) {
+          const w = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(s.slice(i, j)) : null);
+          if (cache.size >= cache.limit) {
             cache.clear();
             this.arenaEnd = 0;
+            cache.get(s, i, j);
           }
           c = typeof w === "number" ? w : w.length < 64 ? this.keep(w) : undefined;
-          if (c !== undefined) cache.set(key, c);
+          if (c !== undefined) cache.set(s, i, j, c);
           else {
             ids = w as Int32Array;
             len = ids.length;
