@@ -2,7 +2,8 @@ import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { RunConfig } from "../src/config/schema.ts";
+import { distributedPlan, RunConfig } from "../src/config/schema.ts";
+import { DistributedPlan } from "../src/engine/protocol.ts";
 import { engineArgs, rankError } from "../src/engine/runner.ts";
 
 describe("distributed launch", () => {
@@ -56,5 +57,24 @@ describe("distributed launch", () => {
     const r = RunConfig.safeParse(base);
     expect(r.success).toBe(false);
     expect(JSON.stringify(r.error?.issues)).toContain("not divisible by 2 processes");
+  });
+
+  it("defaults the strategy to auto, which the plan carries for the engine to resolve", () => {
+    const c = RunConfig.parse({
+      model: "m",
+      data: { sources: [{ path: "a.jsonl" }] },
+      train: { grad_accum: 4 },
+      distributed: { gpus: 4 },
+    });
+    const plan = distributedPlan(c);
+    expect(plan?.strategy).toBe("auto");
+    expect(DistributedPlan.parse(plan).strategy).toBe("auto");
+    expect(
+      RunConfig.safeParse({
+        model: "m",
+        data: { sources: [{ path: "a.jsonl" }] },
+        distributed: { strategy: "zero3" },
+      }).success,
+    ).toBe(false);
   });
 });

@@ -95,6 +95,9 @@ class TrainSpec:
     # Tensors saved for backward by the decoder live in (pinned) CPU memory until the backward pass.
     # "auto": on for CUDA with recompute "full" (only the layer inputs move; measured at no cost on Qwen3-8B).
     offload_activations: bool | Literal["auto"] = "auto"
+    # Precision of the frozen base projections' GEMMs (fp8.py): "bf16" = the model dtype as loaded; "fp8" = the
+    # weights held in float8_e4m3fn with per-channel scales and every base GEMM in FP8 (method "lora" only).
+    base_precision: Literal["bf16", "fp8"] = "bf16"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class DistributedSpec:
     """Several processes under torchrun (docs/distributed.md). The world size comes from torchrun's
     environment; `gpus` × `nnodes` is what the launcher asked for, checked against it."""
 
-    strategy: Literal["fsdp", "ddp"]
+    strategy: Literal["auto", "fsdp", "ddp"]  # auto: distributed.choose_strategy
     gpus: int
     nnodes: int
 
@@ -365,7 +368,21 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         or "auto",
         recompute=_recompute(r, t),
         offload_activations=_offload(r, t),
+        base_precision=r.get(
+            t, "base_precision", "train.base_precision", "enum", optional=True, values=("bf16", "fp8")
+        )
+        or "bf16",
     )
+    if train.base_precision == "fp8" and mtype != "lora":
+        r.problems.append(
+            f'train.base_precision: "fp8" needs method.type "lora" (a 16-bit base quantized to FP8 at load); '
+            f"method.type is {json.dumps(mtype)}"
+            + (
+                " (its base is already 4-bit NF4)"
+                if mtype == "qlora"
+                else " (full fine-tuning trains the base)"
+            )
+        )
     device = r.get(raw, "device", "device", "enum", values=("auto", "cpu", "cuda"))
     o = r.obj(raw, "output", "output")
     output = OutputSpec(
@@ -380,7 +397,7 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
     if raw.get("distributed") is not None:
         di = r.obj(raw, "distributed", "distributed")
         distributed = DistributedSpec(
-            strategy=r.get(di, "strategy", "distributed.strategy", "enum", values=("fsdp", "ddp")),
+            strategy=r.get(di, "strategy", "distributed.strategy", "enum", values=("auto", "fsdp", "ddp")),
             gpus=r.get(di, "gpus", "distributed.gpus", "int", min=1),
             nnodes=r.get(di, "nnodes", "distributed.nnodes", "int", min=1),
         )

@@ -23,7 +23,8 @@ from . import distributed, loss_scale
 from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
-from .lora import set_lora_compute
+from .fp8 import convert_to_fp8, fp8_unsupported_reason
+from .lora import Linear, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
 from .models.llama import CausalLM
@@ -180,10 +181,14 @@ def train(plan: TrainPlan) -> None:
         )
     lora_layers = plan.method.trainable_layers if lora is not None else None
     # Several processes under torchrun (distributed.py): None on the single-process path.
-    dist = distributed.setup(
-        plan.distributed.strategy if plan.distributed else None,
-        "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu",
-    )
+    device_kind = "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu"
+    strategy = plan.distributed.strategy if plan.distributed else None
+    if strategy == "auto":
+        card = distributed.env_world()[2]
+        card_bytes = torch.cuda.get_device_properties(card).total_memory if device_kind == "cuda" else None
+        strategy = distributed.choose_strategy(plan, device_kind, card_bytes)
+        log(f"distributed.strategy auto: {strategy} (a replica holds ~{distributed.replica_bytes(plan) / 1e9:.1f} GB)")
+    dist = distributed.setup(strategy, device_kind)
     if dist is not None:
         distributed.check_plan(plan, dist)
         dist.clear_error(plan.run_dir)
@@ -201,6 +206,8 @@ def train(plan: TrainPlan) -> None:
     )
     if model.quantization is not None:
         log(f"QLoRA: decoder projections in NF4 ({model.quantization['source']})")
+    if t.base_precision == "fp8":
+        to_fp8_base(model, plan, device, dist is not None)
     trainable = set_trainable(model, plan)
     if hasattr(model, "recompute"):  # our models; the generic backend has only gradient_checkpointing
         model.recompute = t.recompute
@@ -462,6 +469,39 @@ def train(plan: TrainPlan) -> None:
         }
     )
     distributed.shutdown(dist)
+
+
+def to_fp8_base(model: torch.nn.Module, plan: TrainPlan, device: torch.device, distributed_run: bool) -> None:
+    """train.base_precision "fp8": every decoder projection's frozen weight becomes FP8 (fp8.py), one at a time.
+    Refused, naming the field, where it cannot run: a device without FP8 GEMMs, several processes, the generic
+    transformers backend, a 4-bit checkpoint. The loader read the 16-bit weights first, so the load peaks at the
+    16-bit model; the peak-memory counter restarts after the conversion (the log line gives the load peak)."""
+
+    def refuse(why: str, hint: str) -> EngineError:
+        return EngineError(
+            "UNSUPPORTED", f'train.base_precision: "fp8": {why}', hint=hint, field="train.base_precision"
+        )
+
+    hint = 'use train.base_precision "bf16"'
+    reason = fp8_unsupported_reason(device)
+    if reason is not None:
+        raise refuse(reason, hint + " on this machine")
+    if distributed_run:
+        raise refuse("not supported under several processes yet (FSDP2 shards only float parameters)", hint)
+    if not isinstance(model, CausalLM):
+        raise refuse(f"{plan.model.path}: the generic transformers backend has no FP8 base", hint)
+    if model.quantization is not None or any(
+        isinstance(m, Linear) and m.base_layer is not None for m in model.modules()
+    ):
+        raise refuse(f"{plan.model.path} holds 4-bit (bitsandbytes) weights, not a 16-bit base", hint)
+    load_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    n = convert_to_fp8(model)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        log(f"FP8 base: {n} projections in float8_e4m3fn (loading peaked at {load_peak:.2f} GiB in 16-bit)")
+    else:
+        log(f"FP8 base: {n} projections in float8_e4m3fn")
 
 
 def distributed_step(

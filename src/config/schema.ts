@@ -101,8 +101,9 @@ export const DistributedConfig = z
     node_rank: z.number().int().min(0).default(0),
     master_addr: z.string().min(1).default("127.0.0.1"),
     master_port: z.number().int().min(1).max(65535).default(29500),
-    /** fsdp: FSDP2, weights/gradients/optimizer state sharded; ddp: a whole replica per GPU. */
-    strategy: z.enum(["fsdp", "ddp"]).default("fsdp"),
+    /** fsdp: FSDP2, weights/gradients/optimizer state sharded; ddp: a whole replica per GPU; auto: the engine
+     * picks ddp when a replica fits half a GPU (it scales better), else fsdp (docs/distributed.md). */
+    strategy: z.enum(["auto", "fsdp", "ddp"]).default("auto"),
   })
   .strict();
 

@@ -16,7 +16,8 @@ export const LoraSpec = z.object({
 });
 
 export const DistributedPlan = z.object({
-  strategy: z.enum(["fsdp", "ddp"]),
+  /** auto: resolved by the engine (ddp when a replica fits half a GPU, else fsdp); start events name the result. */
+  strategy: z.enum(["auto", "fsdp", "ddp"]),
   /** Processes (GPUs) per node. */
   gpus: z.number().int().min(1),
   nnodes: z.number().int().min(1),
