@@ -11,6 +11,8 @@ prefix. The math follows peft 0.21 `tuners/lora/layer.py` + `dora.py` line by li
 QLoRA: `Linear.to_4bit_base()` swaps the 16-bit `weight`/`bias` for a `base_layer` (quant/Linear4bit, NF4,
 every piece of state a registered tensor, so FSDP2 can shard it), as peft wraps a bitsandbytes layer; the
 adapter math is unchanged and sees the dequantized weight where it needs W (DoRA's norm, merging).
+`train.base_precision: "fp8"`: `Linear.to_fp8_base()` does the same with an FP8 base (fp8.Fp8Linear) after
+loading; the adapter branch still reads x in the activations' dtype, only the base GEMMs change.
 
 Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train.lora_compute`):
   - "exact": peft's math above, bit for bit: x cast to fp32 for every adapted projection (q, k and v each make
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fp8 import Fp8Linear
 from .protocol import LORA_PROJECTIONS, LoraSpec
 from .quant import Linear4bit
 
@@ -59,7 +62,8 @@ class Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self.base_layer: Linear4bit | None = None  # QLoRA: the frozen NF4 base (then weight/bias are None)
+        # QLoRA: the frozen NF4 base; base_precision fp8: the FP8 base (fp8.py). Then weight/bias are None.
+        self.base_layer: Linear4bit | Fp8Linear | None = None
         self.lora = lora
         if lora is not None:
             self.scaling = lora_scaling(lora)
@@ -80,6 +84,15 @@ class Linear(nn.Module):
         self.base_layer = Linear4bit(
             self.in_features, self.out_features, False, compute_dtype=compute_dtype, device=device
         )
+
+    @torch.no_grad()
+    def to_fp8_base(self, grad_dtype: torch.dtype = torch.float8_e4m3fn) -> None:
+        """Replace the loaded 16-bit weight (and bias) by an FP8 `base_layer` (fp8.Fp8Linear, per-channel
+        scales) on the same device; the 16-bit tensors are dropped (`train.base_precision: "fp8"`)."""
+        base = Fp8Linear.from_weight(self.weight, self.bias, grad_dtype)
+        del self.weight, self.bias
+        self.weight = self.bias = None  # type: ignore[assignment]
+        self.base_layer = base
 
     def base_weight(self) -> torch.Tensor:
         """The frozen [out, in] base weight: the parameter, or the NF4 base dequantized (no grad)."""
