@@ -239,9 +239,7 @@ def test_training_loss_curve_follows_the_16bit_run(tmp_path: Path, dtype: str) -
     assert len(base) == len(fp8) == 30
     diffs = [abs(a - b) / b for a, b in zip(fp8, base, strict=True)]
     # Epoch means (4 steps = the 8 samples once; 7 whole epochs) smooth out which batch a step drew.
-    epochs = [
-        abs(sum(fp8[i : i + 4]) - sum(base[i : i + 4])) / sum(base[i : i + 4]) for i in range(0, 28, 4)
-    ]
+    epochs = [abs(sum(fp8[i : i + 4]) - sum(base[i : i + 4])) / sum(base[i : i + 4]) for i in range(0, 28, 4)]
     assert max(diffs) < 6e-2, (diffs, fp8, base)
     assert max(epochs) < 2.5e-2, (epochs, fp8, base)
     for curve in (base, fp8):  # each 4 steps is an epoch over the same 8 samples: the epoch mean must fall
@@ -264,7 +262,9 @@ def test_training_loss_curve_follows_the_16bit_run(tmp_path: Path, dtype: str) -
 # ---- plan / config validation ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("train,want", [({}, "bf16"), ({"base_precision": "bf16"}, "bf16"), ({"base_precision": "fp8"}, "fp8")])
+@pytest.mark.parametrize(
+    "train,want", [({}, "bf16"), ({"base_precision": "bf16"}, "bf16"), ({"base_precision": "fp8"}, "fp8")]
+)
 def test_plan_field(tmp_path: Path, train: dict, want: str) -> None:
     plan = make_plan(tmp_path, tmp_path, [tmp_path / "t"], **train)
     assert parse_train_plan(plan).train.base_precision == want
@@ -273,7 +273,11 @@ def test_plan_field(tmp_path: Path, train: dict, want: str) -> None:
 @pytest.mark.parametrize(
     "method,train,msg",
     [
-        ("lora", {"base_precision": "fp16"}, 'train.base_precision: expected one of "bf16", "fp8", got "fp16"'),
+        (
+            "lora",
+            {"base_precision": "fp16"},
+            'train.base_precision: expected one of "bf16", "fp8", got "fp16"',
+        ),
         ("qlora", {"base_precision": "fp8"}, 'train.base_precision: "fp8" needs method.type "lora"'),
         ("full", {"base_precision": "fp8"}, 'method.type is "full" (full fine-tuning trains the base)'),
     ],
