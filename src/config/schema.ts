@@ -73,6 +73,9 @@ export const TrainConfig = z
     recompute: z.enum(["full", "mlp", "none"]).optional(),
     /** Activations saved for backward wait in pinned CPU memory; "auto" = CUDA with recompute full. */
     offload_activations: z.union([z.boolean(), z.literal("auto")]).default("auto"),
+    /** The frozen base projections: bf16 = as loaded (the model dtype), fp8 = held in FP8 (e4m3, per-channel
+     * scales) with every base GEMM in FP8 — Ada/Hopper GPUs, method lora only (docs/engine.md). */
+    base_precision: z.enum(["bf16", "fp8"]).default("bf16"),
     /** Stop after this many validation evaluations without a new best (needs eval_every); absent = never. */
     early_stopping_patience: z.number().int().positive().optional(),
     log_every: z.number().int().positive().default(1),
@@ -128,6 +131,12 @@ export const RunConfig = z
   })
   .strict()
   .superRefine((c, ctx) => {
+    if (c.train.base_precision === "fp8" && c.method.type !== "lora")
+      ctx.addIssue({
+        code: "custom",
+        path: ["train", "base_precision"],
+        message: `base_precision "fp8" needs method.type "lora" (a 16-bit base quantized to FP8 at load); method.type is "${c.method.type}"${c.method.type === "qlora" ? " (its base is already 4-bit)" : " (full fine-tuning trains the base)"}`,
+      });
     const d = c.distributed;
     if (!d) return;
     const world = d.gpus * d.nnodes;
