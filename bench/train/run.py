@@ -432,6 +432,18 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
     ),
     "nockpt": ({"gradient_checkpointing": False}, {}, "full", "default without gradient checkpointing"),
     "compile": ({}, {"TUNA_COMPILE": "1"}, "full", "default + TUNA_COMPILE=1 (same as train.compile)"),
+    "fp8": (
+        {"base_precision": "fp8"},
+        {},
+        "full",
+        "default + train.base_precision fp8 (frozen base in FP8 e4m3, every base GEMM via torch._scaled_mm)",
+    ),
+    "fp8_none": (
+        {"base_precision": "fp8", "recompute": "none", "gradient_checkpointing": False},
+        {},
+        "full",
+        "fp8 without recomputation (the speed setting's candidate)",
+    ),
 }
 
 

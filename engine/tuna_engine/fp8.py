@@ -16,8 +16,8 @@ scale per output channel (W ≈ diag(s_w)·W_q), and every GEMM that reads it ru
 
 The GEMM wants mat1 row-major and mat2 column-major (cuBLASLt FP8 is "TN" only), so dx needs W_q in the other
 orientation: W_q [out, in] row-major is transposed into a transient contiguous [in, out] copy inside backward
-(1 byte per weight element of ONE projection at a time, freed right after: 48 MiB for Qwen3-8B's gate/up, a
-~16 GB/s-of-HBM-trivial copy per step). The alternatives, measured on CPU by `engine/tests/test_fp8.py` and in
+(1 byte per weight element of ONE projection at a time, freed right after: 48 MiB for Qwen3-8B's gate/up;
+the whole model's weights, ~7 GB, are read and written once per backward pass: a few ms of HBM time per step). The alternatives, measured on CPU by `engine/tests/test_fp8.py` and in
 docs/engine.md: a second, persistent transposed FP8 copy (+1 byte per weight: the base would take 2 bytes per
 weight again, as bf16 does, giving up the memory half of the point); a per-tensor weight scale (one scale
 serves both orientations but the transpose is still needed, and accuracy is worse on rows with outliers); or dx
@@ -43,14 +43,20 @@ FP8_MAX = {E4M3: torch.finfo(E4M3).max, E5M2: torch.finfo(E5M2).max}  # 448, 573
 _EPS = 1e-12  # an all-zero row gets a tiny scale instead of a division by zero
 
 
-def quantize_rows(x: torch.Tensor, dtype: torch.dtype = E4M3) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [N, K] → (q [N, K] fp8, s [N, 1] fp32) with x ≈ s·q: each row scaled so its largest |value| is the
-    format's maximum (448 for e4m3). Computed in fp32; the result is contiguous (row-major)."""
-    xf = x.float()
-    amax = xf.abs().amax(dim=1, keepdim=True).clamp_min(_EPS)
-    scale = amax / FP8_MAX[dtype]
-    q = (xf / scale).clamp(-FP8_MAX[dtype], FP8_MAX[dtype]).to(dtype)
-    return q.contiguous(), scale.contiguous()
+def quantize_rows(
+    x: torch.Tensor, dtype: torch.dtype = E4M3, col_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [N, K] (times `col_scale` [K] per column, if given) → (q [N, K] fp8, s [N, 1] fp32) with x ≈ s·q: each
+    row scaled so its largest |value| is the format's maximum (448 for e4m3). Computed in fp32 with ONE fp32
+    temporary (eager; compiled, the passes fuse): for Qwen3-8B's [8192, 12288] gradients that is 400 MB, not
+    three times that. The result is contiguous (row-major)."""
+    xf = x.to(torch.float32, copy=True)
+    if col_scale is not None:
+        xf.mul_(col_scale)
+    lo, hi = torch.aminmax(xf, dim=1, keepdim=True)
+    scale = torch.maximum(hi, -lo).clamp_min_(_EPS).div_(FP8_MAX[dtype])
+    q = xf.div_(scale).clamp_(-FP8_MAX[dtype], FP8_MAX[dtype]).to(dtype)
+    return q, scale
 
 
 def quantize_weight(w: torch.Tensor, dtype: torch.dtype = E4M3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +145,7 @@ class _Fp8LinearFn(torch.autograd.Function):
         w_q, w_scale = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])  # [N, out]
         # dx = dy·diag(s_w)·W_q: the weight scale runs along the contraction, so it goes into dy first.
-        gq, gs = quantize_rows(dy2.float() * w_scale, ctx.grad_dtype)
+        gq, gs = quantize_rows(dy2, ctx.grad_dtype, col_scale=w_scale)
         w_t = w_q.t().contiguous()  # [in, out] row-major: transient, the column-major [out, in] operand
         ones = torch.ones(1, w_q.shape[1], device=dy.device, dtype=torch.float32)
         dx = scaled_mm(gq, gs, w_t.t(), ones, dy.dtype, fast_accum=False)  # [N, in]
