@@ -1,13 +1,16 @@
 // SplitWriter's staging buffer (src/pack/shards.ts): spill and shard writes go through a buffer that is flushed
 // when full. With a buffer of a few samples (and samples larger than it, and a truncated one), the shards must be
 // byte-identical to those written with the default 1 MB buffer, across several shard files.
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SplitWriter } from "../src/pack/shards.ts";
 
-function writeAll(dir: string, stageBytes: number | undefined) {
+/** A file the samples are written into first (from `at`), for `spilled`. */
+type Spill = { fd: number; at: number };
+
+function writeAll(dir: string, stageBytes: number | undefined, spill?: Spill) {
   const w = new SplitWriter({
     dir,
     split: "train",
@@ -28,7 +31,13 @@ function writeAll(dir: string, stageBytes: number | undefined) {
     // Weight 1 from a random point, with the first weight sometimes 1 (written as 0); one sample untrained.
     const from = k === 5 ? n : Math.floor(rnd() * n);
     const lossWeight = Float32Array.from({ length: n }, (_, i) => (i >= from ? 1 : 0));
-    results.push(w.add({ ids, lossWeight, source: `mem:${k}` }));
+    let spilled: { fd: number; ids: number; weights: number } | undefined;
+    if (spill) {
+      spilled = { fd: spill.fd, ids: spill.at, weights: spill.at + 4 * n };
+      spill.at += writeSync(spill.fd, new Uint8Array(ids.buffer), 0, 4 * n, spill.at);
+      spill.at += writeSync(spill.fd, new Uint8Array(lossWeight.buffer), 0, 4 * n, spill.at);
+    }
+    results.push(w.add({ ids, lossWeight, source: `mem:${k}`, spilled }));
   }
   return { results, stats: w.finish() };
 }
@@ -52,6 +61,27 @@ describe("shard writer staging buffer", () => {
       // The first weight of every sequence is 0 even where the sample's was 1.
       expect(big.stats.trained_tokens).toBeLessThan(big.stats.tokens);
     } finally {
+      rmSync(a, { recursive: true, force: true });
+      rmSync(b, { recursive: true, force: true });
+    }
+  });
+
+  it("writes the same bytes from samples that point into a spill file (first weights 1 there, some truncated)", () => {
+    const a = mkdtempSync(join(tmpdir(), "tuna-stage-a-"));
+    const b = mkdtempSync(join(tmpdir(), "tuna-stage-b-"));
+    const fd = openSync(join(b, "..tokens.spill"), "w+");
+    try {
+      const copied = writeAll(a, undefined);
+      const spill = { fd, at: 12 };
+      const pointed = writeAll(b, 100, spill);
+      expect(spill.at).toBeGreaterThan(12);
+      expect(pointed.results).toEqual(copied.results);
+      expect(pointed.stats).toEqual(copied.stats);
+      for (const f of copied.stats.shards) {
+        expect(readFileSync(join(b, f)).equals(readFileSync(join(a, f)))).toBe(true);
+      }
+    } finally {
+      closeSync(fd);
       rmSync(a, { recursive: true, force: true });
       rmSync(b, { recursive: true, force: true });
     }

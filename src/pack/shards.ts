@@ -16,6 +16,12 @@ export interface TokenizedSample {
   /** Weight of token t as a prediction target (docs/formats.md); lossWeight[0] is ignored and written as 0. */
   lossWeight: Float32Array;
   source: string;
+  /**
+   * Where these ids and weights already lie in a file (the tokenizing spill, src/jobs/data/stream.ts): byte offsets
+   * of `ids` and of `lossWeight` in `fd`. The writer then reads them from there when it writes shards instead of
+   * copying them into its own spill; `fd` must stay open until `finish` returns.
+   */
+  spilled?: { fd: number; ids: number; weights: number };
 }
 
 export interface ShardSplitStats {
@@ -71,8 +77,11 @@ export class SplitWriter {
   /** Spill bytes not yet written: they go to the spill at `spillOffset - staged`. */
   private readonly stage: Buffer;
   private staged = 0;
-  // Per kept sample: spill offset (past 2^31 on large data), length, trained tokens (a sum of float weights).
+  // Per kept sample: the file its ids and weights are in (this writer's spill or the sample's `spilled` file), their
+  // offsets there (past 2^31 on large data), length, trained tokens (a sum of float weights).
+  private readonly files = new Column(new Int32Array(1024));
   private readonly offsets = new Column(new Float64Array(1024));
+  private readonly weightOffsets = new Column(new Float64Array(1024));
   private readonly lengthCol = new Column(new Int32Array(1024));
   private readonly trained = new Column(new Float64Array(1024));
   private droppedTooLong = 0;
@@ -113,6 +122,15 @@ export class SplitWriter {
       this.droppedNoTrained++;
       return "dropped_no_trained_tokens";
     }
+    if (sample.spilled) {
+      // Already in a file: only where (shards get weight 0 written over the first weight, see writeShard).
+      this.files.push(sample.spilled.fd);
+      this.offsets.push(sample.spilled.ids);
+      this.weightOffsets.push(sample.spilled.weights);
+      this.lengthCol.push(ids.length);
+      this.trained.push(trained);
+      return "kept";
+    }
     const ib = bytesOf(ids);
     const wb = bytesOf(lossWeight);
     if (this.staged + ib.length + wb.length > this.stage.length) this.flush();
@@ -128,7 +146,9 @@ export class SplitWriter {
       if (wb.length) this.stage.writeFloatLE(0, this.staged + ib.length);
       this.staged += ib.length + wb.length;
     }
+    this.files.push(this.spill);
     this.offsets.push(this.spillOffset);
+    this.weightOffsets.push(this.spillOffset + ib.length);
     this.lengthCol.push(ids.length);
     this.trained.push(trained);
     this.spillOffset += ib.length + wb.length;
@@ -194,7 +214,7 @@ export class SplitWriter {
 
   private writeShard(path: string, packs: number[][], tokens: number): void {
     const lengths = this.lengths;
-    const offsets = this.offsets.values;
+    const files = this.files.values;
     const nSeq = packs.reduce((a, p) => a + p.length, 0);
     const seqOffsets = new BigInt64Array(nSeq + 1);
     const packOffsets = new BigInt64Array(packs.length + 1);
@@ -221,8 +241,10 @@ export class SplitWriter {
     );
     // Two passes over the spill (ids, then weights) so the file is written strictly in header order; each sample's
     // part is read straight into the staging buffer, written out when full (and at the end of each tensor).
+    // A sequence's first weight is written as 0 (docs/formats.md), whatever its source holds there.
     const buf = this.stage;
     for (const part of [0, 1] as const) {
+      const at = part === 0 ? this.offsets.values : this.weightOffsets.values;
       let used = 0;
       for (const pack of packs) {
         for (const i of pack) {
@@ -233,10 +255,12 @@ export class SplitWriter {
           }
           if (n > buf.length) {
             const big = Buffer.allocUnsafe(n);
-            readFully(this.spill, big, 0, n, offsets[i] + part * n);
+            readFully(files[i], big, 0, n, at[i]);
+            if (part === 1) big.writeFloatLE(0, 0);
             w.write(big);
           } else {
-            readFully(this.spill, buf, used, n, offsets[i] + part * n);
+            readFully(files[i], buf, used, n, at[i]);
+            if (part === 1 && n) buf.writeFloatLE(0, used);
             used += n;
           }
         }

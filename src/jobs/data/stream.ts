@@ -193,7 +193,11 @@ export class AheadTokenizer {
    * The tokenized samples of conversation `ordinal` (an empty list for a rejected one, counted in `rejections`;
    * thrown when strict), as tokenizeConversation gives them.
    */
-  samplesOf(ordinal: number, strict: boolean, rejections: Rejections): TokenizedConvSample[] {
+  samplesOf(
+    ordinal: number,
+    strict: boolean,
+    rejections: Rejections,
+  ): (TokenizedConvSample & { spilled: { fd: number; ids: number; weights: number } })[] {
     const e = this.errors.get(ordinal);
     if (e) {
       if (strict) throw errorFromData(e.error);
@@ -207,7 +211,13 @@ export class AheadTokenizer {
     if (readSync(this.spill, record, 0, n, at) !== n) {
       throw new TunaError("INTERNAL", `token spill ${this.o.spillPath}: short read at ${at}`);
     }
-    return decodeRecord(record);
+    // Each sample says where its ids and weights lie in the spill (the record is its own buffer, so a view's byte
+    // offset is its offset in the record): the shard writer reads them from there, not from a copy of its own.
+    // The spill stays open until close().
+    return decodeRecord(record).map((s) => ({
+      ...s,
+      spilled: { fd: this.spill, ids: at + s.ids.byteOffset, weights: at + s.lossWeight.byteOffset },
+    }));
   }
 
   async close(): Promise<void> {
