@@ -35,10 +35,8 @@ if (args[0] === "--child") {
   const config = RunConfig.parse({
     model: MODEL,
     // Defaults otherwise (exact dedup, PII redaction, thinking "auto", loss on all assistant turns) except near
-    // dedup, off unless --near: this generator's text comes from a small vocabulary, so any two conversations
-    // share many 5-character shingles, MinHash-LSH puts most of them in common buckets, and the check degenerates
-    // to comparing each conversation with most earlier ones (13 s for 10k conversations, minutes for 100k).
-    // Real text does not collide like that; measuring near dedup needs real data (see docs/benchmarks.md).
+    // dedup, off unless --near, so the figures compare with the rows before near dedup got cheap (one-permutation
+    // MinHash, capped buckets, its state on disk: docs/benchmarks.md has both).
     data: {
       sources: [{ path: file, name: "finetome" }],
       split: { fraction: 0.01 },
