@@ -17,7 +17,7 @@ import {
   normalizeText,
 } from "../src/data/clean.ts";
 import type { Conversation } from "../src/data/conversation.ts";
-import { NearIndex } from "../src/data/near-index.ts";
+import { fmix32, NearIndex } from "../src/data/near-index.ts";
 
 function text(i: number, chars: number): string {
   const r = fineTomeRecord(i, 3) as { conversations: { value: string }[] };
@@ -69,16 +69,6 @@ function plantedSet(n = 1200): { conv: Conversation; kind: string }[] {
     }
   }
   return out;
-}
-
-function fmix32(x: number): number {
-  let h = x;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
 
 function decisions(d: { check(c: Conversation): string }, set: { conv: Conversation }[]): string[] {

@@ -2,7 +2,7 @@
 // and filters by turn count, script-detected language, and token length (through a caller's counter).
 import { createHash } from "node:crypto";
 import type { Conversation } from "./conversation.ts";
-import { NearIndex } from "./near-index.ts";
+import { fmix32, NearIndex } from "./near-index.ts";
 
 /** Text of a conversation for duplicate detection: roles, content, reasoning and tool calls. */
 export function conversationText(conv: Conversation): string {
@@ -26,16 +26,6 @@ export function normalizeText(s: string): string {
     .replace(ascii ? /[!-/:-@[-`{-~]+/g : /[\p{P}\p{S}]+/gu, " ")
     .replace(/\s{2,}|[^\S ]/g, " ")
     .trim();
-}
-
-function fmix32(x: number): number {
-  let h = x;
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
 }
 
 /**

@@ -72,7 +72,8 @@ class ScratchFile {
   }
 }
 
-function fmix32(x: number): number {
+/** MurmurHash3's 32-bit finalizer: the mixing step every hash of near dedup goes through. */
+export function fmix32(x: number): number {
   let h = x;
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
