@@ -9,6 +9,7 @@ import { RunConfig } from "../src/config/schema.ts";
 import { REPO_ROOT } from "../src/engine/runner.ts";
 import { isTunaError } from "../src/errors.ts";
 import { buildTrainPlan } from "../src/jobs/train/plan.ts";
+import { oneSplitManifest } from "./helpers/manifest.ts";
 import { testPython } from "./helpers/python.ts";
 
 function write(text: string): string {
@@ -25,30 +26,7 @@ function config(method: string, train: string) {
 }
 
 function plan(c: RunConfig) {
-  const split = {
-    samples: 8,
-    packs: 8,
-    tokens: 0,
-    trained_tokens: 0,
-    padding_tokens: 0,
-    pack_efficiency: 1,
-    dropped_too_long: 0,
-    truncated: 0,
-    dropped_no_trained_tokens: 0,
-    shards: ["train-00000.safetensors"],
-    length_histogram: [],
-  };
-  const manifest = {
-    format: "tuna-shards" as const,
-    version: 1 as const,
-    created: "",
-    tokenizer_hash: "",
-    template_hash: "",
-    max_length: 2048,
-    splits: { train: split },
-    rejected: {},
-    config: {},
-  };
+  const manifest = oneSplitManifest(8, 8);
   return buildTrainPlan({ config: c, modelDir: "/m", runDir: "/r", manifest });
 }
 

@@ -13,6 +13,7 @@ import {
   TrainConfig,
 } from "../src/config/schema.ts";
 import { isTunaError } from "../src/errors.ts";
+import { oneSplitManifest } from "./helpers/manifest.ts";
 
 function write(text: string): string {
   const p = join(mkdtempSync(join(tmpdir(), "tuna-config-")), "run.yaml");
@@ -99,30 +100,7 @@ describe("config → plan.json", () => {
       ].join("\n"),
     );
     const config = parseConfig(RunConfig, readYaml(p), p);
-    const split = {
-      samples: 40,
-      packs: 31,
-      tokens: 0,
-      trained_tokens: 0,
-      padding_tokens: 0,
-      pack_efficiency: 1,
-      dropped_too_long: 0,
-      truncated: 0,
-      dropped_no_trained_tokens: 0,
-      shards: ["train-00000.safetensors"],
-      length_histogram: [],
-    };
-    const manifest = {
-      format: "tuna-shards" as const,
-      version: 1 as const,
-      created: "",
-      tokenizer_hash: "",
-      template_hash: "",
-      max_length: 2048,
-      splits: { train: split },
-      rejected: {},
-      config: {},
-    };
+    const manifest = oneSplitManifest(40, 31);
     const plan = buildTrainPlan({ config, modelDir: "/m", runDir: "/r", manifest });
     // ceil(2 epochs × 31 packs / (2 × 3)) = 11 steps; warm-up round(0.1 × 11) = 1
     expect(plan.train).toMatchObject({
