@@ -149,6 +149,11 @@ def make_model_dir(name: str, root: Path) -> Path:
     if (d / "config.json").exists():
         return d
     p = PRESETS[name]
+    from tuna_engine.models.random_dir import planned_bytes, write_random_model
+
+    if planned_bytes(p["config"]) > 20e9:  # Qwen3-32B: its fp32 init would not fit a card; tensor by tensor
+        write_random_model(p["config"], d)
+        return d
     cfg = Qwen3Config(**{k: v for k, v in p["config"].items() if k not in ("architectures", "model_type")})
     cfg.architectures = ["Qwen3ForCausalLM"]
     with torch.device("cuda"):
@@ -315,6 +320,7 @@ def bench_tuna(
     extra_env: dict | None = None,
     gpus: int = 1,
     strategy: str = "fsdp",
+    method: str = "lora",
 ) -> dict:
     """`gpus` > 1: the engine under torchrun (docs/distributed.md), `batch` packs per GPU per step (grad_accum =
     gpus keeps one micro-batch per GPU), so a step trains gpus × batch × seq tokens."""
@@ -326,7 +332,7 @@ def bench_tuna(
         PRESETS[model_dir.name]["config"]["vocab_size"],
         lengths,
     )
-    plan = train_plan(run, model_dir, shard, "lora", batch, gpus, steps + warmup, extra_train)
+    plan = train_plan(run, model_dir, shard, method, batch, gpus, steps + warmup, extra_train)
     launch = [sys.executable]
     if gpus > 1:
         plan["distributed"] = {
@@ -352,7 +358,9 @@ def bench_tuna(
         "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
         **(extra_env or {}),
     }
-    proc = run_engine(launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env, run / "plan.json")
+    proc = run_engine(
+        launch + ["-m", "tuna_engine", "train", "--plan", str(run / "plan.json")], env, run / "plan.json"
+    )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     steps_ev = [e for e in events if e.get("event") == "step"]
     errors = [e for e in events if e.get("event") == "error"]
@@ -444,7 +452,17 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "fp8 without recomputation (the speed setting's candidate)",
     ),
+    "qlora": (
+        {},
+        {},
+        "full",
+        "QLoRA (NF4 base quantized at load), defaults otherwise: issue 5's Qwen3-32B row against the bf16 baseline",
+    ),
 }
+
+
+# Variants that train another method than LoRA on the 16-bit directory (the HF + PEFT baseline stays bf16 LoRA).
+VARIANT_METHOD = {"qlora": "qlora"}
 
 
 def variant(name: str) -> tuple[dict, dict, str]:
@@ -514,7 +532,16 @@ def main() -> None:
             if args.profile_dir:
                 env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}-{v}.txt")
             r[f"tuna_{v}"] = bench_tuna(
-                model_dir, batch, seq, args.steps, args.warmup, work, extra, lengths, env
+                model_dir,
+                batch,
+                seq,
+                args.steps,
+                args.warmup,
+                work,
+                extra,
+                lengths,
+                env,
+                method=VARIANT_METHOD.get(v, "lora"),
             )
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
         for n in [int(g) for g in args.gpus.split(",") if int(g) > 1]:
