@@ -5,7 +5,7 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT, and `s
 torchrun (or WORLD_SIZE 1 and no `distributed` section in the plan) nothing here runs and train.py's
 single-process path is untouched.
 
-  - strategy "fsdp" (default): FSDP2 (`torch.distributed.fsdp.fully_shard`) on each decoder layer and on the
+  - strategy "fsdp" (what a torchrun launch without a `distributed` section gets): FSDP2 (`torch.distributed.fsdp.fully_shard`) on each decoder layer and on the
     root. Frozen base weights (bf16, or NF4's uint8 `weight`/`absmax` and fp32 `nested_absmax` parameters of
     quant/linear4bit.py — FSDP2 all-gathers mixed dtypes through a uint8 view), LoRA parameters, their
     gradients and AdamW state are all sharded on dim 0; every rank holds about 1/N of them.
