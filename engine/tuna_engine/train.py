@@ -475,7 +475,7 @@ def to_fp8_base(model: torch.nn.Module, plan: TrainPlan, device: torch.device, d
     """train.base_precision "fp8": every decoder projection's frozen weight becomes FP8 (fp8.py), one at a time.
     Refused, naming the field, where it cannot run: a device without FP8 GEMMs, several processes, the generic
     transformers backend, a 4-bit checkpoint. The loader read the 16-bit weights first, so the load peaks at the
-    16-bit model; the peak-memory counter restarts after the conversion (the log line gives the load peak)."""
+    16-bit model, and step events' memory_gib (load included, as in every mode) counts it."""
 
     def refuse(why: str, hint: str) -> EngineError:
         return EngineError(
@@ -494,12 +494,14 @@ def to_fp8_base(model: torch.nn.Module, plan: TrainPlan, device: torch.device, d
         isinstance(m, Linear) and m.base_layer is not None for m in model.modules()
     ):
         raise refuse(f"{plan.model.path} holds 4-bit (bitsandbytes) weights, not a 16-bit base", hint)
-    load_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     n = convert_to_fp8(model)
     if device.type == "cuda":
+        # The peak counter is not reset: step events' memory_gib includes the 16-bit load, as in every mode.
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        log(f"FP8 base: {n} projections in float8_e4m3fn (loading peaked at {load_peak:.2f} GiB in 16-bit)")
+        log(
+            f"FP8 base: {n} projections in float8_e4m3fn (the 16-bit load peaked at "
+            f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB)"
+        )
     else:
         log(f"FP8 base: {n} projections in float8_e4m3fn")
 
