@@ -62,8 +62,9 @@ def losses(events: list[dict[str, Any]]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One model and data; a 1-process run and a 2-process FSDP run of the same plan (4 steps, checkpoints at
-    2 and 4). grad_accum 2 → each of the 2 processes runs one micro-batch of 2 packs per step."""
+    """One model and data; a 1-process run and a 2-process run of the same plan (4 steps, checkpoints at
+    2 and 4) with strategy "auto", which the engine resolves to FSDP on CPU. grad_accum 2 → each of the 2
+    processes runs one micro-batch of 2 packs per step."""
     tmp = tmp_path_factory.mktemp("dist")
     model_dir = tmp / "model"
     make_hf_model(model_dir, "qwen3")
@@ -71,7 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     shard = write_shard(tmp / "train.safetensors", samples, greedy_packs(samples, 40))
     val = write_shard(tmp / "val.safetensors", random_samples(4, seed=8))
     out: dict[str, Any] = {"tmp": tmp, "model": model_dir, "shard": shard, "val": val}
-    for name, extra in (("one", None), ("two", FSDP)):
+    for name, extra in (("one", None), ("two", {**FSDP, "strategy": "auto"})):
         plan = make_plan(tmp / name, model_dir, [shard], [val], max_steps=4, save_every=2, eval_every=2)
         if extra:
             plan["distributed"] = extra
@@ -85,7 +86,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_two_processes_reproduce_one_process_curve(runs: dict[str, Any]) -> None:
     one, two = runs["one"]["events"], runs["two"]["events"]
     start = next(e for e in two if e["event"] == "start")
-    assert start["world_size"] == 2 and start["strategy"] == "fsdp"
+    assert start["world_size"] == 2 and start["strategy"] == "fsdp"  # auto, resolved on CPU (gloo)
+    assert "distributed.strategy auto: fsdp" in runs["two"]["stderr"]
     assert losses(two) == pytest.approx(losses(one), abs=1e-5) and len(losses(one)) == 4
     norms = lambda ev: [e["grad_norm"] for e in ev if e["event"] == "step"]  # noqa: E731
     assert norms(two) == pytest.approx(norms(one), rel=1e-4)

@@ -66,17 +66,3 @@ def test_ddp_where_fsdp_cannot_run(tmp_path: Path, qwen: Path) -> None:
     make_neox(neox)
     assert distributed.choose_strategy(plan_for(tmp_path, neox), "cuda", 1) == "ddp"
 
-
-def test_engine_resolves_auto_and_names_it_in_the_start_event(tmp_path: Path, qwen: Path) -> None:
-    from helpers import greedy_packs, random_samples, write_plan, write_shard
-    from test_distributed import torchrun
-
-    samples = random_samples(16, seed=3)
-    shard = write_shard(tmp_path / "train.safetensors", samples, greedy_packs(samples, 40))
-    raw = make_plan(tmp_path / "run", qwen, [shard], max_steps=1, grad_accum=2)
-    raw["distributed"] = {"strategy": "auto", "gpus": 2, "nnodes": 1}
-    code, events, err = torchrun(write_plan(raw))
-    assert code == 0, err[-3000:]
-    start = next(e for e in events if e["event"] == "start")
-    assert (start["world_size"], start["strategy"]) == (2, "fsdp")  # CPU (gloo): auto shards
-    assert "distributed.strategy auto: fsdp" in err
