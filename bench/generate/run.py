@@ -157,8 +157,10 @@ VARIANTS: dict[str, tuple[str, bool, bool | str]] = {
 SLOW = {"reference", "eager"}
 
 
-def kernels_per_step(engine: Engine, batch: int) -> int:
-    """CUDA kernels of one all-rows decode step, run eagerly under torch.profiler (compiled regions included)."""
+def kernels_per_step(engine: Engine, batch: int, table: Path | None = None) -> int:
+    """CUDA kernels of one all-rows decode step, run eagerly under torch.profiler (compiled regions included).
+    `table`: also write the per-kernel table (device time, calls), slowest first, and the kernels' summed device
+    time — against the graph's ms per step, what is left is launch gaps."""
     from torch.profiler import ProfilerActivity, profile
 
     dec = engine.decoder
@@ -169,10 +171,17 @@ def kernels_per_step(engine: Engine, batch: int) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         dec._step(batch, dec.key_bucket(1), False)
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if table is not None:
+        busy_ms = sum(e.device_time for e in kernels) / 1000
+        table.write_text(
+            f"{len(kernels)} kernels, {busy_ms:.3f} ms of summed device time in one decode step\n\n"
+            + prof.key_averages().table(sort_by="device_time_total", row_limit=60, max_name_column_width=90)
+        )
+    return len(kernels)
 
 
-def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
+def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Path | None = None) -> dict:
     """One Engine over the already loaded model. ms_per_step is decode steps only (all rows active); the
     prefills are timed apart (they are eager in every mode)."""
     from torch._dynamo.utils import counters
@@ -220,7 +229,7 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str) -> dict:
         res["decoder_stats"] = dict(engine.decoder.stats)
         res["fused"], res["compiled"] = engine.decoder.fused, engine.decoder.compiled
         res["compile_scope"] = engine.decoder.compile_scope
-        res["kernels_per_step"] = kernels_per_step(engine, len(ids))
+        res["kernels_per_step"] = kernels_per_step(engine, len(ids), profile)
         res["compiles"] = counters["stats"]["unique_graphs"] - graphs_before
     del engine
     gc.collect()
@@ -248,6 +257,11 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--profile-dir",
+        default=None,
+        help="write each row's per-kernel table of one decode step to DIR/profile-<model>-<variant>.txt",
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
     work = Path(args.work or tempfile.mkdtemp(prefix="tuna-genbench-"))
@@ -278,7 +292,8 @@ def main() -> None:
             log(f"  {name} HF {r['hf_generate']}")
         model = load_model(str(d), "bfloat16", torch.device("cuda"))
         for v in variants:
-            r[f"tuna_{v}"] = bench_tuna(model, ids, slow if v in SLOW else args.new, v)
+            table = Path(args.profile_dir) / f"profile-{name}-{v}.txt" if args.profile_dir else None
+            r[f"tuna_{v}"] = bench_tuna(model, ids, slow if v in SLOW else args.new, v, table)
             log(f"  {name} tuna {v} {r[f'tuna_{v}']}")
         del model
         gc.collect()
