@@ -230,6 +230,20 @@ def run_engine(
     return p.returncode, events, p.stderr
 
 
+def random_cuda_model_dir(path: Path, cfg: dict[str, Any]) -> Path:
+    """A Qwen3 directory of `cfg`'s shape (e.g. QWEN3_0_6B) with transformers' random init, made on the GPU in
+    bf16 (GPU tests: speed and curves do not depend on the weights' values)."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(Qwen3Config(**cfg), dtype=torch.bfloat16)
+    model.save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    return path
+
+
 # Real Qwen3 architectures (config.json of Qwen/Qwen3-0.6B and Qwen/Qwen3-8B) for GPU tests with random weights.
 QWEN3_COMMON = dict(
     head_dim=128,

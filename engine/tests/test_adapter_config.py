@@ -38,7 +38,7 @@ def test_uneven_paths_are_refused_by_name(tmp_path: Path) -> None:
 
 
 def test_names_mixed_with_paths_are_refused(tmp_path: Path) -> None:
-    """"q_proj" means every layer, a path one layer: one (projections, layers) pair cannot say both."""
+    """ "q_proj" means every layer, a path one layer: one (projections, layers) pair cannot say both."""
     with pytest.raises(EngineError) as e:
         read_adapter_config(write(tmp_path, ["q_proj", "model.layers.0.mlp.up_proj"]))
     assert e.value.code == "ADAPTER_UNSUPPORTED"

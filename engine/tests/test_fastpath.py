@@ -159,8 +159,9 @@ def test_dora_and_dropout_take_the_exact_path() -> None:
     assert lin.fast_path(x, x[..., :8])  # no dropout at evaluation
 
 
-def model_step(model_dir: Path, dtype: str, mode: str, recompute: str = "none", offload: bool = False):
-    """Loss and adapter grads of one packed batch through our model (every adapter randomised, B ≠ 0)."""
+def lora_loss_and_grads(model_dir: Path, dtype: str, prepare) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and adapter grads of one packed batch through our model (every adapter randomised, B ≠ 0);
+    `prepare(model)` sets the path under test (lora_compute, recompute, offload, an FP8 base) before training."""
     model = load_model(str(model_dir), dtype, torch.device("cpu"), spec(r=4), seed=1)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -168,14 +169,20 @@ def model_step(model_dir: Path, dtype: str, mode: str, recompute: str = "none", 
             p.requires_grad_(".lora_" in n)
             if ".lora_B" in n:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    assert set_lora_compute(model, mode) == 14
-    model.recompute, model.offload_activations = recompute, offload
+    prepare(model)
     model.train()
-    samples = random_samples(5, seed=3)
-    batch = packed_batch(samples, per_row=2)
+    batch = packed_batch(random_samples(5, seed=3), per_row=2)
     loss = weighted_ce_sum(model, batch) / batch.loss_weight[:, 1:].sum()
     loss.backward()
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def model_step(model_dir: Path, dtype: str, mode: str, recompute: str = "none", offload: bool = False):
+    def prepare(model: llama.CausalLM) -> None:
+        assert set_lora_compute(model, mode) == 14
+        model.recompute, model.offload_activations = recompute, offload
+
+    return lora_loss_and_grads(model_dir, dtype, prepare)
 
 
 @pytest.fixture(scope="module")

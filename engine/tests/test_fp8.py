@@ -15,8 +15,7 @@ import pytest
 import torch
 from helpers import lora_method, make_hf_model, make_plan, random_samples, run_engine, write_plan, write_shard
 from safetensors import safe_open
-from test_fastpath import make_linears, run_group, spec
-from test_lora import packed_batch
+from test_fastpath import lora_loss_and_grads, make_linears, run_group
 
 from tuna_engine.errors import EngineError
 from tuna_engine.fp8 import (
@@ -30,9 +29,7 @@ from tuna_engine.fp8 import (
     scaled_mm,
 )
 from tuna_engine.lora import Linear, set_lora_compute
-from tuna_engine.models import load_model
 from tuna_engine.protocol import parse_train_plan
-from tuna_engine.train import weighted_ce_sum
 
 
 def nrel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -161,23 +158,15 @@ def test_qkv_group_outputs_and_grads_close_to_bf16() -> None:
 
 def model_grads(model_dir: Path, dtype: str, fp8: bool, recompute: str = "none"):
     """Loss and LoRA grads of one packed batch through the tiny model (adapters randomised, B ≠ 0)."""
-    model = load_model(str(model_dir), dtype, torch.device("cpu"), spec(r=4), seed=1)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.requires_grad_(".lora_" in n)
-            if ".lora_B" in n:
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    if fp8:
-        assert convert_to_fp8(model) == 14
-        assert not any(isinstance(m, Linear) and m.weight is not None for m in model.modules())
-    set_lora_compute(model, "auto")
-    model.recompute = recompute
-    model.train()
-    batch = packed_batch(random_samples(5, seed=3), per_row=2)
-    loss = weighted_ce_sum(model, batch) / batch.loss_weight[:, 1:].sum()
-    loss.backward()
-    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def prepare(model: torch.nn.Module) -> None:
+        if fp8:
+            assert convert_to_fp8(model) == 14
+            assert not any(isinstance(m, Linear) and m.weight is not None for m in model.modules())
+        set_lora_compute(model, "auto")
+        model.recompute = recompute
+
+    return lora_loss_and_grads(model_dir, dtype, prepare)
 
 
 @pytest.fixture(scope="module")

@@ -65,4 +65,3 @@ def test_ddp_where_fsdp_cannot_run(tmp_path: Path, qwen: Path) -> None:
     neox = tmp_path / "neox"
     make_neox(neox)
     assert distributed.choose_strategy(plan_for(tmp_path, neox), "cuda", 1) == "ddp"
-

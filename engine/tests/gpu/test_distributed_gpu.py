@@ -141,7 +141,9 @@ def test_200_steps_on_4_gpus_follow_1_gpu(tmp_path: Path) -> None:
             out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
             err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
             steps = [line for line in out.splitlines() if '"event": "step"' in line]
-            pytest.fail(f"{name}: timed out after {e.timeout} s at {len(steps)} steps; last: {steps[-2:]}\n{err[-3000:]}")
+            pytest.fail(
+                f"{name}: timed out after {e.timeout} s at {len(steps)} steps; last: {steps[-2:]}\n{err[-3000:]}"
+            )
         assert code == 0, err[-4000:]
         curves[name] = losses(events)
         if n == 4:

@@ -18,6 +18,7 @@ from helpers import (
     QWEN3_8B,
     greedy_packs,
     make_plan,
+    random_cuda_model_dir,
     random_samples,
     run_engine,
     write_plan,
@@ -27,22 +28,10 @@ from helpers import (
 pytestmark = pytest.mark.gpu
 
 
-def random_model_dir(path: Path, cfg: dict) -> Path:
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(Qwen3Config(**cfg), dtype=torch.bfloat16)
-    model.save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
-    return path
-
-
 def test_fast_path_loss_curve_equals_reference_over_200_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model_dir = random_model_dir(tmp_path / "m", QWEN3_0_6B)
+    model_dir = random_cuda_model_dir(tmp_path / "m", QWEN3_0_6B)
     # Support-transcript-like lengths, packed: several samples per row, so attention confinement matters.
     samples = random_samples(1600, vocab=151936, min_len=32, max_len=700, seed=5)
     shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
@@ -82,7 +71,7 @@ def test_8b_bf16_logits_match_transformers(tmp_path: Path) -> None:
 
     from tuna_engine.models import load_model
 
-    model_dir = random_model_dir(tmp_path / "m8b", QWEN3_8B)
+    model_dir = random_cuda_model_dir(tmp_path / "m8b", QWEN3_8B)
     dev = torch.device("cuda")
     ids = torch.randint(0, 151936, (1, 512), device=dev, generator=torch.Generator(dev).manual_seed(0))
 
@@ -198,7 +187,7 @@ def _bench_like_run(tmp_path: Path, model_dir: Path, shard: Path, name: str, **t
 def test_settings_same_losses_and_memory_order_on_0_6b(tmp_path: Path) -> None:
     """Qwen3-0.6B, 2 × 2048: lora_compute auto vs exact and every recompute/offload setting train to the
     same losses (bf16 noise), and peak memory orders none > mlp > full ≥ full+offload, auto < exact."""
-    model_dir = random_model_dir(tmp_path / "m", QWEN3_0_6B)
+    model_dir = random_cuda_model_dir(tmp_path / "m", QWEN3_0_6B)
     samples = random_samples(16, vocab=151936, min_len=2048, max_len=2048, seed=1)
     shard = write_shard(tmp_path / "t.safetensors", samples, max_length=2048)
     runs = {

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QWEN3_0_6B, greedy_packs, make_plan, random_samples, run_engine, write_plan, write_shard
+from helpers import (
+    QWEN3_0_6B,
+    greedy_packs,
+    make_plan,
+    random_cuda_model_dir,
+    random_samples,
+    run_engine,
+    write_plan,
+    write_shard,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -51,20 +60,8 @@ def test_fp8_linear_on_cuda(n: int, k: int, o: int, compiled: bool) -> None:
     assert nrel(y, ref_y) > 3 * nrel(x @ w.t(), ref_y)  # FP8 really ran
 
 
-def random_model_dir(path: Path, cfg: dict) -> Path:
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForCausalLM.from_config(Qwen3Config(**cfg), dtype=torch.bfloat16)
-    model.save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
-    return path
-
-
 def test_fp8_loss_curve_follows_bf16_over_50_steps_with_less_memory(tmp_path: Path) -> None:
-    model_dir = random_model_dir(tmp_path / "m", QWEN3_0_6B)
+    model_dir = random_cuda_model_dir(tmp_path / "m", QWEN3_0_6B)
     samples = random_samples(400, vocab=151936, min_len=32, max_len=700, seed=5)
     shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
 

@@ -32,7 +32,9 @@ def test_varlen_matches_sdpa(H: int, KV: int, D: int) -> None:
 
     out = llama.varlen_attention(q, k, v, llama.segments(sid))
     grads = torch.autograd.grad(out, (q, k, v), g)
-    ref = llama.attention(q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2), sid)
+    ref = llama.attention(
+        q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2), sid
+    )
     ref = ref.transpose(1, 2)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g.float())
 
