@@ -207,10 +207,9 @@ def _kernels(engine, rows: int) -> int:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def test_fused_and_compiled_decode_on_qwen3_0_6b_shapes(tmp_path):
-    """The fused layer and its torch.compile on CUDA (Qwen3-0.6B widths, 4 layers, bf16, batch 8, LoRA on half
-    the rows): graph = eager token for token with the fused layer; fused and compiled steps' logits match the
-    unfused step to bf16 rounding; the fused step launches fewer CUDA kernels; the compiled graphs are reused."""
+def _four_layer_0_6b_with_lora(tmp_path):
+    """The generate plan of a Qwen3-0.6B-wide model cut to 4 layers (bf16, random) with one random LoRA on every
+    linear projection, batch 8."""
     from peft import LoraConfig
 
     base = tmp_path / "base"
@@ -220,7 +219,14 @@ def test_fused_and_compiled_decode_on_qwen3_0_6b_shapes(tmp_path):
         tmp_path / "lora",
         LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
     )
-    p = parse_generate_plan(_bf16_plan(base, {"lora": tmp_path / "lora"}, 8))
+    return parse_generate_plan(_bf16_plan(base, {"lora": tmp_path / "lora"}, 8))
+
+
+def test_fused_and_compiled_decode_on_qwen3_0_6b_shapes(tmp_path):
+    """The fused layer and its torch.compile on CUDA (Qwen3-0.6B widths, 4 layers, bf16, batch 8, LoRA on half
+    the rows): graph = eager token for token with the fused layer; fused and compiled steps' logits match the
+    unfused step to bf16 rounding; the fused step launches fewer CUDA kernels; the compiled graphs are reused."""
+    p = _four_layer_0_6b_with_lora(tmp_path)
     g = torch.Generator().manual_seed(0)
     prompts = [
         torch.randint(0, 151_000, (int(n),), generator=g).tolist() for n in (3, 40, 17, 64, 1, 9, 33, 50)
@@ -316,16 +322,7 @@ def test_layer_compiled_graph_equals_layer_compiled_eager_on_qwen3_0_6b_shapes(t
     leaving, sampling): token for token the same compiled step run without CUDA graphs; one graph per (batch
     bucket, adapter rows or not) whatever the lengths (no key buckets), reused on a second run; and close to the
     uncompiled SDPA step (the share of equal tokens is printed: bf16 near-ties may flip)."""
-    from peft import LoraConfig
-
-    base = tmp_path / "base"
-    make_hf_model(base, "qwen3", seed=1, dtype=torch.bfloat16, **{**QWEN3_0_6B, "num_hidden_layers": 4})
-    _save_adapter(
-        base,
-        tmp_path / "lora",
-        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False),
-    )
-    p = parse_generate_plan(_bf16_plan(base, {"lora": tmp_path / "lora"}, 8))
+    p = _four_layer_0_6b_with_lora(tmp_path)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 151_000, (int(n),), generator=g).tolist() for n in (3, 300, 17, 64, 1, 9)]
 
