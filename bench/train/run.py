@@ -527,39 +527,25 @@ def main() -> None:
         if not args.skip_hf:
             r["hf_peft"] = bench_hf(model_dir, batch, seq, args.steps, args.warmup)
             log(f"  HF+PEFT {r['hf_peft']}")
+        common = (model_dir, batch, seq, args.steps, args.warmup, work)
         for v in args.variants.split(","):
             extra, env, lengths = variant(v)
             if args.profile_dir:
                 env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}-{v}.txt")
-            r[f"tuna_{v}"] = bench_tuna(
-                model_dir,
-                batch,
-                seq,
-                args.steps,
-                args.warmup,
-                work,
-                extra,
-                lengths,
-                env,
-                method=VARIANT_METHOD.get(v, "lora"),
-            )
+            r[f"tuna_{v}"] = bench_tuna(*common, extra, lengths, env, method=VARIANT_METHOD.get(v, "lora"))
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
         for n in [int(g) for g in args.gpus.split(",") if int(g) > 1]:
             sv = args.scaling_variant
             key = f"tuna_{sv}_{n}gpu"
             extra, env, lengths = variant(sv)
             r[key] = bench_tuna(
-                model_dir,
-                batch,
-                seq,
-                args.steps,
-                args.warmup,
-                work,
+                *common,
                 extra,
                 lengths,
                 env,
                 gpus=n,
                 strategy=args.strategy,
+                method=VARIANT_METHOD.get(sv, "lora"),
             )
             base = r.get(f"tuna_{sv}", {})
             if "tokens_per_s" in r[key] and "tokens_per_s" in base:
