@@ -15,7 +15,8 @@ reference, eager) decode --slow-new tokens (32) instead of 256 to keep the run s
 hardly depends on the context length at these sizes. graph/graph_unfused capture every bucket's graph before
 timing; the compiled rows capture only the batch-16 bucket's graphs (each batch bucket would be more compiles).
 kernels_per_step: CUDA kernels one decode step launches, counted by torch.profiler on an eager run of the step;
-compiles: graphs dynamo compiled for the row (torch._dynamo counters).
+compiles: graphs dynamo compiled for the row (torch._dynamo counters). --profile-dir DIR writes each row's
+per-kernel table of that profiled step (device time and calls, slowest first) to DIR/profile-<model>-<variant>.txt.
 
     PYTHONPATH=engine python bench/generate/run.py --models qwen3-0.6b,qwen3-8b --out /tmp/gen.json
 """

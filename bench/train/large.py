@@ -16,6 +16,9 @@
 
 Budget: ~105 GB of disk under --work and ~5 minutes on a 4×H100 box (disk writes at 1–2 GB/s dominate: ~1–2
 min; each run loads for ~20–40 s and trains --warmup + --steps steps). --write-only just writes the directories.
+
+Issue 5's one-card row: `--runs qwen3-32b-qlora --gpus 1` (Qwen3-32B QLoRA, peak memory against the ≤ 22 GiB
+target); `--settings '{"optimizer": "adamw8bit"}'` merges settings into every plan's train section.
 """
 
 from __future__ import annotations
@@ -223,7 +226,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=420, help="seconds per engine run")
     ap.add_argument(
         "--settings",
-        default="{}",
+        type=json.loads,
+        default={},
         help='JSON merged into every plan\'s train section, e.g. \'{"optimizer": "adamw8bit"}\'',
     )
     ap.add_argument("--write-only", action="store_true")
@@ -271,7 +275,7 @@ def main() -> None:
                 args.warmup,
                 args.timeout,
                 args.device,
-                json.loads(args.settings),
+                args.settings,
             )
             if "tokens_per_s" in r:
                 r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / (peak * 1e12 * args.gpus)
