@@ -1,40 +1,77 @@
 // The machine's own ceiling for two threads: a pure-CPU loop (FNV hashing into a 256 KB table) run by one worker,
-// then split over two, six rounds. What the tokenizer pool (pool-check.mjs) can hope for on this box.
-//   node bench/tokenizer/cpu-ceiling.mjs
+// then split over two, six rounds. What the tokenizer pool (pool-check.mjs) can hope for on this box. Two splits:
+// "static" gives each worker half the loop; "shared" cuts it into 256 pieces that the workers take from a shared
+// counter as they come free (like the pool's work stealing), so a worker that runs slower for a while does less.
+//   node bench/tokenizer/cpu-ceiling.mjs [--rounds 6] [--n 4e8]
+// pool-check.mjs --ceiling imports ceilingWorkers() and runs a ceiling round next to each tokenizer round.
 import { isMainThread, parentPort, Worker } from "node:worker_threads";
 
-function work(n) {
+// `a`: one table a message, not one a call: the shared split calls work() 256 times a round, and a fresh 256 KB
+// array each time (mmap, page faults, GC) would be work the static split does not do.
+function work(n, a) {
   let h = 2166136261 >>> 0;
-  const a = new Uint32Array(1 << 16);
   for (let i = 0; i < n; i++) {
     h = Math.imul(h ^ (i & 255), 16777619) >>> 0;
     a[h & 65535] += h;
   }
   return h + a[7];
 }
-if (!isMainThread) {
-  parentPort.on("message", (n) => parentPort.postMessage(work(n)));
-} else {
-  const N = 4e8;
+
+if (!isMainThread && parentPort) {
+  parentPort.on("message", (m) => {
+    const a = new Uint32Array(1 << 16);
+    if (typeof m === "number") return parentPort.postMessage(work(m, a));
+    // Shared: take pieces of m.piece iterations until m.pieces are taken.
+    const next = new Int32Array(m.sab);
+    let h = 0;
+    while (Atomics.add(next, 0, 1) < m.pieces) h += work(m.piece, a);
+    parentPort.postMessage(h);
+  });
+}
+
+/** Two ceiling workers; round(n) times n iterations on one worker, then split over both (static and shared). */
+export async function ceilingWorkers() {
   const ws = [0, 1].map(() => new Worker(new URL(import.meta.url)));
-  const run = (w, n) =>
+  const run = (w, m) =>
     new Promise((r) => {
       w.once("message", r);
-      w.postMessage(n);
+      w.postMessage(m);
     });
   await Promise.all(ws.map((w) => run(w, 1e7)));
-  const ratios = [];
-  for (let round = 0; round < 6; round++) {
-    let t = performance.now();
-    await run(ws[0], N);
-    const one = performance.now() - t;
-    t = performance.now();
-    await Promise.all(ws.map((w) => run(w, N / 2)));
-    const two = performance.now() - t;
-    ratios.push(one / two);
-    console.log(`1 worker ${one.toFixed(0)} ms, 2 workers ${two.toFixed(0)} ms: ${(one / two).toFixed(2)}x`);
+  const time = async (f) => {
+    const t = performance.now();
+    await f();
+    return performance.now() - t;
+  };
+  return {
+    async round(n) {
+      const one = await time(() => run(ws[0], n));
+      const half = await time(() => Promise.all(ws.map((w) => run(w, n / 2))));
+      const sab = new SharedArrayBuffer(4);
+      const shared = await time(() => Promise.all(ws.map((w) => run(w, { sab, pieces: 256, piece: n / 256 }))));
+      return { one, static: one / half, shared: one / shared };
+    },
+    close: () => Promise.all(ws.map((w) => w.terminate())),
+  };
+}
+
+if (isMainThread && process.argv[1] === new URL(import.meta.url).pathname) {
+  const arg = (name, dflt) => {
+    const i = process.argv.indexOf(name);
+    return i >= 0 ? Number(process.argv[i + 1]) : dflt;
+  };
+  const rounds = arg("--rounds", 6);
+  const n = arg("--n", 4e8);
+  const c = await ceilingWorkers();
+  const rows = [];
+  for (let r = 0; r < rounds; r++) {
+    const x = await c.round(n);
+    rows.push(x);
+    console.log(`1 worker ${x.one.toFixed(0)} ms; 2 workers: static ${x.static.toFixed(2)}x, shared ${x.shared.toFixed(2)}x`);
   }
-  ratios.sort((a, b) => a - b);
-  console.log("median", ratios[3].toFixed(2));
-  process.exit(0);
+  const med = (xs) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
+  console.log(
+    `median static ${med(rows.map((x) => x.static)).toFixed(2)}x, shared ${med(rows.map((x) => x.shared)).toFixed(2)}x`,
+  );
+  await c.close();
 }

