@@ -48,6 +48,7 @@ into the request's slot.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -55,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import argmax as _argmax_op  # noqa: F401  (defines tuna::argmax_rows)
+from .kernels import skinny_gemm
 from .kernels.decode_attn import decode_attention as _register_op  # noqa: F401  (defines tuna::decode_attention)
 from .kernels.decode_attn import default_splits
 from .models.llama import CausalLM, rotate_half
@@ -182,6 +185,40 @@ class _Sel(NamedTuple):
     down: torch.Tensor | None
 
 
+class Kernels(NamedTuple):
+    """Hand-written kernels the compile-scope-"layer" step may use instead of what Inductor and cuBLAS make
+    (issue 7's 0.6B step; each switchable for A/B runs, all off = the baseline path). Static per compiled graph.
+      gemm:   the four projections through tuna::skinny_linear (kernels/skinny_gemm.py) instead of cuBLAS.
+      silu:   SiLU(gate)·up as the down projection's prologue (tuna::skinny_silu_linear): one kernel fewer.
+      norm:   the residual add + RMSNorm as the qkv and gate/up projections' prologue, o's residual add as its
+              epilogue (tuna::skinny_add_norm_linear, skinny_norm_linear, skinny_linear + residual): two fewer.
+      argmax: the head's greedy ids by tuna::argmax_rows (kernels/argmax.py) instead of Inductor's reduction.
+    A group with adapter rows in the step keeps its eager form (the LoRA delta needs the base output and the
+    normed input apart), as does a group with a bias or a batch over skinny_gemm.MAX_M rows."""
+
+    gemm: bool = False
+    silu: bool = False
+    norm: bool = False
+    argmax: bool = False
+
+    @staticmethod
+    def parse(spec: str | None) -> Kernels:
+        """ "gemm,silu,norm,argmax" (any subset; "all"; "" or None = none) → Kernels."""
+        names = {n.strip() for n in (spec or "").split(",") if n.strip()}
+        if "all" in names:
+            names = (names - {"all"}) | set(Kernels._fields)
+        unknown = names - set(Kernels._fields)
+        if unknown:
+            raise ValueError(
+                f"decode kernels: unknown {sorted(unknown)} in {spec!r}; expected some of "
+                f"{', '.join(Kernels._fields)} or all"
+            )
+        return Kernels(**{n: True for n in names})
+
+
+NO_KERNELS = Kernels()
+
+
 def _fnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """_norm in 2 ops: F.rms_norm on a 16-bit input computes in fp32 and rounds once, the same numbers as the
     explicit x.float() … .to(x.dtype) (bitwise on CPU, tested), without the two casts."""
@@ -189,10 +226,18 @@ def _fnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _group_forward(
-    g: _Group, x: torch.Tensor, sel: torch.Tensor | None, scale: torch.Tensor, aidx: torch.Tensor
+    g: _Group,
+    x: torch.Tensor,
+    sel: torch.Tensor | None,
+    scale: torch.Tensor,
+    aidx: torch.Tensor,
+    skinny: bool = False,
 ) -> torch.Tensor:
-    """Decoder._proj's math for a whole group at once."""
-    result = F.linear(x, g.weight, g.bias)
+    """Decoder._proj's math for a whole group at once (`skinny`: the base product by tuna::skinny_linear)."""
+    if skinny and g.bias is None and skinny_gemm.usable(x, g.weight):
+        result = torch.ops.tuna.skinny_linear(x, g.weight)
+    else:
+        result = F.linear(x, g.weight, g.bias)
     if sel is None or g.A is None or g.B is None:
         return result
     lora_result = ((x.float() @ g.A.T) * sel) @ g.B.T
@@ -260,6 +305,7 @@ def _decode_layer(
     heads: tuple[int, int, int],
     eps: float,
     n_split: int,
+    kern: Kernels = NO_KERNELS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One whole decoder layer of a decode step (compile scope "layer": one compiled graph shared by every
     layer). x [B, 1, C] is the residual stream before the previous layer's MLP output d [B, 1, C] is added: the
@@ -269,9 +315,13 @@ def _decode_layer(
     that Inductor fuses with q/k norm and rotary); attention is tuna::decode_attention over keys 0..pos[b]."""
     H, KV, D = heads
     B = x.shape[0]
-    x = x + d
-    h = _fnorm(x, w.ln1, eps)
-    qkv = _group_forward(w.qkv, h, sel.qkv, scale, aidx).view(B, H + 2 * KV, D)
+    if _fuse(kern.norm, w.qkv, sel.qkv, x):  # x + d and the norm inside the qkv kernel
+        qkv, x = torch.ops.tuna.skinny_add_norm_linear(x, d, w.ln1, eps, w.qkv.weight)
+        qkv = qkv.view(B, H + 2 * KV, D)
+    else:
+        x = x + d
+        h = _fnorm(x, w.ln1, eps)
+        qkv = _group_forward(w.qkv, h, sel.qkv, scale, aidx, kern.gemm).view(B, H + 2 * KV, D)
     qk, v = qkv[:, : H + KV], qkv[:, H + KV :]
     if w.qk_norm is not None:
         qk = _fnorm(qk, w.qk_norm, eps)
@@ -282,19 +332,42 @@ def _decode_layer(
     ck.index_put_((rows, kv_heads, pos[:, None]), qk[:, H:])  # [B, KV, D] at (b, h, pos[b])
     cv.index_put_((rows, kv_heads, pos[:, None]), v)
     y = torch.ops.tuna.decode_attention(qk[:, :H], ck, cv, pos, n_split)  # [B, H, D]
-    x = x + _group_forward(w.o, y.reshape(B, 1, H * D), sel.o, scale, aidx)
-    h = _fnorm(x, w.ln2, eps)
-    gu = _group_forward(w.gate_up, h, sel.gate_up, scale, aidx)
+    y = y.reshape(B, 1, H * D)
+    if _fuse(kern.norm, w.o, sel.o, y):  # the residual add as the o kernel's epilogue
+        x = torch.ops.tuna.skinny_linear(y, w.o.weight, x)
+    else:
+        x = x + _group_forward(w.o, y, sel.o, scale, aidx, kern.gemm)
+    if _fuse(kern.norm, w.gate_up, sel.gate_up, x):
+        gu = torch.ops.tuna.skinny_norm_linear(x, w.ln2, eps, w.gate_up.weight)
+    else:
+        h = _fnorm(x, w.ln2, eps)
+        gu = _group_forward(w.gate_up, h, sel.gate_up, scale, aidx, kern.gemm)
+    if _fuse(kern.silu, w.down, sel.down, gu):  # SiLU(gate)·up as the down kernel's prologue
+        return x, torch.ops.tuna.skinny_silu_linear(gu, w.down.weight)
     inter = gu.shape[-1] // 2
-    return x, _group_forward(w.down, F.silu(gu[..., :inter]) * gu[..., inter:], sel.down, scale, aidx)
+    return x, _group_forward(
+        w.down, F.silu(gu[..., :inter]) * gu[..., inter:], sel.down, scale, aidx, kern.gemm
+    )
+
+
+def _fuse(on: bool, g: _Group, sel: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """Whether a fused skinny kernel takes group g this step: switched on, no adapter row (the LoRA delta needs
+    the base output and the kernel's input apart), no bias, a batch the kernel takes (static per graph)."""
+    return on and sel is None and g.bias is None and skinny_gemm.usable(x, g.weight)
 
 
 def _decode_head(
-    x: torch.Tensor, d: torch.Tensor, norm_w: torch.Tensor, out_w: torch.Tensor, eps: float
+    x: torch.Tensor,
+    d: torch.Tensor,
+    norm_w: torch.Tensor,
+    out_w: torch.Tensor,
+    eps: float,
+    argmax_op: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last layer's residual add, the final norm, the lm head: logits fp32 [B, vocab] and greedy ids [B]."""
+    """The last layer's residual add, the final norm, the lm head: logits fp32 [B, vocab] and greedy ids [B]
+    (`argmax_op`: by tuna::argmax_rows, the same ids as torch.argmax)."""
     logits = F.linear(_fnorm((x + d)[:, -1], norm_w, eps), out_w).float()
-    return logits, logits.argmax(-1)
+    return logits, torch.ops.tuna.argmax_rows(logits) if argmax_op else logits.argmax(-1)
 
 
 def _fusable(modules: list[nn.Module]) -> bool:
@@ -378,6 +451,7 @@ class Decoder:
         key_block: int = KEY_BLOCK,
         fused: bool = True,
         compile: bool | str = False,
+        kernels: Kernels | str | None = None,
     ) -> None:
         self.model, c = model, model.config
         self.c = c
@@ -421,6 +495,10 @@ class Decoder:
         # layer (plus the final norm + lm head); "regions": the two regions around an eager attention (before).
         self.compile_scope: str | None = scopes[compile] if self.fused else None
         self.compiled = self.compile_scope is not None
+        # Hand-written kernels for the scope-"layer" step (Kernels; default TUNA_DECODE_KERNELS, else none).
+        if kernels is None or isinstance(kernels, str):
+            kernels = Kernels.parse(os.environ.get("TUNA_DECODE_KERNELS") if kernels is None else kernels)
+        self.kernels = kernels if self.compile_scope == "layer" else Kernels()
         self._zero = torch.zeros(1, dtype=torch.long, device=dev)
         out_w = model.output_weight
         self._head_w = out_w if out_w.is_floating_point() and out_w.dim() == 2 else None
@@ -639,13 +717,13 @@ class Decoder:
             sel = _Sel(*(None if rows is None or g.owner is None else rows.select(g.owner) for g in w[3:]))
             x, d = self._layer(
                 x, d, w, sel, scale, aidx, self.k[li], self.v[li], pos, self.cos, self.sin_pm, self.perm,
-                heads, self.eps, n_split,
+                heads, self.eps, n_split, self.kernels,
             )  # fmt: skip
         norm = self.model.model.norm
         if self._head_w is not None and getattr(norm, "eps", None) == self.eps:
-            return self._head(x, d, norm.weight, self._head_w, self.eps)
+            return self._head(x, d, norm.weight, self._head_w, self.eps, self.kernels.argmax)
         logits = self.model.logits(_norm(norm, (x + d)[:, -1])).float()
-        return logits, logits.argmax(-1)
+        return logits, torch.ops.tuna.argmax_rows(logits) if self.kernels.argmax else logits.argmax(-1)
 
     def _capture(self, key: tuple[int, int, bool]) -> _Graph:
         # Warm up on a side stream (cuBLAS handles, Triton compiles, allocator), then capture into the pool
