@@ -162,6 +162,38 @@ def test_two_process_checkpoint_resumes_on_two_processes(runs: dict[str, Any]) -
     assert losses(events) == pytest.approx(losses(runs["one"]["events"])[2:], abs=1e-5)
 
 
+def test_two_nodes_of_one_process_reproduce_two_processes_on_one_node(runs: dict[str, Any]) -> None:
+    """Multi-node as `tuna train --gpus 1 --nnodes 2 --node-rank 0|1 --master-addr … --master-port …` launches it
+    (src/engine/runner.ts): two torchrun launchers on 127.0.0.1, one process each, static rendezvous on the
+    master's port. World size 2 again, so the curve is the one-node 2-process run's; only global rank 0 (node 0)
+    speaks the event protocol."""
+    plan = make_plan(runs["tmp"] / "nodes", runs["model"], [runs["shard"]], max_steps=4)
+    plan["distributed"] = {"strategy": "fsdp", "gpus": 1, "nnodes": 2}
+    path = write_plan(plan)
+    port = free_port()
+    launchers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=1", "--nnodes=2"]
+            + [f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}"]
+            + ["-m", "tuna_engine", "train", "--plan", str(path)],
+            cwd=REPO_ROOT,
+            env=engine_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outs = [p.communicate(timeout=180) for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], [o[1][-3000:] for o in outs]
+    events = [[json.loads(line) for line in o[0].splitlines() if line.startswith("{")] for o in outs]
+    assert events[1] == []  # node 1 holds global rank 1: silent
+    start = next(e for e in events[0] if e["event"] == "start")
+    assert start["world_size"] == 2
+    assert losses(events[0]) == pytest.approx(losses(runs["two"]["events"]), abs=1e-5)
+    assert len(losses(events[0])) == 4
+
+
 def test_error_on_rank_1_surfaces_with_its_message(runs: dict[str, Any]) -> None:
     """Rank 1 fails in step 2 (its forward raises); torchrun stops rank 0, whose error event is rank 1's."""
     plan = make_plan(runs["tmp"] / "fail", runs["model"], [runs["shard"]], max_steps=4)
