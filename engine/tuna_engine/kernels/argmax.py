@@ -7,11 +7,13 @@ a few SMs busy); here the columns are cut into chunks so that B × chunks progra
 
 Two kernels: (1) one program per (row, chunk of CHUNK columns) stores the chunk's maximum, the first column
 holding it and the first NaN column (V if none); (2) one program per row reduces its chunks in order: the first
-NaN if any, else the greatest maximum, the earliest chunk on ties (its column is the smallest). Other devices
-and CPU: torch.argmax (the reference the kernels are tested against under TRITON_INTERPRET=1).
+NaN if any, else the greatest maximum, the earliest chunk on ties (its column is the smallest). Other devices:
+torch.argmax (the reference); under TRITON_INTERPRET=1 the op runs the kernels on CPU tensors too.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -80,7 +82,7 @@ def argmax_triton(x: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
 @torch.library.custom_op("tuna::argmax_rows", mutates_args=())
 def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     """x [B, V] → long [B], torch.argmax(x, -1)."""
-    if x.is_cuda and triton is not None and x.dim() == 2:
+    if triton is not None and x.dim() == 2 and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return argmax_triton(x)
     return x.argmax(-1)
 

@@ -28,7 +28,8 @@ What is notable:
   - Fixed configs (no autotuning at run time: `tuna chat` start-up matters): CONFIGS for measured shapes, else
     `heuristic_config`. bench/generate/skinny.py times configs against cuBLAS on the card.
   - Devices: CUDA runs the Triton kernel; other devices run the torch reference (F.linear and eager ops), which
-    is also what the interpreted kernel is tested against on CPU (TRITON_INTERPRET=1).
+    is also what the interpreted kernel is tested against on CPU (TRITON_INTERPRET=1, under which the ops run the
+    kernel on CPU tensors too: the CPU tests decode through it).
 """
 
 from __future__ import annotations
@@ -322,14 +323,18 @@ def skinny_triton(
 
 
 def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether the kernel takes this call: a CUDA 16-bit weight, at most MAX_M rows (a static shape: decided
-    once per compiled graph)."""
-    rows = x.numel() // x.shape[-1]
-    return w.is_cuda and w.dtype in (torch.bfloat16, torch.float16) and w.dim() == 2 and rows <= MAX_M
+    """Whether the kernel takes this call: a 2-D weight and at most MAX_M rows (static shapes: decided once per
+    compiled graph). Which implementation runs is the op's choice (`_triton_here`)."""
+    return w.dim() == 2 and w.is_floating_point() and x.numel() // x.shape[-1] <= MAX_M
+
+
+def _triton_here(x: torch.Tensor) -> bool:
+    """CUDA tensors run the kernel; CPU ones too under TRITON_INTERPRET=1 (the CPU tests); else the reference."""
+    return triton is not None and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def _run(x, w, prologue=PLAIN, residual=None, d=None, norm_w=None, eps=0.0):  # noqa: ANN001, ANN202
-    if x.is_cuda and triton is not None and usable(x, w):
+    if _triton_here(x) and usable(x, w):
         return skinny_triton(x, w, prologue, residual, d, norm_w, eps)
     return reference(x, w, prologue, residual, d, norm_w, eps)
 
