@@ -9,7 +9,11 @@ the path before the fused layer), `graph` (graphs + fused layer, uncompiled), `g
 layer with the two regions around an eager SDPA attention through torch.compile, compile scope "regions": 2
 compiles per model here, the batch-16 bucket's two regions), `graph_layer` (the default on CUDA: graphs + the
 whole layer as one compiled graph with the Triton tuna::decode_attention and the cache writes inside, plus the
-compiled head, compile scope "layer": 2 compiles per model here, and one graph for every length). ms/step for
+compiled head, compile scope "layer": 2 compiles per model here, and one graph for every length); then
+graph_layer with issue 7's hand-written kernels (decode.Kernels, TUNA_DECODE_KERNELS), one more each row:
+`layer_argmax` (the head's two-stage argmax), `layer_gemm` (+ the four projections by the Triton skinny GEMM),
+`layer_silu` (+ SiLU·up as the down GEMM's prologue), `layer_all` (+ residual add and RMSNorm as the qkv and
+gate/up GEMMs' prologues, o's residual add as its epilogue). ms/step for
 Tuna is decode steps only (prefills are eager in every mode and timed apart). The launch-bound rows (HF,
 reference, eager) decode --slow-new tokens (32) instead of 256 to keep the run short; their per-step time
 hardly depends on the context length at these sizes. graph/graph_unfused capture every bucket's graph before
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import tempfile
 import time
@@ -74,7 +79,9 @@ def prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
 def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16, device_map="cuda"
+    ).eval()
     x = torch.tensor(ids, device="cuda")
     kw = {
         "do_sample": False,
@@ -146,14 +153,39 @@ def _run(
     return out, t1 - t0, time.perf_counter() - t1, steps
 
 
-# variant -> (TUNA_GENERATE_MODE, fused, compile)
-VARIANTS: dict[str, tuple[str, bool, bool | str]] = {
-    "reference": ("reference", False, False),
-    "eager": ("eager", True, False),
-    "graph_unfused": ("graph", False, False),
-    "graph": ("graph", True, False),
-    "graph_compile": ("graph", True, "regions"),
-    "graph_layer": ("graph", True, "layer"),
+# variant -> (TUNA_GENERATE_MODE, fused, compile, decode kernels: decode.Kernels.parse)
+VARIANTS: dict[str, tuple[str, bool, bool | str, str]] = {
+    "reference": ("reference", False, False, ""),
+    "eager": ("eager", True, False, ""),
+    "graph_unfused": ("graph", False, False, ""),
+    "graph": ("graph", True, False, ""),
+    "graph_compile": ("graph", True, "regions", ""),
+    "graph_layer": ("graph", True, "layer", ""),
+    # graph_layer plus issue 7's hand-written kernels (decode.Kernels), each step of the way:
+    "layer_argmax": (
+        "graph",
+        True,
+        "layer",
+        "argmax",
+    ),  # the head's two-stage argmax only
+    "layer_gemm": (
+        "graph",
+        True,
+        "layer",
+        "gemm,argmax",
+    ),  # + the four projections by the skinny GEMM
+    "layer_silu": (
+        "graph",
+        True,
+        "layer",
+        "gemm,silu,argmax",
+    ),  # + SiLU·up inside the down GEMM
+    "layer_all": (
+        "graph",
+        True,
+        "layer",
+        "gemm,silu,norm,argmax",
+    ),  # + norms / residual adds inside the GEMMs
 }
 SLOW = {"reference", "eager"}
 
@@ -167,29 +199,40 @@ def kernels_per_step(engine: Engine, batch: int, table: Path | None = None) -> i
     dec = engine.decoder
     assert dec is not None
     dec.inputs.zero_()
-    dec._step(batch, dec.key_bucket(1), False)  # warm (compiled regions compile here if not yet)
+    dec._step(
+        batch, dec.key_bucket(1), False
+    )  # warm (compiled regions compile here if not yet)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         dec._step(batch, dec.key_bucket(1), False)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [
+        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+    ]
     if table is not None:
         busy_ms = sum(e.device_time for e in kernels) / 1000
         table.write_text(
             f"{len(kernels)} kernels, {busy_ms:.3f} ms of summed device time in one decode step\n\n"
-            + prof.key_averages().table(sort_by="device_time_total", row_limit=60, max_name_column_width=90)
+            + prof.key_averages().table(
+                sort_by="device_time_total", row_limit=60, max_name_column_width=90
+            )
         )
     return len(kernels)
 
 
-def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Path | None = None) -> dict:
+def bench_tuna(
+    model, ids: list[list[int]], new: int, variant: str, profile: Path | None = None
+) -> dict:
     """One Engine over the already loaded model. ms_per_step is decode steps only (all rows active); the
     prefills are timed apart (they are eager in every mode)."""
     from torch._dynamo.utils import counters
 
-    mode, fused, compiled = VARIANTS[variant]
+    mode, fused, compiled, kernels = VARIANTS[variant]
     graphs_before = counters["stats"]["unique_graphs"]
     t = time.perf_counter()
+    os.environ["TUNA_DECODE_KERNELS"] = (
+        kernels  # read by decode.Decoder when the Engine builds it
+    )
     engine = Engine(
         model,
         {},
@@ -201,16 +244,23 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Pat
     )
     dec = engine.decoder
     if dec is not None and dec.use_graphs:
-        if compiled:  # only the full batch's bucket: each batch bucket is 2 more compiles
+        if (
+            compiled
+        ):  # only the full batch's bucket: each batch bucket is 2 more compiles
             cap = dec.capacity
             for S in sorted(
-                {dec.graph_S(dec.key_bucket(n)) for n in range(1, cap + 1, dec.key_block)}
+                {
+                    dec.graph_S(dec.key_bucket(n))
+                    for n in range(1, cap + 1, dec.key_block)
+                }
                 | {dec.graph_S(dec.key_bucket(cap))}
             ):
                 dec._capture((bucket_for(len(ids), dec.buckets), S, False))
         else:
             dec.capture_all()
-        log(f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s")
+        log(
+            f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s"
+        )
     _run(engine, ids, min(new, 8), "w")  # warm-up
     setup_s = time.perf_counter() - t
     out, prefill_s, decode_s, steps = _run(engine, ids, new, "r")
@@ -230,6 +280,9 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Pat
         res["decoder_stats"] = dict(engine.decoder.stats)
         res["fused"], res["compiled"] = engine.decoder.fused, engine.decoder.compiled
         res["compile_scope"] = engine.decoder.compile_scope
+        res["kernels"] = ",".join(
+            k for k, on in engine.decoder.kernels._asdict().items() if on
+        )
         res["kernels_per_step"] = kernels_per_step(engine, len(ids), profile)
         res["compiles"] = counters["stats"]["unique_graphs"] - graphs_before
     del engine
@@ -239,7 +292,9 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Pat
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128)
@@ -271,20 +326,26 @@ def main() -> None:
         "card": torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
         "copy_GBps": bw,
-        "settings": {k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")},
+        "settings": {
+            k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")
+        },
         "models": {},
     }
     log(f"{res['card']}: copy bandwidth {bw:.0f} GB/s")
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        ap.error(f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}")
+        ap.error(
+            f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
+        )
     rows = ([] if args.skip_hf else ["hf_generate"]) + [f"tuna_{m}" for m in variants]
     for name in args.models.split(","):
         d = make_model_dir(name, work)
         cfg = json.loads((d / "config.json").read_text())
         nbytes = sum(f.stat().st_size for f in d.glob("*.safetensors"))
-        floor_ms = nbytes / (bw * 1e9 / 2) * 1000  # reading once = half of a copy's traffic
+        floor_ms = (
+            nbytes / (bw * 1e9 / 2) * 1000
+        )  # reading once = half of a copy's traffic
         ids = prompts(args.batch, args.prompt, cfg["vocab_size"])
         slow = min(args.new, args.slow_new)
         r: dict = {"weight_bytes": nbytes, "floor_ms_per_step": floor_ms}
@@ -293,8 +354,14 @@ def main() -> None:
             log(f"  {name} HF {r['hf_generate']}")
         model = load_model(str(d), "bfloat16", torch.device("cuda"))
         for v in variants:
-            table = Path(args.profile_dir) / f"profile-{name}-{v}.txt" if args.profile_dir else None
-            r[f"tuna_{v}"] = bench_tuna(model, ids, slow if v in SLOW else args.new, v, table)
+            table = (
+                Path(args.profile_dir) / f"profile-{name}-{v}.txt"
+                if args.profile_dir
+                else None
+            )
+            r[f"tuna_{v}"] = bench_tuna(
+                model, ids, slow if v in SLOW else args.new, v, table
+            )
             log(f"  {name} tuna {v} {r[f'tuna_{v}']}")
         del model
         gc.collect()
@@ -302,16 +369,34 @@ def main() -> None:
         for k in rows:
             r[k]["step_over_floor"] = r[k]["ms_per_step"] / floor_ms
             if "hf_generate" in r:
-                r[k]["speedup_vs_hf"] = r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
+                r[k]["speedup_vs_hf"] = (
+                    r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
+                )
         if "tuna_graph" in r and "tuna_eager" in r:
-            r["graph_first_row_equals_eager"] = r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
+            r["graph_first_row_equals_eager"] = (
+                r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
+            )
         for other in ("tuna_graph_unfused", "tuna_graph_compile", "tuna_graph_layer"):
             if "tuna_graph" in r and other in r:
                 r[f"graph_first_row_equals_{other[5:]}"] = (
                     r["tuna_graph"]["first_row"] == r[other]["first_row"]
                 )
+        for other in (
+            "tuna_layer_argmax",
+            "tuna_layer_gemm",
+            "tuna_layer_silu",
+            "tuna_layer_all",
+        ):
+            if (
+                "tuna_graph_layer" in r and other in r
+            ):  # bf16: a near-tie may flip with another GEMM's rounding
+                r[f"graph_layer_first_row_equals_{other[5:]}"] = (
+                    r["tuna_graph_layer"]["first_row"] == r[other]["first_row"]
+                )
         if "tuna_graph" in r and "hf_generate" in r:
-            r["graph_first_row_equals_hf"] = r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
+            r["graph_first_row_equals_hf"] = (
+                r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
+            )
         res["models"][name] = r
     res["wall_s"] = time.perf_counter() - t_start
     print(
