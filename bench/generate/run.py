@@ -79,9 +79,7 @@ def prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
 def bench_hf(model_dir: Path, ids: list[list[int]], new: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16, device_map="cuda"
-    ).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda").eval()
     x = torch.tensor(ids, device="cuda")
     kw = {
         "do_sample": False,
@@ -161,31 +159,13 @@ VARIANTS: dict[str, tuple[str, bool, bool | str, str]] = {
     "graph": ("graph", True, False, ""),
     "graph_compile": ("graph", True, "regions", ""),
     "graph_layer": ("graph", True, "layer", ""),
-    # graph_layer plus issue 7's hand-written kernels (decode.Kernels), each step of the way:
-    "layer_argmax": (
-        "graph",
-        True,
-        "layer",
-        "argmax",
-    ),  # the head's two-stage argmax only
-    "layer_gemm": (
-        "graph",
-        True,
-        "layer",
-        "gemm,argmax",
-    ),  # + the four projections by the skinny GEMM
-    "layer_silu": (
-        "graph",
-        True,
-        "layer",
-        "gemm,silu,argmax",
-    ),  # + SiLU·up inside the down GEMM
-    "layer_all": (
-        "graph",
-        True,
-        "layer",
-        "gemm,silu,norm,argmax",
-    ),  # + norms / residual adds inside the GEMMs
+    # graph_layer plus issue 7's hand-written kernels (decode.Kernels), one more each row: the head's two-stage
+    # argmax; + the four projections by the skinny GEMM; + SiLU·up inside the down GEMM; + the norms and residual
+    # adds inside the GEMMs.
+    "layer_argmax": ("graph", True, "layer", "argmax"),
+    "layer_gemm": ("graph", True, "layer", "gemm,argmax"),
+    "layer_silu": ("graph", True, "layer", "gemm,silu,argmax"),
+    "layer_all": ("graph", True, "layer", "gemm,silu,norm,argmax"),
 }
 SLOW = {"reference", "eager"}
 
@@ -199,30 +179,22 @@ def kernels_per_step(engine: Engine, batch: int, table: Path | None = None) -> i
     dec = engine.decoder
     assert dec is not None
     dec.inputs.zero_()
-    dec._step(
-        batch, dec.key_bucket(1), False
-    )  # warm (compiled regions compile here if not yet)
+    dec._step(batch, dec.key_bucket(1), False)  # warm (compiled regions compile here if not yet)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         dec._step(batch, dec.key_bucket(1), False)
         torch.cuda.synchronize()
-    kernels = [
-        e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-    ]
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     if table is not None:
         busy_ms = sum(e.device_time for e in kernels) / 1000
         table.write_text(
             f"{len(kernels)} kernels, {busy_ms:.3f} ms of summed device time in one decode step\n\n"
-            + prof.key_averages().table(
-                sort_by="device_time_total", row_limit=60, max_name_column_width=90
-            )
+            + prof.key_averages().table(sort_by="device_time_total", row_limit=60, max_name_column_width=90)
         )
     return len(kernels)
 
 
-def bench_tuna(
-    model, ids: list[list[int]], new: int, variant: str, profile: Path | None = None
-) -> dict:
+def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Path | None = None) -> dict:
     """One Engine over the already loaded model. ms_per_step is decode steps only (all rows active); the
     prefills are timed apart (they are eager in every mode)."""
     from torch._dynamo.utils import counters
@@ -230,9 +202,7 @@ def bench_tuna(
     mode, fused, compiled, kernels = VARIANTS[variant]
     graphs_before = counters["stats"]["unique_graphs"]
     t = time.perf_counter()
-    os.environ["TUNA_DECODE_KERNELS"] = (
-        kernels  # read by decode.Decoder when the Engine builds it
-    )
+    os.environ["TUNA_DECODE_KERNELS"] = kernels  # read by decode.Decoder when the Engine builds it
     engine = Engine(
         model,
         {},
@@ -244,23 +214,16 @@ def bench_tuna(
     )
     dec = engine.decoder
     if dec is not None and dec.use_graphs:
-        if (
-            compiled
-        ):  # only the full batch's bucket: each batch bucket is 2 more compiles
+        if compiled:  # only the full batch's bucket: each batch bucket is 2 more compiles
             cap = dec.capacity
             for S in sorted(
-                {
-                    dec.graph_S(dec.key_bucket(n))
-                    for n in range(1, cap + 1, dec.key_block)
-                }
+                {dec.graph_S(dec.key_bucket(n)) for n in range(1, cap + 1, dec.key_block)}
                 | {dec.graph_S(dec.key_bucket(cap))}
             ):
                 dec._capture((bucket_for(len(ids), dec.buckets), S, False))
         else:
             dec.capture_all()
-        log(
-            f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s"
-        )
+        log(f"    captured {dec.stats['captures']} graphs in {time.perf_counter() - t:.1f} s")
     _run(engine, ids, min(new, 8), "w")  # warm-up
     setup_s = time.perf_counter() - t
     out, prefill_s, decode_s, steps = _run(engine, ids, new, "r")
@@ -280,9 +243,7 @@ def bench_tuna(
         res["decoder_stats"] = dict(engine.decoder.stats)
         res["fused"], res["compiled"] = engine.decoder.fused, engine.decoder.compiled
         res["compile_scope"] = engine.decoder.compile_scope
-        res["kernels"] = ",".join(
-            k for k, on in engine.decoder.kernels._asdict().items() if on
-        )
+        res["kernels"] = ",".join(k for k, on in engine.decoder.kernels._asdict().items() if on)
         res["kernels_per_step"] = kernels_per_step(engine, len(ids), profile)
         res["compiles"] = counters["stats"]["unique_graphs"] - graphs_before
     del engine
@@ -292,9 +253,7 @@ def bench_tuna(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qwen3-0.6b,qwen3-8b")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt", type=int, default=128)
@@ -326,26 +285,20 @@ def main() -> None:
         "card": torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),
         "copy_GBps": bw,
-        "settings": {
-            k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")
-        },
+        "settings": {k: getattr(args, k) for k in ("batch", "prompt", "new", "slow_new")},
         "models": {},
     }
     log(f"{res['card']}: copy bandwidth {bw:.0f} GB/s")
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        ap.error(
-            f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}"
-        )
+        ap.error(f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}")
     rows = ([] if args.skip_hf else ["hf_generate"]) + [f"tuna_{m}" for m in variants]
     for name in args.models.split(","):
         d = make_model_dir(name, work)
         cfg = json.loads((d / "config.json").read_text())
         nbytes = sum(f.stat().st_size for f in d.glob("*.safetensors"))
-        floor_ms = (
-            nbytes / (bw * 1e9 / 2) * 1000
-        )  # reading once = half of a copy's traffic
+        floor_ms = nbytes / (bw * 1e9 / 2) * 1000  # reading once = half of a copy's traffic
         ids = prompts(args.batch, args.prompt, cfg["vocab_size"])
         slow = min(args.new, args.slow_new)
         r: dict = {"weight_bytes": nbytes, "floor_ms_per_step": floor_ms}
@@ -354,14 +307,8 @@ def main() -> None:
             log(f"  {name} HF {r['hf_generate']}")
         model = load_model(str(d), "bfloat16", torch.device("cuda"))
         for v in variants:
-            table = (
-                Path(args.profile_dir) / f"profile-{name}-{v}.txt"
-                if args.profile_dir
-                else None
-            )
-            r[f"tuna_{v}"] = bench_tuna(
-                model, ids, slow if v in SLOW else args.new, v, table
-            )
+            table = Path(args.profile_dir) / f"profile-{name}-{v}.txt" if args.profile_dir else None
+            r[f"tuna_{v}"] = bench_tuna(model, ids, slow if v in SLOW else args.new, v, table)
             log(f"  {name} tuna {v} {r[f'tuna_{v}']}")
         del model
         gc.collect()
@@ -369,34 +316,22 @@ def main() -> None:
         for k in rows:
             r[k]["step_over_floor"] = r[k]["ms_per_step"] / floor_ms
             if "hf_generate" in r:
-                r[k]["speedup_vs_hf"] = (
-                    r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
-                )
+                r[k]["speedup_vs_hf"] = r["hf_generate"]["ms_per_step"] / r[k]["ms_per_step"]
         if "tuna_graph" in r and "tuna_eager" in r:
-            r["graph_first_row_equals_eager"] = (
-                r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
-            )
+            r["graph_first_row_equals_eager"] = r["tuna_graph"]["first_row"] == r["tuna_eager"]["first_row"]
         for other in ("tuna_graph_unfused", "tuna_graph_compile", "tuna_graph_layer"):
             if "tuna_graph" in r and other in r:
                 r[f"graph_first_row_equals_{other[5:]}"] = (
                     r["tuna_graph"]["first_row"] == r[other]["first_row"]
                 )
-        for other in (
-            "tuna_layer_argmax",
-            "tuna_layer_gemm",
-            "tuna_layer_silu",
-            "tuna_layer_all",
-        ):
-            if (
-                "tuna_graph_layer" in r and other in r
-            ):  # bf16: a near-tie may flip with another GEMM's rounding
+        # bf16: a near-tie may flip with another GEMM's rounding
+        for other in ("tuna_layer_argmax", "tuna_layer_gemm", "tuna_layer_silu", "tuna_layer_all"):
+            if "tuna_graph_layer" in r and other in r:
                 r[f"graph_layer_first_row_equals_{other[5:]}"] = (
                     r["tuna_graph_layer"]["first_row"] == r[other]["first_row"]
                 )
         if "tuna_graph" in r and "hf_generate" in r:
-            r["graph_first_row_equals_hf"] = (
-                r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
-            )
+            r["graph_first_row_equals_hf"] = r["tuna_graph"]["first_row"] == r["hf_generate"]["first_row"]
         res["models"][name] = r
     res["wall_s"] = time.perf_counter() - t_start
     print(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from tuna_engine.kernels import argmax as am  # noqa: F401  (tuna::argmax_rows)
 from tuna_engine.kernels import skinny_gemm as sg
 
@@ -37,9 +38,7 @@ SHAPES = {
 }
 SWEEP = [
     sg.Config(bn, bk, split, 4, stages)
-    for bn, bk, split, stages in itertools.product(
-        (16, 32, 64), (128, 256), (1, 2, 4, 8), (4,)
-    )
+    for bn, bk, split, stages in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4,))
 ]
 
 
@@ -71,9 +70,7 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument(
         "--no-sweep",
@@ -176,9 +173,7 @@ def main() -> None:
         us_per_call(lambda: torch.ops.tuna.argmax_rows(logits)),
     )
     res["argmax"] = {"torch_us": ta, "tuna_us": tk, "equal": same}
-    print(
-        f"\nargmax [{M}, 151936] fp32: torch {ta:.2f} µs, tuna::argmax_rows {tk:.2f} µs, equal ids: {same}"
-    )
+    print(f"\nargmax [{M}, 151936] fp32: torch {ta:.2f} µs, tuna::argmax_rows {tk:.2f} µs, equal ids: {same}")
     if best_table:
         print("\n# fastest sweep configs (kernels/skinny_gemm.py CONFIGS):")
         for (N, K), c in best_table.items():
