@@ -167,6 +167,7 @@ def cut_models(args: argparse.Namespace, work: Path, settings: dict) -> None:
         for layers in counts:
             model_dir = work / f"{args.model}-{layers}layers"
             write_random_model({**full, "num_hidden_layers": layers}, model_dir)
+            # try_length and train_plan look the model up by its directory name
             PRESETS[model_dir.name] = {**PRESETS[args.model], "config": {**full, "num_hidden_layers": layers}}
             r = {"layers": layers, **try_length(model_dir, n, args.steps, work, args.card_gib, settings)}
             log(f"{n:>8} tokens, {layers} layers: {r}")
