@@ -320,29 +320,56 @@ describe("tokenizer API", () => {
 });
 
 describe("worker pool", () => {
-  it("encodes a batch on 2 workers with the same ids, in order", async () => {
-    const pool = await createTokenizerPool(join(dir, "qwen3"), 2, { stats: true });
+  // Each mode against HF's ids: 2 workers; 3 threads of which the calling thread is one (1 worker: below).
+  for (const [label, n, caller] of [
+    ["2 workers", 2, false],
+    ["the calling thread and 2 workers", 3, true],
+  ] as const) {
+    it(`encodes a batch on ${label} with HF's ids, in order, and accounts for every text`, async () => {
+      const pool = await createTokenizerPool(join(dir, "qwen3"), n, { stats: true, caller });
+      try {
+        const texts = corpus.slice(0, 300);
+        for (let pass = 0; pass < 2; pass++) {
+          const got = await pool.encodeBatch(texts);
+          expect(got).toHaveLength(texts.length);
+          got.forEach((ids, i) => {
+            expect(Array.from(ids)).toEqual(Array.from(ref.default[i]));
+          });
+          // Stats account for every text, character and token once, over all threads.
+          const st = pool.lastStats();
+          const sum = (k: "texts" | "chars" | "tokens" | "jobs" | "stolen") =>
+            st?.workers.map((w) => w[k]).reduce((a, b) => a + b);
+          expect(st?.workers).toHaveLength(n);
+          expect(sum("texts")).toBe(texts.length);
+          expect(sum("chars")).toBe(texts.reduce((a, t) => a + t.length, 0));
+          expect(sum("tokens")).toBe(got.reduce((a, ids) => a + ids.length, 0));
+          expect(sum("stolen")).toBeLessThanOrEqual(sum("jobs") as number);
+          expect(st?.workers.every((w) => w.busyMs >= 0)).toBe(true);
+          expect(st?.wallMs).toBeGreaterThan(0);
+        }
+        const split = await pool.encodeBatch(texts.slice(0, 50), { splitSpecial: true });
+        split.forEach((ids, i) => {
+          expect(Array.from(ids)).toEqual(Array.from(ref.split[i]));
+        });
+        // Texts that go through shared memory as UTF-16 units: lone surrogates, empty strings; and no texts.
+        const odd = ["", "a\ud800b", "\udfff", "", "退款\ud83d", "x".repeat(5000), ""];
+        const oddIds = await pool.encodeBatch(odd);
+        expect(oddIds.map((a) => Array.from(a))).toEqual(odd.map((t) => Array.from(tok.encode(t))));
+        expect(await pool.encodeBatch([])).toEqual([]);
+      } finally {
+        await pool.close();
+      }
+    });
+  }
+
+  it("rejects a second encodeBatch while one runs, and a pool size that is not a positive integer", async () => {
+    await expect(createTokenizerPool(join(dir, "qwen3"), 0)).rejects.toThrow("pool size 0");
+    const pool = await createTokenizerPool(join(dir, "qwen3"), 1);
     try {
-      const texts = corpus.slice(0, 300);
-      const got = await pool.encodeBatch(texts);
-      expect(got).toHaveLength(texts.length);
-      // Stats account for every text, character and token, split over both workers.
-      const st = pool.lastStats();
-      expect(st?.workers.map((w) => w.texts).reduce((a, b) => a + b)).toBe(texts.length);
-      expect(st?.workers.map((w) => w.chars).reduce((a, b) => a + b)).toBe(
-        texts.reduce((a, t) => a + t.length, 0),
-      );
-      expect(st?.workers.map((w) => w.tokens).reduce((a, b) => a + b)).toBe(
-        got.reduce((a, ids) => a + ids.length, 0),
-      );
-      expect(st?.workers.every((w) => w.jobs > 0 && w.busyMs > 0)).toBe(true);
-      expect(st?.wallMs).toBeGreaterThan(0);
-      got.forEach((ids, i) => {
+      const first = pool.encodeBatch(corpus.slice(0, 20));
+      await expect(pool.encodeBatch(corpus.slice(0, 2))).rejects.toThrow("while another batch is running");
+      (await first).forEach((ids, i) => {
         expect(Array.from(ids)).toEqual(Array.from(ref.default[i]));
-      });
-      const split = await pool.encodeBatch(texts.slice(0, 50), { splitSpecial: true });
-      split.forEach((ids, i) => {
-        expect(Array.from(ids)).toEqual(Array.from(ref.split[i]));
       });
     } finally {
       await pool.close();

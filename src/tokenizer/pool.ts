@@ -1,12 +1,17 @@
 // Encode many texts on several worker threads, each with its own tokenizer loaded from the same model directory.
-// Texts are cut into contiguous chunks of similar total length (more chunks than workers, handed out as workers
-// come free) and the ids come back as transferred Int32Arrays, in input order.
+// One encodeBatch copies the texts once into a SharedArrayBuffer (share.ts) and sends each worker one message;
+// each worker runs its own range of jobs, then takes jobs from the back of the others' ranges until none are left,
+// and answers once with all its ids in one transferred buffer. Results come back in input order.
 import { Worker } from "node:worker_threads";
 import { TunaError } from "../errors.ts";
+import { loadTokenizer } from "./load.ts";
+import { type BatchPart, errorOf, jobStarts, runShare, shareBatch, writeLater } from "./share.ts";
 import type { EncodeOptions } from "./types.ts";
 
 export interface TokenizerPool {
   readonly size: number;
+  /** Ids of each text, in input order. The arrays are views into one buffer per worker (`ids.buffer` is shared by
+   * the texts that worker encoded): copy one before transferring its buffer elsewhere. */
   encodeBatch(texts: readonly string[], opts?: EncodeOptions): Promise<Int32Array[]>;
   /** Where the last encodeBatch spent its time (with `stats: true` at creation; null otherwise). */
   lastStats(): PoolStats | null;
@@ -16,23 +21,51 @@ export interface TokenizerPool {
 /** One encodeBatch call: per worker, the jobs it ran and their encode time; the main thread's send time. */
 export interface PoolStats {
   wallMs: number;
-  /** Time in postMessage on the main thread (the structured clone of the texts). */
+  /** Time on the main thread to copy the texts into shared memory and post the batch. */
   postMs: number;
-  workers: { jobs: number; texts: number; chars: number; tokens: number; busyMs: number; cpuMs: number }[];
+  workers: {
+    jobs: number;
+    /** Jobs taken from the back of another worker's range. */
+    stolen: number;
+    texts: number;
+    chars: number;
+    tokens: number;
+    busyMs: number;
+    cpuMs: number;
+  }[];
 }
 
-interface Job {
-  texts: string[];
-  first: number;
-}
+type Reply = { ready?: boolean; part?: BatchPart; error?: { code: string; message: string; hint?: string } };
 
 const WORKER_URL = new URL("./worker.mjs", import.meta.url);
 
-/** Starts `n` workers that each load `<modelDir>/tokenizer.json`; resolves when all are ready. */
+const failure = (m: Reply) =>
+  new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed", {
+    hint: m.error?.hint,
+  });
+
+/** The next message (or error) from a worker. */
+const reply = (w: Worker) =>
+  new Promise<Reply>((resolve, reject) => {
+    const onMsg = (m: Reply) => {
+      w.off("error", onErr);
+      resolve(m);
+    };
+    const onErr = (e: Error) => {
+      w.off("message", onMsg);
+      reject(e);
+    };
+    w.once("message", onMsg);
+    w.once("error", onErr);
+  });
+
+/** Starts `n` threads that each load `<modelDir>/tokenizer.json`; resolves when all are ready. With `caller: true`
+ * the calling thread is one of the n (n - 1 workers): encodeBatch then encodes a share itself, synchronously,
+ * instead of waiting idle for the workers. */
 export async function createTokenizerPool(
   modelDir: string,
   n: number,
-  o: { stats?: boolean } = {},
+  o: { stats?: boolean; caller?: boolean } = {},
 ): Promise<TokenizerPool> {
   if (!Number.isInteger(n) || n < 1) {
     throw new TunaError("TOKENIZER_POOL", `pool size ${n} is not a positive integer`, {
@@ -40,26 +73,17 @@ export async function createTokenizerPool(
     });
   }
   // Workers run TypeScript through tsx, like the CLI does.
-  const workers = Array.from({ length: n }, () => new Worker(WORKER_URL, { workerData: { modelDir } }));
+  const self0 = o.caller ? 1 : 0; // thread index of the first worker
+  const workers = Array.from(
+    { length: n - self0 },
+    () => new Worker(WORKER_URL, { workerData: { modelDir } }),
+  );
+  const callerTok = o.caller ? await loadTokenizer(modelDir) : null;
   await Promise.all(
-    workers.map(
-      (w) =>
-        new Promise<void>((resolve, reject) => {
-          w.once(
-            "message",
-            (m: { ready?: boolean; error?: { code: string; message: string; hint?: string } }) => {
-              if (m.ready) resolve();
-              else
-                reject(
-                  new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed", {
-                    hint: m.error?.hint,
-                  }),
-                );
-            },
-          );
-          w.once("error", reject);
-        }),
-    ),
+    workers.map(async (w) => {
+      const m = await reply(w);
+      if (!m.ready) throw failure(m);
+    }),
   ).catch(async (e) => {
     await Promise.all(workers.map((w) => w.terminate()));
     throw e;
@@ -73,76 +97,55 @@ export async function createTokenizerPool(
     async encodeBatch(texts, opts) {
       if (busy) throw new TunaError("TOKENIZER_POOL", "encodeBatch called while another batch is running");
       busy = true;
-      const t0 = performance.now();
-      const stats: PoolStats = {
-        wallMs: 0,
-        postMs: 0,
-        workers: workers.map(() => ({ jobs: 0, texts: 0, chars: 0, tokens: 0, busyMs: 0, cpuMs: 0 })),
-      };
       try {
-        const results: Int32Array[] = new Array(texts.length);
-        let total = 0;
-        for (const t of texts) total += t.length;
-        const target = Math.max(1, Math.ceil(total / (n * 8)));
-        const jobs: Job[] = [];
-        let cur: Job = { texts: [], first: 0 };
-        let len = 0;
-        texts.forEach((t, i) => {
-          if (cur.texts.length && len >= target) {
-            jobs.push(cur);
-            cur = { texts: [], first: i };
-            len = 0;
-          }
-          cur.texts.push(t);
-          len += t.length;
-        });
-        if (cur.texts.length) jobs.push(cur);
+        const t0 = performance.now();
         const splitSpecial = opts?.splitSpecial ?? false;
-        // Job j goes to worker j mod n, not to whichever is free: the same texts then reach the same worker on
-        // every call, whose word cache already holds their words (dynamic hand-out measured 1.52x on 2 cores with
-        // caches half cold, this 1.8x+; chunks are of similar length, so the load stays balanced).
-        await Promise.all(
-          workers.map(async (w, wi) => {
-            for (let j = wi; j < jobs.length; j += n) {
-              const job = jobs[j];
-              const ids = await new Promise<Int32Array[]>((resolve, reject) => {
-                const onMsg = (m: {
-                  ids?: Int32Array[];
-                  busyMs?: number;
-                  cpuMs?: number;
-                  error?: { code: string; message: string };
-                }) => {
-                  w.off("error", onErr);
-                  const st = stats.workers[wi];
-                  st.jobs++;
-                  st.busyMs += m.busyMs ?? 0;
-                  st.cpuMs += m.cpuMs ?? 0;
-                  if (m.ids) resolve(m.ids);
-                  else
-                    reject(
-                      new TunaError(m.error?.code ?? "TOKENIZER_POOL", m.error?.message ?? "worker failed"),
-                    );
-                };
-                const onErr = (e: Error) => {
-                  w.off("message", onMsg);
-                  reject(e);
-                };
-                w.once("message", onMsg);
-                w.once("error", onErr);
-                const p0 = performance.now();
-                w.postMessage({ texts: job.texts, splitSpecial, stats: o.stats === true });
-                stats.postMs += performance.now() - p0;
-              });
-              const st = stats.workers[wi];
-              st.texts += job.texts.length;
-              for (let k = 0; k < ids.length; k++) {
-                results[job.first + k] = ids[k];
-                st.chars += job.texts[k].length;
-                st.tokens += ids[k].length;
-              }
+        const timed = o.stats === true;
+        // The caller's own range (thread 0) is copied after the workers have their message.
+        const batch = shareBatch(texts, n, callerTok ? 0 : -1);
+        const replies = workers.map((w, wi) => {
+          const r = reply(w);
+          w.postMessage({ batch, self: wi + self0, splitSpecial, stats: timed });
+          return r;
+        });
+        const postMs = performance.now() - t0;
+        let mine: Reply = {};
+        if (callerTok) {
+          writeLater(batch, texts, 0);
+          try {
+            mine = { part: runShare(callerTok, batch, 0, splitSpecial, timed, texts) };
+          } catch (e) {
+            mine = { error: errorOf(e) }; // the workers take what is left of this thread's range
+          }
+        }
+        // Wait for every worker (one failing leaves its jobs to the others) before throwing the first error.
+        const got = [...(callerTok ? [mine] : []), ...(await Promise.all(replies))];
+        const bad = got.find((m) => !m.part);
+        if (bad) throw failure(bad);
+        const results: Int32Array[] = new Array(texts.length);
+        const jobStart = jobStarts(batch);
+        const stats: PoolStats = { wallMs: 0, postMs, workers: [] };
+        for (const m of got) {
+          const part = m.part as BatchPart;
+          let text = 0;
+          let at = 0;
+          for (const j of part.jobs) {
+            for (let i = jobStart[j]; i < jobStart[j + 1]; i++) {
+              const len = part.lens[text++];
+              results[i] = part.ids.subarray(at, at + len);
+              at += len;
             }
-          }),
-        );
+          }
+          stats.workers.push({
+            jobs: part.jobs.length,
+            stolen: part.stolen,
+            texts: text,
+            chars: part.chars,
+            tokens: part.ids.length,
+            busyMs: part.busyMs,
+            cpuMs: part.cpuMs,
+          });
+        }
         stats.wallMs = performance.now() - t0;
         if (o.stats) last = stats;
         return results;
