@@ -4,9 +4,11 @@
 import { describe, expect, it } from "vitest";
 import { BatchReader, jobStarts, shareBatch, writeLater } from "../src/tokenizer/share.ts";
 
-const texts = Array.from({ length: 500 }, (_, i) =>
-  // Lengths 1..97 and every kind of UTF-16 unit: ASCII, CJK, a pair, lone surrogates.
-  `${"ab 退款".repeat(1 + (i % 24))}${i % 7 === 0 ? "\ud83d\ude00" : ""}${i % 11 === 0 ? "\ud800" : ""}${i}`,
+const texts = Array.from(
+  { length: 500 },
+  (_, i) =>
+    // Lengths 1..97 and every kind of UTF-16 unit: ASCII, CJK, a pair, lone surrogates.
+    `${"ab 退款".repeat(1 + (i % 24))}${i % 7 === 0 ? "\ud83d\ude00" : ""}${i % 11 === 0 ? "\ud800" : ""}${i}`,
 );
 
 function seeded(seed: number) {
