@@ -226,7 +226,9 @@ if triton is not None:
                 a = (nw.to(tl.float32)[None, :] * h.to(tl.float32)).to(dt)
             else:
                 a = tl.load(X + m[:, None] * sx_m + k[None, :], mask=mk, other=0.0)
-            b = tl.load(W + n[:, None] * sw_n + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(
+                W + n.to(tl.int64)[:, None] * sw_n + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0
+            )
             if UPCAST:  # the interpreter's tl.dot mishandles bf16; bf16 products are exact in fp32
                 a, b = a.to(tl.float32), b.to(tl.float32)
             if IEEE:
@@ -238,7 +240,8 @@ if triton is not None:
         if SPLIT_K > 1:
             ws_tile = WS + m[:, None] * N + n[None, :]
             tl.store(ws_tile + split * (M_PAD * N), acc, mask=mn)
-            arrived = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")  # releases the store above
+            tl.debug_barrier()  # every thread's partial stored before the one atomic releases them
+            arrived = tl.atomic_add(CNT + pid_n, 1, sem="acq_rel")
             if arrived == SPLIT_K - 1:  # the last split: every partial is visible (acquire)
                 acc = tl.zeros([M_PAD, BLOCK_N], dtype=tl.float32)
                 for s_i in range(SPLIT_K):
