@@ -89,6 +89,14 @@ if triton is not None:
         return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
     @triton.jit
+    def _bf16_rtne(x):
+        # fp32 → bf16 rounded to nearest even (what torch's `.to(torch.bfloat16)` does) with integer ops: Triton's
+        # interpreter truncates in its own fp32→bf16 cast, so the tested code and the GPU code are this same one.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+    @triton.jit
     def _ce_chunk_kernel(
         Z,  # [n, V] logits in, w·∂CE/∂z out (GRAD), unit column stride
         stride_z,
@@ -151,7 +159,10 @@ if triton is not None:
                     g = g * (1.0 - t * t)
                 if HAS_SCALE:
                     g = g * scale
-                tl.store(z_row + cols, g.to(Z.dtype.element_ty), mask=mask)
+                if Z.dtype.element_ty == tl.bfloat16:
+                    tl.store(z_row + cols, _bf16_rtne(g), mask=mask)
+                else:
+                    tl.store(z_row + cols, g.to(Z.dtype.element_ty), mask=mask)
 
 
 def ce_chunk_triton(
@@ -161,11 +172,12 @@ def ce_chunk_triton(
     scale: float,
     softcap: float | None,
     grad: bool,
-    block: int = BLOCK_V,
-    num_warps: int = NUM_WARPS,
+    block: int | None = None,
+    num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The kernel: (per-row w·CE [n] fp32, z itself holding w·∂CE/∂z in z's dtype, or None). z [n, V] must have
-    unit column stride; it is overwritten when grad."""
+    unit column stride; it is overwritten when grad. block/num_warps: BLOCK_V/NUM_WARPS unless given (a power of
+    two; the tests set BLOCK_V to run loss.py at small blocks)."""
     if triton is None:
         raise RuntimeError(
             "ce_chunk_triton needs triton (pip install triton); loss.py falls back to the eager body"
@@ -188,7 +200,7 @@ def ce_chunk_triton(
         HAS_SCALE=scale != 1.0,
         HAS_SOFTCAP=softcap is not None,
         GRAD=grad,
-        BLOCK=block,
-        num_warps=num_warps,
+        BLOCK=block or BLOCK_V,
+        num_warps=num_warps or NUM_WARPS,
     )
     return loss, (z if grad else None)
