@@ -438,6 +438,7 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "default with the reference attention path (SDPA + block mask)",
     ),
+    "ce_eager": ({}, {"TUNA_CE": "eager"}, "full", "default with the loss's eager chunk loop (the Triton CE's A/B)"),
     "nockpt": ({"gradient_checkpointing": False}, {}, "full", "default without gradient checkpointing"),
     "compile": ({}, {"TUNA_COMPILE": "1"}, "full", "default + TUNA_COMPILE=1 (same as train.compile)"),
     "fp8": (

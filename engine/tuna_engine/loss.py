@@ -125,16 +125,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tgt, w = targets[s : s + chunk], token_weight[s : s + chunk]
             loss_rows, g = run_chunk(z, tgt, w, scale, softcap, need_grad, hidden.dtype)
             total += loss_rows.sum()
-            if g is None:
-                continue
-            # g = w·∂CE/∂z [n, V] in the model dtype: the two gradient GEMMs run in it, as autograd's backward of
-            # the unfused path's `.float()` gives them.
-            if grad_h is not None:
-                torch.matmul(g, weight, out=grad_h[s : s + chunk])
-            if grad_w is not None:
-                grad_w += (g.t() @ h).float()
-            if grad_b is not None:
-                grad_b += g.float().sum(0)
+            if g is not None:
+                # g = w·∂CE/∂z [n, V] in the model dtype: the two gradient GEMMs run in it, as autograd's backward
+                # of the unfused path's `.float()` gives them.
+                if grad_h is not None:
+                    torch.matmul(g, weight, out=grad_h[s : s + chunk])
+                if grad_w is not None:
+                    grad_w += (g.t() @ h).float()
+                if grad_b is not None:
+                    grad_b += g.float().sum(0)
+            del z, g  # before the next chunk's logits are allocated: the peak holds one chunk's
         # Intermediates (not inputs or outputs), so kept on ctx rather than through save_for_backward.
         ctx.grad_h, ctx.grad_w, ctx.grad_b, ctx.weight_dtype = grad_h, grad_w, grad_b, weight.dtype
         return total
