@@ -80,3 +80,41 @@ def test_output_bias_gets_its_gradient() -> None:
     assert float((got - ref).detach().abs()) <= 1e-6 * float(ref.detach().abs())
     for g, r in zip(gots, refs, strict=True):
         assert float((g - r).abs().max()) <= 1e-6 * float(r.abs().max())
+
+
+def test_ignored_targets_count_as_weight_zero() -> None:
+    """Targets < 0 (an ignore_index, −100) add nothing to the loss or the gradients: as if the rows were dropped."""
+    h, w, t, tw = case(torch.float32)
+    t = t.clone()
+    t[[2, 9, 30]] = -100
+    keep = t >= 0
+    ref = reference_linear_cross_entropy(h[keep], w, t[keep], tw[keep])
+    refs = torch.autograd.grad(ref, (h, w))
+    got = linear_cross_entropy(h, w, t, tw, chunk_rows=8)
+    gots = torch.autograd.grad(got, (h, w))
+    assert float((got - ref).detach().abs()) <= 1e-6 * float(ref.detach().abs())
+    for g, r in zip(gots, refs, strict=True):
+        assert float((g - r).abs().max()) <= 1e-6 * float(r.abs().max())
+    assert (gots[0][~keep] == 0).all()
+
+
+def test_implementation_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TUNA_CE / impl= pick the chunk body: auto is the eager loop off CUDA; an unknown name is a PLAN_INVALID
+    error naming the variable and the choices."""
+    from tuna_engine.errors import EngineError
+    from tuna_engine.loss import resolve_impl
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TUNA_CE", raising=False)
+    assert resolve_impl(None, cpu) == "eager"
+    monkeypatch.setenv("TUNA_CE", "eager")
+    assert resolve_impl(None, cpu) == "eager"
+    assert resolve_impl("auto", cpu) == "eager"  # impl= wins over the environment
+    monkeypatch.setenv("TUNA_CE", "fused")
+    with pytest.raises(EngineError) as e:
+        resolve_impl(None, cpu)
+    assert e.value.code == "PLAN_INVALID" and "TUNA_CE" in e.value.message and "'fused'" in e.value.message
+    assert "auto, eager, triton" in e.value.message
+    h, w, t, tw = case(torch.float32)
+    with pytest.raises(EngineError):
+        linear_cross_entropy(h, w, t, tw)
