@@ -92,8 +92,9 @@ def _chunk_triton(
     grad: bool,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # z is already in the model dtype (F.linear's output), which is out_dtype: the kernel writes the gradient there.
-    return ce.ce_chunk_triton(z, targets, weight, scale, softcap, grad)
+    # z is F.linear's output, in the model dtype (= out_dtype): the kernel writes the gradient over it.
+    loss, g = ce.ce_chunk_triton(z, targets, weight, scale, softcap, grad)
+    return loss, (g.to(out_dtype) if g is not None else None)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -173,6 +174,9 @@ def linear_cross_entropy(
     ignored = targets < 0
     targets = targets.clamp(min=0)
     token_weight = token_weight.masked_fill(ignored, 0.0)
+    impl = resolve_impl(impl, hidden.device)
+    if impl == "triton" and any(type(x) not in (torch.Tensor, torch.nn.Parameter) for x in (hidden, weight)):
+        impl = "eager"  # a tensor subclass (FSDP's DTensor, a quantized weight) goes through PyTorch's ops
     return _LinearCrossEntropy.apply(
         hidden,
         weight,
@@ -182,7 +186,7 @@ def linear_cross_entropy(
         chunk,
         float(logit_scale),
         logit_softcap,
-        resolve_impl(impl, hidden.device),
+        impl,
     )
 
 
