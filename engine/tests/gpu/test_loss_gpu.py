@@ -108,7 +108,7 @@ def test_chunk_kernel_equals_eager_body_on_qwen3_chunk() -> None:
     assert gk is not None and gk.data_ptr() == zk.data_ptr()
     assert rel(lk, lr) < 1e-5
     d = (gk.double() - gr.double()).abs()
-    assert float((d - 2**-8 * gr.double().abs() - 1e-9).max()) <= 0  # at most one bf16 step apart
+    assert float((d - 2**-7 * gr.double().abs() - 1e-9).max()) <= 0  # at most one bf16 step apart
     assert float((gk != gr).double().mean()) < 0.01
 
 
