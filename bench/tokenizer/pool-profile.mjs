@@ -1,12 +1,12 @@
 // Where the tokenizer pool's time goes (why 2 workers are not 2x one thread): the bench/tokenizer corpus encoded in
 // this thread, then by pools of 1 and N workers, warm caches, several passes. For each pool pass it prints the
-// wall time, the main thread's time in postMessage (structured clone of the texts), and per worker: encode time
-// (wall, inside the worker), the worker thread's CPU time (/proc/thread-self/stat, 10 ms ticks), characters and
-// tokens. Derived, per pass:
+// wall time, the main thread's time to copy the texts into shared memory and post the batch, and per worker: jobs
+// (and how many it stole from the other's range), encode time (wall, inside the worker), the worker thread's CPU
+// time (/proc/thread-self/stat, 10 ms ticks), characters and tokens. Derived, per pass:
 //   balance  = slowest worker's encode time / mean encode time (1.00 = even split)
 //   slowdown = worker CPU per token in the pool / this thread's CPU per token alone (> 1: threads slow each other
 //              down, e.g. two vCPUs on one physical core, or caches shared)
-//   waiting  = wall - slowest worker's encode time (clone, transfer, hand-out gaps)
+//   waiting  = wall - slowest worker's encode time (copy, message delivery, the answers' transfer)
 // CPU time rather than wall time is what says whether work got slower; wall time also moves with other jobs on the
 // box, so `uptime` is printed before and after.
 //   node bench/tokenizer/pool-profile.mjs [--workers 2] [--passes 4]
@@ -67,7 +67,7 @@ for (const n of [1, N]) {
         s.workers
           .map(
             (w, i) =>
-              `w${i}: ${w.jobs} jobs, ${w.busyMs.toFixed(0)} ms busy, ${w.cpuMs} ms CPU, ${w.chars} chars, ${w.tokens} tokens`,
+              `w${i}: ${w.jobs} jobs (${w.stolen} stolen), ${w.busyMs.toFixed(0)} ms busy, ${w.cpuMs} ms CPU, ${w.chars} chars, ${w.tokens} tokens`,
           )
           .join("; "),
     );

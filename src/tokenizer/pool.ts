@@ -18,10 +18,11 @@ export interface TokenizerPool {
   close(): Promise<void>;
 }
 
-/** One encodeBatch call: per worker, the jobs it ran and their encode time; the main thread's send time. */
+/** One encodeBatch call: per thread (the calling thread first when it takes part), the jobs it ran and their encode
+ * time; the calling thread's send time. */
 export interface PoolStats {
   wallMs: number;
-  /** Time on the main thread to copy the texts into shared memory and post the batch. */
+  /** Time on the calling thread to copy the texts into shared memory and post the batch. */
   postMs: number;
   workers: {
     jobs: number;
@@ -59,9 +60,10 @@ const reply = (w: Worker) =>
     w.once("error", onErr);
   });
 
-/** Starts `n` threads that each load `<modelDir>/tokenizer.json`; resolves when all are ready. With `caller: true`
- * the calling thread is one of the n (n - 1 workers): encodeBatch then encodes a share itself, synchronously,
- * instead of waiting idle for the workers. */
+/** Starts `n` threads that each load `<modelDir>/tokenizer.json`; resolves when all are ready. By default the
+ * calling thread is one of the n (n - 1 workers): encodeBatch encodes a share itself, synchronously, instead of
+ * waiting idle for the workers (on 2 cores, 2 threads of work rather than 2 workers and an idle main thread;
+ * measured in docs/tokenizer.md). `caller: false` keeps the calling thread's event loop free (n workers). */
 export async function createTokenizerPool(
   modelDir: string,
   n: number,
@@ -73,12 +75,13 @@ export async function createTokenizerPool(
     });
   }
   // Workers run TypeScript through tsx, like the CLI does.
-  const self0 = o.caller ? 1 : 0; // thread index of the first worker
+  const caller = o.caller ?? true;
+  const self0 = caller ? 1 : 0; // thread index of the first worker
   const workers = Array.from(
     { length: n - self0 },
     () => new Worker(WORKER_URL, { workerData: { modelDir } }),
   );
-  const callerTok = o.caller ? await loadTokenizer(modelDir) : null;
+  const callerTok = caller ? await loadTokenizer(modelDir) : null;
   await Promise.all(
     workers.map(async (w) => {
       const m = await reply(w);
