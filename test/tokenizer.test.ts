@@ -229,6 +229,44 @@ describe("Llama 3 pattern and added-token flags (variant tokenizer.json)", () =>
   });
 });
 
+describe("normalizers other than NFC (variant tokenizer.json)", () => {
+  // encode() skips building the normalizer's alignment (only offsets need it); ids and offsets must both stay HF's,
+  // through a single form and a Sequence of two.
+  // (NFKC/NFD used to skip every code point below U+0300 as if normalized: ſ, ½, À went through unchanged.)
+  for (const normalizer of [
+    { type: "NFKC" },
+    { type: "NFD" },
+    { type: "Sequence", normalizers: [{ type: "NFD" }, { type: "NFKC" }] },
+  ]) {
+    it(`matches HF ids and offsets with ${JSON.stringify(normalizer)}`, async () => {
+      const json = JSON.parse(readFileSync(join(QWEN, "tokenizer.json"), "utf8"));
+      json.normalizer = normalizer;
+      const d = join(dir, `norm-${normalizer.type}`);
+      mkdirSync(d);
+      writeFileSync(join(d, "tokenizer.json"), JSON.stringify(json));
+      const texts = [
+        "ﬁle ① ㌀ e\u0301 Å ﾊﾝｶｸ Ⅻ x\u0301\u0327 ㍿ À é ſ ½ ² \u00a0",
+        "<|im_start|>ﬃ ２０２４年 ½<|im_end|>",
+        ...corpus.filter((t) => t.normalize("NFKC") !== t || t.normalize("NFD") !== t).slice(0, 120),
+      ];
+      expect(texts.length).toBeGreaterThan(50);
+      const r = hfEncode(join(d, "tokenizer.json"), texts, join(d, "ref"), texts.length);
+      const v = await loadTokenizer(d);
+      expect(firstMismatch(v, texts, r.default, false)).toBeNull();
+      let at = 0;
+      texts.forEach((t, i) => {
+        const e = v.encodeWithOffsets(t);
+        expect({ i, ids: Array.from(e.ids) }).toEqual({ i, ids: Array.from(r.default[i]) });
+        expect({ i, offsets: Array.from(e.offsets) }).toEqual({
+          i,
+          offsets: Array.from(r.offsets.subarray(at, at + e.offsets.length)),
+        });
+        at += e.offsets.length;
+      });
+    });
+  }
+});
+
 describe("pre-tokenizer scanner", () => {
   for (const [name, pattern] of [
     ["Qwen2", QWEN2_PATTERN],

@@ -415,7 +415,7 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     let ns = s;
     let align: Uint32Array | null = null;
     if (this.normalizer) {
-      const n = this.normalizer.normalize(s);
+      const n = this.normalizer.normalize(s, sink.offsets !== null || sink.pos !== null);
       ns = n.text;
       align = n.align;
     }
