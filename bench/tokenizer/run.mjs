@@ -86,7 +86,7 @@ const result = {
   tuna_1_thread_cold_mib_s: rate(cold.s),
   ratio_tuna_vs_hf: hf.seconds / single,
   ratio_tuna_cold_vs_hf: hf.seconds / cold.s,
-  pool_workers: workers,
+  pool_threads: workers, // this thread + (workers - 1) worker threads (the pool's default)
   tuna_pool_mib_s: rate(pooled),
   ratio_pool_vs_1_thread: single / pooled,
   load_ms: loadMs,
@@ -101,7 +101,7 @@ console.log(
   `Tuna, 1 thread          : ${f(result.tuna_1_thread_mib_s)} MiB/s  (${f(result.ratio_tuna_vs_hf)}x HF; cold first pass ${f(result.tuna_1_thread_cold_mib_s)} MiB/s, ${f(result.ratio_tuna_cold_vs_hf)}x)`,
 );
 console.log(
-  `Tuna, ${workers} workers        : ${f(result.tuna_pool_mib_s)} MiB/s  (${f(result.ratio_pool_vs_1_thread)}x Tuna 1 thread)`,
+  `Tuna, pool of ${workers} threads : ${f(result.tuna_pool_mib_s)} MiB/s  (${f(result.ratio_pool_vs_1_thread)}x Tuna 1 thread)`,
 );
 console.log(
   `load tokenizer.json     : ${result.load_ms.toFixed(0)} ms; pool start ${result.pool_start_ms.toFixed(0)} ms`,
