@@ -7,6 +7,11 @@
   layers' reloaded copies alive, and frees host copies with the graph.
 - The model: loss and grads bit-identical with offload on and off for every recompute setting, tiled MLP, the
   pinned-memory fallback, and compiled layers (inductor on CPU).
+- The host memory guard (issue 5), with the host's available memory injected (`FakeHost`: a budget less the
+  host copies alive): when the host runs out mid-forward the rest of the tensors stay on the device, nothing is
+  copied for them, the last layers are the ones kept (whole groups where a group would not fit), loss and grads
+  stay bit-identical, the step's log line and the OOM hint name the layers; /proc/meminfo and cgroup parsing,
+  the margin math; the engine end to end logs what it offloaded and kept.
 GPU (streams, pinned memory, peak memory): tests/gpu/test_offload_gpu.py.
 """
 
@@ -308,12 +313,12 @@ def capture_offload(monkeypatch: pytest.MonkeyPatch, fake: bool) -> Iterator[lis
     made: list[Any] = []
     real = llama.offload_saved_tensors
 
-    def make(min_bytes: int = 1 << 16, copier: llama.Copier | None = None) -> llama.OffloadHooks:
+    def make(min_bytes: int = 1 << 16, copier: llama.Copier | None = None, **kw: Any) -> llama.OffloadHooks:
         if fake:
             hooks, dev = fake_hooks()
             made.append((hooks, dev))
             return hooks
-        hooks = real(min_bytes=0)
+        hooks = real(min_bytes=0, host_memory=lambda: llama.HostMemory(1 << 50, 1 << 50))  # host never short
         made.append((hooks, None))
         return hooks
 
@@ -421,3 +426,237 @@ def test_compiled_layers_with_mlp_recompute_and_offload(tiny4: Path, monkeypatch
         assert rel < 1e-4, (k, rel)
     [(hooks, dev)] = made
     assert dev.max_resident_groups <= 2 and hooks.state.stats["h2d"] > 0
+
+
+# ---- the host memory guard --------------------------------------------------------------------------------
+
+
+class FakeHost:
+    """Injected `host_memory`: the host has `budget` bytes above the margin, less the host copies alive (a copy
+    gives its memory back when freed). `reads` lists the group each reading was made in."""
+
+    def __init__(self, budget: int, total: int = 8 << 30) -> None:
+        self.budget, self.total, self.live = budget, total, 0
+        self.state: llama.ActivationOffload | None = None
+        self.reads: list[int] = []
+
+    def track(self, host: torch.Tensor) -> None:
+        n = host.numel() * host.element_size()
+        self.live += n
+        weakref.finalize(host, self._free, n)
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+    def __call__(self) -> llama.HostMemory:
+        self.reads.append(self.state.group if self.state is not None else -1)
+        return llama.HostMemory(llama.host_margin(self.total) + self.budget - self.live, self.total)
+
+
+class TrackedDevice(FakeDevice):
+    def __init__(self, host: FakeHost) -> None:
+        super().__init__()
+        self.host = host
+
+    def to_host(self, span: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        out, event = super().to_host(span)
+        self.host.track(out)
+        return out, event
+
+
+def guarded_hooks(budget: int) -> tuple[llama.OffloadHooks, TrackedDevice, FakeHost, llama.OffloadReport]:
+    host = FakeHost(budget)
+    dev = TrackedDevice(host)
+    report = llama.OffloadReport(LAYERS)
+    hooks = llama.OffloadHooks(llama.ActivationOffload(0, dev, host_memory=host, report=report))
+    dev.state = host.state = hooks.state
+    return hooks, dev, host, report
+
+
+def toy_group_bytes() -> dict[int, int]:
+    """Host bytes each toy layer group copies with the host never short."""
+    hooks, dev, _, _ = guarded_hooks(1 << 40)
+    toy_grads(hooks)
+    return dict(hooks.state.group_cost)
+
+
+def test_margin_math() -> None:
+    gib = 1 << 30
+    assert llama.host_margin(0) == 4 * gib
+    assert llama.host_margin(64 * gib) == 4 * gib  # 5% = 3.2 GiB < 4 GiB
+    assert llama.host_margin(80 * gib) == 4 * gib
+    assert llama.host_margin(125 * gib) == 125 * gib // 20  # the 125 GiB machine of issue 5: 6.25 GiB
+    assert llama.host_margin(2048 * gib) == 2048 * gib // 20
+    # pinned copies are charged as the power-of-two blocks the host allocator hands out
+    assert llama.StreamCopier.host_bytes(None, 2_952_790_016) == 4 * gib  # type: ignore[arg-type]
+    assert llama.StreamCopier.host_bytes(None, 4 * gib) == 4 * gib  # type: ignore[arg-type]
+    assert llama.StreamCopier.host_bytes(None, 4 * gib + 1) == 8 * gib  # type: ignore[arg-type]
+    assert llama.Copier().host_bytes(3_000_000_000) == 3_000_000_000
+
+
+MEMINFO = """MemTotal:       131072000 kB
+MemFree:         1024000 kB
+MemAvailable:   20971520 kB
+Buffers:          123456 kB
+Cached:         40000000 kB
+HugePages_Total:       0
+Hugepagesize:       2048 kB
+"""
+
+
+def test_parse_meminfo() -> None:
+    mem = llama.parse_meminfo(MEMINFO)
+    assert mem == llama.HostMemory(20971520 * 1024, 131072000 * 1024)
+    assert llama.parse_meminfo(MEMINFO.replace("MemAvailable", "MemFreeish")) is None  # kernels before 3.14
+    assert llama.parse_meminfo("") is None
+    real = llama.read_host_memory()  # this machine: Linux
+    assert real is not None and 0 < real.available <= real.total
+
+
+def test_cgroup_v2_limit(tmp_path: Path) -> None:
+    (tmp_path / "memory.max").write_text("17179869184\n")  # 16 GiB
+    (tmp_path / "memory.current").write_text(str(10 << 30) + "\n")
+    (tmp_path / "memory.stat").write_text(f"anon 1234\nfile 99\ninactive_file {3 << 30}\nactive_file 5\n")
+    # usage less the reclaimable inactive file pages: 7 GiB of 16 used
+    assert llama.cgroup_memory(tmp_path) == llama.HostMemory(9 << 30, 16 << 30)
+    (tmp_path / "memory.max").write_text("max\n")
+    assert llama.cgroup_memory(tmp_path) is None
+    assert llama.cgroup_memory(tmp_path / "absent") is None
+
+
+def test_guard_keeps_the_last_layers_on_the_device_when_the_host_runs_out() -> None:
+    """The host can take layers 0 and 1 and half of layer 2: layers 2.. and the final op stay on the device,
+    whole (layer 2 would not fit whole), nothing is copied for them, and the grads do not change."""
+    ref_loss, ref = toy_grads(None)
+    cost = toy_group_bytes()
+    hooks, dev, host, report = guarded_hooks(cost[0] + cost[1] + cost[2] // 2)
+    loss, got = toy_grads(hooks)
+    assert loss == ref_loss
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)
+    state = hooks.state
+    assert state.kept_from == 2
+    assert sorted({g for k, g in dev.log if k == "d2h"}) == [0, 1]  # nothing copied for the kept tensors
+    assert set(state.groups) == {0, 1}  # kept tensors are autograd's own: not tracked
+    assert host.reads == [0, 1, 2]  # one reading a group, none once the guard keeps the rest
+    assert state.stats["guard_kept_bytes"] > 0 and state.stats["offloaded_bytes"] > 0
+    assert report.kept_from == 2 and report.forwards == 1
+    line = report.end_step()
+    assert line is not None and line.startswith("offload: host memory available ")
+    assert "keeping layers 2..4 and the final norm's input on the GPU" in line
+    assert report.kept_from is None and report.forwards == 0  # counts start over each step
+
+
+def test_guard_mid_group_keeps_the_rest_of_the_pass() -> None:
+    """Layer 0 itself does not fit (no group to judge by yet): its first tensors go to the host, the one that
+    would not fit and everything after stays on the device."""
+    ref_loss, ref = toy_grads(None)
+    cost = toy_group_bytes()
+    hooks, dev, _, report = guarded_hooks(cost[0] // 2)
+    loss, got = toy_grads(hooks)
+    assert loss == ref_loss
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)
+    d2h = [g for k, g in dev.log if k == "d2h"]
+    assert d2h and set(d2h) == {0}
+    assert hooks.state.group_cost[0] <= cost[0] // 2
+    assert hooks.state.kept_from == 0 and not [g for k, g in dev.log if k == "h2d" and g > 0]
+    assert "keeping layers 0..4 and the final norm's input" in (report.guard_note() or "")
+
+
+def test_guard_with_room_changes_nothing() -> None:
+    cost = toy_group_bytes()
+    # enough for all, and for the largest group on top at the last reading (a group is judged by the largest)
+    hooks, dev, host, report = guarded_hooks(sum(cost.values()) + max(cost.values()))
+    toy_grads(hooks)
+    assert hooks.state.kept_from is None and hooks.state.stats["guard_kept_bytes"] == 0
+    assert host.reads == list(range(LAYERS + 1))
+    assert report.guard_note() is None
+    line = report.end_step()  # the first step: totals
+    assert line is not None and "went to host memory" in line and "stayed on the GPU" in line
+    assert report.end_step() is None  # later steps say nothing unless the guard acts
+
+
+def test_model_guard_kept_layers_identical(tiny4: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model, synchronous copies: the host runs out after two layers (a reading per layer group:
+    plenty, plenty, then nothing); loss and grads equal offload off, layers 2.. never went to the host."""
+    ref_loss, ref = step(tiny4, "mlp", False)
+    made: list[llama.OffloadHooks] = []
+    reads: list[int] = []
+    real = llama.offload_saved_tensors
+
+    def host() -> llama.HostMemory:
+        reads.append(made[-1].state.group)
+        free = 1 << 40 if len(reads) <= 2 else 0
+        return llama.HostMemory(llama.host_margin(1 << 33) + free, 1 << 33)
+
+    def make(min_bytes: int = 1 << 16, copier: llama.Copier | None = None, **kw: Any) -> llama.OffloadHooks:
+        made.append(real(0, copier, host_memory=host))
+        return made[-1]
+
+    monkeypatch.setattr(llama, "offload_saved_tensors", make)
+    loss, got = step(tiny4, "mlp", True)
+    assert loss == ref_loss
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    [hooks] = made
+    state = hooks.state
+    assert reads == [0, 1, 2] and state.kept_from == 2
+    # No copy made from layer 2 on: what later groups hold are tensors copied before (the rotary tables every
+    # layer saves again, deduplicated).
+    early = {id(h) for g in (0, 1) for h in held_of(state, g)}
+    assert all(id(h) in early for g in state.groups if g >= 2 for h in held_of(state, g))
+    assert state.stats["h2d"] > 0 and state.stats["guard_kept_bytes"] > 0
+
+
+def test_oom_hint_names_host_memory(tmp_path: Path) -> None:
+    from helpers import make_plan
+
+    from tuna_engine.protocol import parse_train_plan
+    from tuna_engine.train import oom_error
+
+    plan = parse_train_plan(make_plan(tmp_path, tmp_path, [tmp_path / "x.safetensors"]))
+    report = llama.OffloadReport(4)
+    plain = oom_error("CUDA out of memory. Tried to allocate 2 GiB", "forward", plan, 3, report.guard_note())
+    assert "host memory" not in (plain.hint or "")
+    hooks, _, _, report = guarded_hooks(0)
+    toy_grads(hooks)
+    err = oom_error("CUDA out of memory. Tried to allocate 2 GiB", "forward", plan, 3, report.guard_note())
+    assert "host memory ran short" in (err.hint or "") and "keeping layers 0..4" in (err.hint or "")
+
+
+def test_engine_logs_offload_and_the_guard(tmp_path: Path) -> None:
+    """`train` end to end on CPU with offload on: the first step logs what went to the host; with the host's
+    memory patched to nothing left, every step logs the guard's line and the losses equal offload off."""
+    from helpers import make_plan, run_engine, write_plan, write_shard
+
+    make_hf_model(tmp_path / "model", "qwen3", num_hidden_layers=4)
+    shard = write_shard(tmp_path / "train.safetensors", random_samples(8, seed=4))
+
+    def run(name: str, offload: bool, prelude: str = "") -> tuple[list[float], str]:
+        plan = make_plan(
+            tmp_path / name, tmp_path / "model", [shard], max_steps=2, offload_activations=offload
+        )
+        code, events, err = run_engine("train", write_plan(plan), prelude=prelude)
+        assert code == 0, err
+        return [e["loss"] for e in events if e["event"] == "step"], err
+
+    # the tiny model's tensors are all under the 64 KiB floor: offload them all
+    every = (
+        "from tuna_engine.models import llama\n"
+        "real = llama.offload_saved_tensors\n"
+        "llama.offload_saved_tensors = lambda min_bytes=0, copier=None, **kw: real(0, copier, **kw)\n"
+    )
+    off, _ = run("off", False)
+    on, err = run("on", True, every)
+    assert on == off
+    [line] = [x for x in err.splitlines() if "went to host memory" in x]
+    assert (
+        line.startswith("offload: ") and not line.startswith("offload: 0.00 MiB") and "over 2 forward" in line
+    )
+    short = every + "llama.read_host_memory = lambda: llama.HostMemory(llama.HOST_MARGIN_MIN, 1 << 33)\n"
+    guarded, err = run("guarded", True, short)
+    assert guarded == off
+    lines = [x for x in err.splitlines() if x.startswith("offload: host memory available 4.0 GiB of 8.0")]
+    assert len(lines) == 2, err  # once a step
+    assert "keeping layers 0..3 and the final norm's input on the GPU" in lines[0]

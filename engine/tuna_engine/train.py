@@ -316,6 +316,7 @@ def train(plan: TrainPlan) -> None:
 
     # ---- the loop -----------------------------------------------------------------------------------------
     loss = None
+    offload_report = getattr(inner, "offload_report", None)
     run_start, start_step = time.time(), state["step"]
     interval_start, interval_tokens = time.time(), 0
     stopped_early = False
@@ -356,6 +357,9 @@ def train(plan: TrainPlan) -> None:
                 )
             if profiling is not None:
                 profiling.finish()
+            # The first step's offload totals; the host memory guard's line at each step it keeps tensors.
+            if offload_report is not None and (line := offload_report.end_step()) is not None:
+                log(line)
             if not math.isfinite(loss):
                 last = state.get("last_checkpoint")
                 raise EngineError(
@@ -443,7 +447,8 @@ def train(plan: TrainPlan) -> None:
             if stopped_early:
                 break
     except torch.OutOfMemoryError as e:
-        raise oom_error(str(e), phase, plan, state["step"] + 1) from e
+        note = offload_report.guard_note() if offload_report is not None else None
+        raise oom_error(str(e), phase, plan, state["step"] + 1, note) from e
 
     # ---- outputs ------------------------------------------------------------------------------------------
     out = Path(plan.output.adapter_dir)
@@ -548,11 +553,18 @@ def step_extras(
     return out
 
 
-def oom_error(detail: str, phase: str, plan: TrainPlan, step: int) -> EngineError:
+def oom_error(detail: str, phase: str, plan: TrainPlan, step: int, offload: str | None = None) -> EngineError:
+    """`offload`: the host memory guard's line when it kept saved tensors on the GPU this step."""
     t = plan.train
-    advice = [
+    advice = []
+    if offload is not None:
+        advice.append(
+            f"host memory ran short for the activation offload ({offload}): free host memory or use a host "
+            "with more"
+        )
+    advice.append(
         f"lower train.micro_batch_size (now {t.micro_batch_size}) and raise grad_accum to keep the batch"
-    ]
+    )
     if t.recompute != "full":
         advice.append(f'set train.recompute: "full" (now "{t.recompute}")')
     if t.offload_activations is not True:

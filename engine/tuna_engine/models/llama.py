@@ -18,8 +18,11 @@ import contextlib
 import inspect
 import math
 import os
+import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -345,7 +348,157 @@ RECOMPUTE = ("full", "mlp", "none")
 #     host→device copies of layer i-1 on the side stream; each unpack makes the compute stream wait for the copy
 #     of that one tensor. A tensor's device copy is dropped once autograd has unpacked it as often as it was packed.
 # The last OFFLOAD_LAG layers' tensors never leave the device (backward needs them first).
+#
+# The host memory guard (issue 5: a 360k-token step offloaded 36 × 2.95 GB into pinned blocks of 4 GiB each — the
+# host allocator rounds to powers of two — and the kernel's OOM killer ended the engine with no error event).
+# Host memory is read once per layer group (MemAvailable, lowered to a cgroup v2 limit where one applies; plus
+# the pinned blocks torch's host allocator holds free for reuse); each copy is charged against it, less a margin
+# of max(4 GiB, 5% of the total). When a copy would not fit, that tensor and every later one of the forward pass
+# stay on the device: the layers kept are the last ones (the first the backward needs, so they cost no wait), and
+# a group that would not fit whole (judged by the largest group so far) is kept whole. The step's log line and
+# an OOM error name the layers kept (`OffloadReport`).
 OFFLOAD_LAG = 2
+HOST_MARGIN_MIN = 4 << 30
+GIB = float(1 << 30)
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    available: int  # bytes the host can still give without swapping or killing
+    total: int
+
+
+def host_margin(total: int) -> int:
+    """Host memory the offload never takes: max(4 GiB, 5% of the total) for the rest of the process and the OS."""
+    return max(HOST_MARGIN_MIN, total // 20)
+
+
+def parse_meminfo(text: str) -> HostMemory | None:
+    """/proc/meminfo → MemAvailable and MemTotal in bytes; None when either is missing (kernels before 3.14)."""
+    kb: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name in ("MemTotal", "MemAvailable") and fields and fields[0].isdigit():
+            scale = 1024 if len(fields) > 1 and fields[1] == "kB" else 1
+            kb[name] = int(fields[0]) * scale
+    if "MemTotal" not in kb or "MemAvailable" not in kb:
+        return None
+    return HostMemory(kb["MemAvailable"], kb["MemTotal"])
+
+
+def cgroup_memory(root: Path = Path("/sys/fs/cgroup")) -> HostMemory | None:
+    """The cgroup v2 limit of this process's cgroup (a container's): limit − (usage − inactive file pages, which
+    the kernel reclaims before it kills). None without a v2 limit ("max" or no memory.max)."""
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if not limit.isdigit():
+            return None
+        usage = int((root / "memory.current").read_text().strip())
+        inactive = 0
+        for line in (root / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "inactive_file" and value.strip().isdigit():
+                inactive = int(value)
+    except (OSError, ValueError):
+        return None
+    return HostMemory(max(0, int(limit) - max(0, usage - inactive)), int(limit))
+
+
+def read_host_memory() -> HostMemory | None:
+    """Available host memory: Linux /proc/meminfo (and the cgroup v2 limit, whichever is lower); elsewhere psutil
+    if installed; None (no guard) otherwise."""
+    if sys.platform.startswith("linux"):
+        try:
+            mem = parse_meminfo(Path("/proc/meminfo").read_text())
+        except OSError:
+            mem = None
+        if mem is not None:
+            cg = cgroup_memory()
+            return cg if cg is not None and cg.available < mem.available else mem
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    vm = psutil.virtual_memory()
+    return HostMemory(int(vm.available), int(vm.total))
+
+
+def reusable_pinned_bytes() -> int:
+    """Pinned blocks torch's host allocator holds free for reuse (last step's copies): host memory the offload can
+    take again without the kernel giving more. 0 without CUDA."""
+    if not torch.cuda.is_available() or not hasattr(torch.cuda, "host_memory_stats"):
+        return 0
+    stats = torch.cuda.host_memory_stats()
+    return max(0, int(stats.get("allocated_bytes.current", 0)) - int(stats.get("active_bytes.current", 0)))
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 100 else f"{n / (1 << 20):.2f} MiB"
+
+
+@dataclass
+class OffloadReport:
+    """What the offload did over one training step (all its forward passes): the model keeps one
+    (`CausalLM.offload_report`), the trainer logs `end_step()` once a step and adds `guard_note()` to an OOM
+    error's hint. `layers` = the decoder's layer count (group `layers` is the final norm's input)."""
+
+    layers: int
+    offloaded_bytes: int = 0
+    pinned_bytes: int = 0
+    kept_bytes: int = 0  # saved tensors that stayed on the device (the guard's and wide views)
+    guard_kept_bytes: int = 0  # of which the host memory guard kept
+    kept_from: int | None = None  # the first group the guard kept (the lowest over the step's forward passes)
+    last_group: int = -1
+    host: HostMemory | None = None  # the reading when the guard first kept a tensor this step
+    room: int = 0  # what the guard could still give then (available + reusable pinned − margin)
+    forwards: int = 0
+    steps: int = 0
+
+    def add(self, state: ActivationOffload) -> None:
+        s = state.stats
+        self.forwards += 1
+        self.offloaded_bytes += s["offloaded_bytes"]
+        self.pinned_bytes += s["pinned_bytes"]
+        self.kept_bytes += s["kept_bytes"]
+        self.guard_kept_bytes += s["guard_kept_bytes"]
+        self.last_group = max(self.last_group, state.group)
+        if state.kept_from is not None and (self.kept_from is None or state.kept_from < self.kept_from):
+            self.kept_from, self.host, self.room = state.kept_from, state.kept_reading, state.kept_room
+
+    def kept_layers(self) -> str:
+        assert self.kept_from is not None
+        last = min(self.last_group, self.layers)
+        if self.kept_from >= self.layers:
+            return "the final norm's input"
+        norm = " and the final norm's input" if last >= self.layers else ""
+        return f"layers {self.kept_from}..{min(last, self.layers - 1)}{norm}"
+
+    def guard_note(self) -> str | None:
+        """One line on what the guard did this step, or None when it kept nothing."""
+        if self.kept_from is None:
+            return None
+        avail = f"{self.host.available / GIB:.1f} GiB" if self.host is not None else "?"
+        total = f" of {self.host.total / GIB:.1f}" if self.host is not None else ""
+        return (
+            f"offload: host memory available {avail}{total} (margin "
+            f"{host_margin(self.host.total if self.host else 0) / GIB:.1f} GiB), keeping {self.kept_layers()} "
+            f"on the GPU ({_size(self.guard_kept_bytes)} kept, {_size(self.offloaded_bytes)} offloaded)"
+        )
+
+    def end_step(self) -> str | None:
+        """The step's log line (the first step's totals; the guard's line at every step it kept tensors), then
+        the counts start over for the next step."""
+        self.steps += 1
+        line = self.guard_note()
+        if line is None and self.steps == 1 and self.forwards:
+            line = (
+                f"offload: {_size(self.offloaded_bytes)} of saved tensors went to host memory "
+                f"({_size(self.pinned_bytes)} of it pinned) over {self.forwards} forward pass(es); "
+                f"{_size(self.kept_bytes)} stayed on the GPU"
+            )
+        self.__dict__.update(OffloadReport(self.layers, steps=self.steps).__dict__)
+        return line
 
 
 class Copier:
@@ -364,6 +517,10 @@ class Copier:
 
     def wait(self, event: Any, device: torch.device) -> None:
         pass
+
+    def host_bytes(self, nbytes: int) -> int:
+        """Host memory a copy of `nbytes` takes."""
+        return nbytes
 
 
 class StreamCopier(Copier):
@@ -403,6 +560,10 @@ class StreamCopier(Copier):
         if event is not None:
             torch.cuda.current_stream(device).wait_event(event)
 
+    def host_bytes(self, nbytes: int) -> int:
+        # The caching host allocator hands out power-of-two blocks (a 2.95 GB layer input takes 4 GiB).
+        return 1 << max(0, nbytes - 1).bit_length()
+
 
 class _Held:
     """One saved tensor: its host copy (the flat span of storage it covers), and its device tensor while there
@@ -427,14 +588,31 @@ class ActivationOffload:
     copying 16 GB of 8B weights each step would be the cost, which torch's `save_on_cpu` pays), tensors under
     `min_bytes`, tensor subclasses, and views that cover more than twice their own size of storage. The same
     view of the same storage saved twice (normed x by several projections, the rotary tables by every layer) is
-    copied once."""
+    copied once.
+
+    `host_memory` (None: no guard) reads the host's available memory for the guard (see above; injected in
+    tests); `report` sums this pass's stats into the model's `OffloadReport` when the forward pass ends."""
 
     def __init__(
-        self, min_bytes: int = 1 << 16, copier: Copier | None = None, max_pinned_bytes: int | None = None
+        self,
+        min_bytes: int = 1 << 16,
+        copier: Copier | None = None,
+        max_pinned_bytes: int | None = None,
+        host_memory: Callable[[], HostMemory | None] | None = None,
+        report: OffloadReport | None = None,
     ) -> None:
         self.min_bytes = min_bytes
         self.copier = copier  # injected (tests); None: a StreamCopier per CUDA device, synchronous otherwise
         self.max_pinned_bytes = max_pinned_bytes
+        self.host_memory = host_memory
+        self.report = report
+        self.room: int | None = None  # host bytes the current group may still take (None: no reading)
+        self.room_group = -1  # the group `room` was read for
+        self.group_cost: dict[int, int] = {}  # host bytes each group's copies took
+        self.kept_from: int | None = None  # the guard keeps this group and every later one on the device
+        self.reading: HostMemory | None = None  # the current group's reading
+        self.kept_reading: HostMemory | None = None
+        self.kept_room = 0
         self.sync = Copier()
         self.streams: dict[torch.device, StreamCopier] = {}
         self.groups: dict[int, list[weakref.ref[_Held]]] = {}
@@ -445,7 +623,10 @@ class ActivationOffload:
         self.seq = 0
         self.in_backward = False
         self.pinned_ok = True
-        self.stats = {"offloaded_bytes": 0, "pinned_bytes": 0, "kept_bytes": 0, "deduplicated": 0, "h2d": 0}
+        self.stats = {
+            "offloaded_bytes": 0, "pinned_bytes": 0, "kept_bytes": 0, "guard_kept_bytes": 0, "deduplicated": 0,
+            "h2d": 0,
+        }  # fmt: skip
 
     # ---- forward -------------------------------------------------------------------------------------------
     def enter_layer(self, i: int) -> None:
@@ -497,7 +678,12 @@ class ActivationOffload:
         if held is not None and (held.owner() is None or held.version != t._version):
             held = None
         if held is None:
-            held = self._offload(t, extent, nbytes)
+            copier = self._copier_for(t, extent * t.element_size())
+            if not self._host_takes(copier.host_bytes(extent * t.element_size())):
+                self.stats["kept_bytes"] += nbytes
+                self.stats["guard_kept_bytes"] += nbytes
+                return t  # stays on the device: autograd holds it as without offload, nothing is copied
+            held = self._offload(t, extent, nbytes, copier)
             self.seen[key] = weakref.ref(held)
         else:
             self.stats["deduplicated"] += 1
@@ -522,9 +708,40 @@ class ActivationOffload:
             self.streams[t.device] = StreamCopier(t.device)
         return self.streams[t.device]
 
-    def _offload(self, t: torch.Tensor, extent: int, nbytes: int) -> _Held:
+    def _host_takes(self, cost: int) -> bool:
+        """The host memory guard: whether a copy taking `cost` bytes of host memory fits (and charge it)."""
+        if self.kept_from is not None:
+            return False
+        if self.host_memory is None:
+            return True
+        if self.room_group != self.group:  # one reading per group
+            self.room_group = self.group
+            mem = self.host_memory()
+            self.room = None
+            if mem is not None:
+                self.room = mem.available + reusable_pinned_bytes() - host_margin(mem.total)
+                expected = max(self.group_cost.values(), default=0)  # a layer's copies, as the largest so far
+                if expected > self.room:  # would run out inside this group: keep all of it
+                    return self._keep(mem)
+                self.reading = mem
+        if self.room is None:
+            return True
+        if cost > self.room:
+            return self._keep(self.reading)
+        self.room -= cost
+        self.group_cost[self.group] = self.group_cost.get(self.group, 0) + cost
+        return True
+
+    def _keep(self, mem: HostMemory | None) -> bool:
+        self.kept_from, self.kept_reading, self.kept_room = self.group, mem, max(0, self.room or 0)
+        return False
+
+    def end_forward(self) -> None:
+        if self.report is not None:
+            self.report.add(self)
+
+    def _offload(self, t: torch.Tensor, extent: int, nbytes: int, copier: Copier) -> _Held:
         span = t.as_strided((extent,), (1,))
-        copier = self._copier_for(t, extent * t.element_size())
         try:
             host, event = copier.to_host(span)
         except RuntimeError:  # pinned memory exhausted: this and the rest of the pass go the synchronous way
@@ -609,13 +826,25 @@ class OffloadHooks(torch.autograd.graph.saved_tensors_hooks):
     def enter_layer(self, i: int) -> None:
         self.state.enter_layer(i)
 
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.state.end_forward()  # also when the forward pass raised (an OOM error names what the guard kept)
 
-def offload_saved_tensors(min_bytes: int = 1 << 16, copier: Copier | None = None) -> OffloadHooks:
+
+def offload_saved_tensors(
+    min_bytes: int = 1 << 16,
+    copier: Copier | None = None,
+    report: OffloadReport | None = None,
+    host_memory: Callable[[], HostMemory | None] | None = None,
+) -> OffloadHooks:
     """Hooks that send the decoder's saved tensors to host memory and bring them back a layer ahead of the
-    backward pass (see OFFLOAD_LAG above). TUNA_OFFLOAD_PINNED_GIB caps the pinned memory of one forward pass;
+    backward pass (see OFFLOAD_LAG above), keeping on the device what the host cannot take (the guard above;
+    `host_memory` None: `read_host_memory`). TUNA_OFFLOAD_PINNED_GIB caps the pinned memory of one forward pass;
     beyond it (or when a pinned allocation fails) tensors are copied synchronously to ordinary memory."""
     cap = os.environ.get("TUNA_OFFLOAD_PINNED_GIB")
-    return OffloadHooks(ActivationOffload(min_bytes, copier, int(float(cap) * (1 << 30)) if cap else None))
+    pinned = int(float(cap) * (1 << 30)) if cap else None
+    read = host_memory if host_memory is not None else read_host_memory
+    return OffloadHooks(ActivationOffload(min_bytes, copier, pinned, read, report))
 
 
 class Body(nn.Module):
@@ -645,8 +874,10 @@ class CausalLM(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         # train.recompute: "full" = checkpoint every decoder layer, "mlp" = only each MLP block, "none".
         self._recompute = "none"
-        # train.offload_activations: tensors saved for backward by the decoder go to (pinned) CPU memory.
+        # train.offload_activations: tensors saved for backward by the decoder go to (pinned) CPU memory; what
+        # the offload did in a step (offloaded, kept by the host memory guard) adds up in offload_report.
         self.offload_activations = False
+        self.offload_report = OffloadReport(c.num_layers)
         # Set by the loader for QLoRA: how the 4-bit base was made (saved beside the adapter for merging).
         self.quantization: dict[str, Any] | None = None
 
@@ -692,6 +923,8 @@ class CausalLM(nn.Module):
         seg = segments(sample_ids) if use_varlen(x) else Segments(sample_ids, sample_ids, 0)
         training = self.training and torch.is_grad_enabled()
         offload = offload_saved_tensors() if self.offload_activations and training else None
+        if offload is not None:
+            offload.state.report = self.offload_report  # this pass's stats add up in the model's step report
         with offload if offload is not None else contextlib.nullcontext():
             for i, layer in enumerate(self.model.layers):
                 if offload is not None:
