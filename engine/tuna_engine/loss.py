@@ -71,18 +71,6 @@ def resolve_impl(impl: str | None, device: torch.device) -> str:
     return choice
 
 
-def _chunk_eager(
-    z: torch.Tensor,
-    targets: torch.Tensor,
-    weight: torch.Tensor,
-    scale: float,
-    softcap: float | None,
-    grad: bool,
-    out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return ce.ce_chunk_reference(z, targets, weight, scale, softcap, grad, out_dtype)
-
-
 def _chunk_triton(
     z: torch.Tensor,
     targets: torch.Tensor,
@@ -92,7 +80,8 @@ def _chunk_triton(
     grad: bool,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # z is F.linear's output, in the model dtype (= out_dtype): the kernel writes the gradient over it.
+    """ce.ce_chunk_reference's signature over the kernel. z is F.linear's output, in the model dtype
+    (= out_dtype): the kernel writes the gradient over it."""
     loss, g = ce.ce_chunk_triton(z, targets, weight, scale, softcap, grad)
     return loss, (g.to(out_dtype) if g is not None else None)
 
@@ -119,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        run_chunk = _chunk_triton if impl == "triton" else _chunk_eager
+        run_chunk = _chunk_triton if impl == "triton" else ce.ce_chunk_reference
         for s in range(0, N, chunk):
             h = hidden[s : s + chunk]
             z = F.linear(h, weight, bias)  # [n, V] in the model dtype
