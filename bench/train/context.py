@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument(
         "--layers",
         default=None,
+        type=layer_counts,
         help="comma list of decoder-layer counts: train the architecture cut to each (see above) instead of whole",
     )
     ap.add_argument("--work", default=None)
@@ -140,13 +141,26 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(res, indent=2))
 
 
+def layer_counts(spec: str) -> list[int]:
+    """--layers: "2,4,6" → [2, 4, 6], each ≥ 1 (argparse turns the error into a usage message naming the flag)."""
+    try:
+        counts = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of layer counts such as 2,4,6, got {spec!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"layer counts must be ≥ 1, got {spec!r}")
+    return counts
+
+
 def cut_models(args: argparse.Namespace, work: Path, settings: dict) -> None:
     """--layers: the model cut to each layer count, every length; a line through the peaks per length,
     extrapolated to the full layer count."""
     from tuna_engine.models.random_dir import write_random_model
 
     full = PRESETS[args.model]["config"]
-    counts = [int(x) for x in args.layers.split(",")]
+    counts = args.layers
     res: dict = {
         "card": torch.cuda.get_device_name(),
         "date": time.strftime("%Y-%m-%d"),

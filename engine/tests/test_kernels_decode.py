@@ -52,6 +52,8 @@ def test_kernels_parse():
     assert Kernels.parse("all") == Kernels(True, True, True, True)
     with pytest.raises(ValueError, match="unknown \\['gem'\\]"):
         Kernels.parse("gem,silu")
+    with pytest.raises(ValueError, match="^environment variable TUNA_DECODE_KERNELS: unknown"):
+        Kernels.parse("argmx", "environment variable TUNA_DECODE_KERNELS")
 
 
 def test_heuristic_config_fills_the_card():

@@ -202,15 +202,16 @@ class Kernels(NamedTuple):
     argmax: bool = False
 
     @staticmethod
-    def parse(spec: str | None) -> Kernels:
-        """ "gemm,silu,norm,argmax" (any subset; "all"; "" or None = none) → Kernels."""
+    def parse(spec: str | None, source: str = "decode kernels") -> Kernels:
+        """ "gemm,silu,norm,argmax" (any subset; "all"; "" or None = none) → Kernels. `source` names where the
+        spec came from in the error (the environment variable, when it came from there)."""
         names = {n.strip() for n in (spec or "").split(",") if n.strip()}
         if "all" in names:
             names = (names - {"all"}) | set(Kernels._fields)
         unknown = names - set(Kernels._fields)
         if unknown:
             raise ValueError(
-                f"decode kernels: unknown {sorted(unknown)} in {spec!r}; expected some of "
+                f"{source}: unknown {sorted(unknown)} in {spec!r}; expected some of "
                 f"{', '.join(Kernels._fields)} or all"
             )
         return Kernels(**{n: True for n in names})
@@ -496,8 +497,12 @@ class Decoder:
         self.compile_scope: str | None = scopes[compile] if self.fused else None
         self.compiled = self.compile_scope is not None
         # Hand-written kernels for the scope-"layer" step (Kernels; default TUNA_DECODE_KERNELS, else none).
-        if kernels is None or isinstance(kernels, str):
-            kernels = Kernels.parse(os.environ.get("TUNA_DECODE_KERNELS") if kernels is None else kernels)
+        if kernels is None:
+            kernels = Kernels.parse(
+                os.environ.get("TUNA_DECODE_KERNELS"), "environment variable TUNA_DECODE_KERNELS"
+            )
+        elif isinstance(kernels, str):
+            kernels = Kernels.parse(kernels)
         self.kernels = kernels if self.compile_scope == "layer" else Kernels()
         self._zero = torch.zeros(1, dtype=torch.long, device=dev)
         out_w = model.output_weight
