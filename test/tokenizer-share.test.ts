@@ -89,6 +89,29 @@ describe("shared batch", () => {
     }
   });
 
+  it("lays a batch into a larger buffer left by an earlier one: fresh ranges, not ready until writeLater", () => {
+    const first = shareBatch(texts, 2);
+    const r = new BatchReader(first, 0);
+    while (r.next() >= 0); // every job of the first batch taken: its ctl words say "empty"
+    const other = texts.slice(0, 120).map((t) => `${t.toUpperCase()}é`);
+    const b = shareBatch(other, 2, 0, first.sab);
+    expect(b.sab).toBe(first.sab);
+    const r1 = new BatchReader(b, 1);
+    const [from] = r1.textsOf(r1.next());
+    for (let i = from; i < other.length; i++) expect(r1.text(i)).toBe(other[i]);
+    // Range 0 still holds the first batch's characters, and a thief would wait: ready is 0 again.
+    expect(r1.text(0)).not.toBe(other[0]);
+    expect(new Int32Array(b.sab, 0, 3)[2]).toBe(0);
+    writeLater(b, other, 0);
+    const r0 = new BatchReader(b, 0);
+    const seen: number[] = [];
+    for (let j = r0.next(); j >= 0; j = r0.next()) seen.push(j);
+    expect(seen[0]).toBe(0);
+    for (let i = 0; i < other.length; i++) expect(r0.text(i)).toBe(other[i]);
+    // Too small a buffer is not taken.
+    expect(shareBatch(texts, 2, -1, new SharedArrayBuffer(16)).sab.byteLength).toBeGreaterThan(16);
+  });
+
   it("handles no texts and empty texts", () => {
     const none = shareBatch([], 2);
     expect(none.jobs).toBe(0);

@@ -383,6 +383,9 @@ describe("worker pool", () => {
           expect(sum("chars")).toBe(texts.reduce((a, t) => a + t.length, 0));
           expect(sum("tokens")).toBe(got.reduce((a, ids) => a + ids.length, 0));
           expect(sum("stolen")).toBeLessThanOrEqual(sum("jobs") as number);
+          // Every job ran exactly once, on one thread.
+          const ran = st?.workers.flatMap((w) => Array.from(w.jobList)).sort((a, b) => a - b);
+          expect(ran).toEqual(Array.from({ length: sum("jobs") as number }, (_, j) => j));
           expect(st?.workers.every((w) => w.busyMs >= 0)).toBe(true);
           expect(st?.wallMs).toBeGreaterThan(0);
         }

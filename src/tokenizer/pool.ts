@@ -26,6 +26,8 @@ export interface PoolStats {
   postMs: number;
   workers: {
     jobs: number;
+    /** The jobs' indices in the order the thread ran them (jobs are cut as shareBatch cuts them). */
+    jobList: Int32Array;
     /** Jobs taken from the back of another worker's range. */
     stolen: number;
     texts: number;
@@ -94,6 +96,8 @@ export async function createTokenizerPool(
 
   let busy = false;
   let last: PoolStats | null = null;
+  /** The last batch's buffer, for the next call (null after a call that failed: a worker may still read it). */
+  let spare: SharedArrayBuffer | null = null;
   return {
     size: n,
     lastStats: () => last,
@@ -105,7 +109,8 @@ export async function createTokenizerPool(
         const splitSpecial = opts?.splitSpecial ?? false;
         const timed = o.stats === true;
         // The caller's own range (thread 0) is copied after the workers have their message.
-        const batch = shareBatch(texts, n, callerTok ? 0 : -1);
+        const batch = shareBatch(texts, n, callerTok ? 0 : -1, spare);
+        spare = null;
         const replies = workers.map((w, wi) => {
           const r = reply(w);
           w.postMessage({ batch, self: wi + self0, splitSpecial, stats: timed });
@@ -125,6 +130,7 @@ export async function createTokenizerPool(
         const got = [...(callerTok ? [mine] : []), ...(await Promise.all(replies))];
         const bad = got.find((m) => !m.part);
         if (bad) throw failure(bad);
+        spare = batch.sab; // every thread has answered: none reads it any more
         const results: Int32Array[] = new Array(texts.length);
         const jobStart = jobStarts(batch);
         const stats: PoolStats = { wallMs: 0, postMs, workers: [] };
@@ -141,6 +147,7 @@ export async function createTokenizerPool(
           }
           stats.workers.push({
             jobs: part.jobs.length,
+            jobList: part.jobs,
             stolen: part.stolen,
             texts: text,
             chars: part.chars,

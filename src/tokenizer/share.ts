@@ -46,8 +46,15 @@ const views = (b: SharedBatch) => {
 /** Lays `texts` out in a new SharedArrayBuffer, cuts them into jobs and gives thread w an equal share of the
  * characters as its initial range of jobs (the same texts land on the same thread every call while no stealing
  * happens, which keeps its word cache warm for them). Copies every text except those of thread `later`'s range,
- * which `writeLater` copies (so the caller can post the batch first). */
-export function shareBatch(texts: readonly string[], threads: number, later = -1): SharedBatch {
+ * which `writeLater` copies (so the caller can post the batch first). `reuse`: a buffer from an earlier batch that
+ * no thread reads any more; taken when large enough (a fresh buffer of the bench corpus is 8 MB of zero pages that
+ * fault in on the calling thread while the workers wait for their message). */
+export function shareBatch(
+  texts: readonly string[],
+  threads: number,
+  later = -1,
+  reuse: SharedArrayBuffer | null = null,
+): SharedBatch {
   let total = 0;
   for (const t of texts) total += t.length;
   const target = Math.max(1, Math.ceil(total / (threads * JOBS_PER_THREAD)));
@@ -69,8 +76,9 @@ export function shareBatch(texts: readonly string[], threads: number, later = -1
     );
   }
   const words = threads + 1 + jobs + 1 + texts.length + 1;
+  const bytes = words * 4 + total * 2;
   const b: SharedBatch = {
-    sab: new SharedArrayBuffer(words * 4 + total * 2),
+    sab: reuse && reuse.byteLength >= bytes ? reuse : new SharedArrayBuffer(bytes),
     threads,
     jobs,
     texts: texts.length,
@@ -99,7 +107,7 @@ export function shareBatch(texts: readonly string[], threads: number, later = -1
   const skip = later >= 0 ? textsOfRange(v, later) : [0, 0];
   write(b, texts, 0, skip[0]);
   write(b, texts, skip[1], texts.length);
-  if (later < 0) v.ready[0] = 1;
+  v.ready[0] = later < 0 ? 1 : 0;
   return b;
 }
 
@@ -155,6 +163,12 @@ export class BatchReader {
   ) {
     this.v = views(b);
     this.chars = Buffer.from(b.sab, this.v.charsAt);
+  }
+
+  /** Characters left in this thread's own range (all of it before the first next()). */
+  ownChars(): number {
+    const [first, end] = textsOfRange(this.v, this.self);
+    return this.v.textStart[end] - this.v.textStart[first];
   }
 
   /** The next job for this thread, or -1 when every range is empty. Own range from its front; then one job from
@@ -240,7 +254,9 @@ export function runShare(
   const r = new BatchReader(batch, self);
   const jobs: number[] = [];
   const lens: number[] = [];
-  let ids = new Int32Array(1 << 16);
+  // Half a token a character covers English and code (Qwen3: ~0.3), so the buffer rarely grows: each doubling was a
+  // copy and fresh pages to fault in, on every call.
+  let ids = new Int32Array((r.ownChars() >> 1) + 4096);
   let used = 0;
   let chars = 0;
   for (let j = r.next(); j >= 0; j = r.next()) {
