@@ -439,6 +439,18 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "default with the reference attention path (SDPA + block mask)",
     ),
     "ce_eager": ({}, {"TUNA_CE": "eager"}, "full", "default with the loss's eager chunk loop (the Triton CE's A/B)"),
+    "varlen": (
+        {},
+        {"TUNA_ATTENTION": "varlen"},
+        "full",
+        "default with flash-attention varlen for one-sample rows too (cuDNN's A/B on Hopper)",
+    ),
+    "fp8_varlen": (
+        {"base_precision": "fp8"},
+        {"TUNA_ATTENTION": "varlen"},
+        "full",
+        "fp8 with flash-attention varlen (cuDNN's A/B under FP8)",
+    ),
     "nockpt": ({"gradient_checkpointing": False}, {}, "full", "default without gradient checkpointing"),
     "compile": ({}, {"TUNA_COMPILE": "1"}, "full", "default + TUNA_COMPILE=1 (same as train.compile)"),
     "fp8": (

@@ -393,3 +393,15 @@ def test_tiled_mlp_for_long_rows_is_the_same_math(
     assert abs(loss - ref_loss) / ref_loss < 1e-6
     for k in ref:
         assert rel(got[k], ref[k]) < 1e-5, k
+
+
+def test_attention_mode_rejects_unknown_values_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNA_ATTENTION", "flash3")
+    with pytest.raises(EngineError, match="TUNA_ATTENTION: 'flash3'.*auto, varlen, cudnn, sdpa"):
+        llama.attention_mode()
+    monkeypatch.setenv("TUNA_ATTENTION", "cudnn")
+    assert llama.attention_mode() == "cudnn"
+    # On CPU the one-sample-row cuDNN path never applies, whatever the setting.
+    seg = llama.segments(torch.zeros(2, 8, dtype=torch.long))
+    assert seg.one_per_row
+    assert not llama.use_cudnn_rows(torch.zeros(2, 8, 4, 16, dtype=torch.bfloat16), seg)

@@ -15,6 +15,7 @@ its own sample (the block-diagonal causal mask in `attention`, the one function 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import EngineError
 from ..lora import Linear, lora_forward, resolve_targets
 from ..protocol import LoraSpec
 
@@ -172,6 +174,7 @@ class Segments:
     sample_ids: torch.Tensor  # [B, T]
     cu_seqlens: torch.Tensor  # [N+1] int32, sample starts in the flattened batch, then B*T
     max_len: int
+    one_per_row: bool = False  # every row is one sample, no padding: dense causal attention serves it
 
 
 def segments(sample_ids: torch.Tensor) -> Segments:
@@ -182,7 +185,7 @@ def segments(sample_ids: torch.Tensor) -> Segments:
     starts[1:] = flat[1:] != flat[:-1]
     idx = torch.nonzero(starts).flatten()
     cu = torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32)
-    return Segments(sample_ids, cu, int((cu[1:] - cu[:-1]).max()))
+    return Segments(sample_ids, cu, int((cu[1:] - cu[:-1]).max()), one_per_row=cu.numel() - 1 == B)
 
 
 def _load_varlen():  # the flash-attention varlen kernel PyTorch ships (2.9+), where it exists
@@ -196,13 +199,35 @@ def _load_varlen():  # the flash-attention varlen kernel PyTorch ships (2.9+), w
 _VARLEN, _VARLEN_ARGS = _load_varlen()
 
 
+ATTENTION_MODES = ("auto", "varlen", "cudnn", "sdpa")
+
+
+def attention_mode() -> str:
+    """TUNA_ATTENTION: auto (cuDNN for one-sample rows on Hopper, else flash-attention varlen, on CUDA in
+    bf16/fp16), varlen, cudnn (one-sample rows through cuDNN on any CUDA card), sdpa (the masked reference)."""
+    mode = os.environ.get("TUNA_ATTENTION") or "auto"
+    if mode not in ATTENTION_MODES:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_ATTENTION: {mode!r} is not an attention path; expected one of "
+            + ", ".join(ATTENTION_MODES),
+            hint="unset TUNA_ATTENTION for the default (auto)",
+        )
+    return mode
+
+
 def use_varlen(q: torch.Tensor) -> bool:
     return (
         _VARLEN is not None
         and q.is_cuda
         and q.dtype in (torch.bfloat16, torch.float16)
-        and os.environ.get("TUNA_ATTENTION", "auto") != "sdpa"
+        and attention_mode() != "sdpa"
     )
+
+
+@functools.cache
+def _is_hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments) -> torch.Tensor:
@@ -231,6 +256,33 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Seg
         **kw,
     )
     return out.view(B, T, H, D)
+
+
+def use_cudnn_rows(q: torch.Tensor, seg: Segments) -> bool:
+    """cuDNN's attention for micro-batches of one sample a row (long context, unpacked data, the benchmarks): on
+    Hopper it ran 1.6-1.8x faster than flash-attention 2 forward + backward on Qwen3's shapes (2 × H200,
+    2026-11-28, bench/train/attention.py); slower on Ampere and Blackwell by published measurements, so Hopper only.
+    Packed rows keep the varlen kernel (cuDNN's ragged layout is not wired here)."""
+    mode = attention_mode()
+    if mode not in ("auto", "cudnn") or not seg.one_per_row or not use_varlen(q):
+        return False
+    return mode == "cudnn" or _is_hopper(q.device.index if q.device.index is not None else 0)
+
+
+def cudnn_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q [B, T, H, D], k/v [B, T, KV, D], each row one sample → [B, T, H, D], causal. cuDNN reads the
+    [B, H, T, D] views in place (strided) and serves GQA without repeating k/v."""
+    out = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        None,
+        torch.is_grad_enabled(),
+        0.0,
+        True,
+        False,
+    )[0]
+    return out.transpose(1, 2)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sample_ids: torch.Tensor) -> torch.Tensor:
@@ -274,7 +326,9 @@ class Attention(nn.Module):
         cos, sin = cos[:, :, None], sin[:, :, None]  # [B, T, 1, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        if use_varlen(q):
+        if use_cudnn_rows(q, seg):
+            y = cudnn_rows_attention(q, k, v)
+        elif use_varlen(q):
             y = varlen_attention(q, k, v, seg)  # [B, T, H, D]
         else:
             y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), seg.sample_ids).transpose(
