@@ -9,8 +9,9 @@ peak memory and step time of each length; the longest that trained is the answer
 
     PYTHONPATH=engine python bench/train/context.py --lengths 65536,131072,262144,360448 --out /tmp/ctx.json
 
-One step of Qwen3-8B at 360,448 tokens is ~10 minutes of attention on an H200 (flash attention 2, forward,
-recomputed forward and backward over 36 layers), longer than a device call. `--layers 2,4,6` trains the same
+One step of Qwen3-8B at 360,448 tokens is ~10 minutes of attention on an H200 with flash attention 2 (forward,
+recomputed forward and backward over 36 layers), ~6 with cuDNN's attention (the engine's default on Hopper for a
+one-sample row): the full step ran in 426 s with model writing and loading. `--layers 2,4,6` trains the same
 architecture cut to that many decoder layers instead, at the same length: everything a layer adds to the GPU
 (its NF4 weights, LoRA parameters, gradients and AdamW states; the layer inputs are offloaded) is the same for
 every layer, so the peaks of the cut models lie on a line over the layer count. The script fits it, reports how
