@@ -28,6 +28,47 @@ from helpers import (
 pytestmark = pytest.mark.gpu
 
 
+def bf16_curve(
+    mp: pytest.MonkeyPatch,
+    work: Path,
+    model_dir: Path,
+    shard: Path,
+    steps: int,
+    attention: str,
+    timeout: int,
+    **train: object,
+) -> list[float]:
+    """Per-step losses of a bf16 LoRA run on CUDA (micro-batch 2, lr 2e-4), TUNA_ATTENTION=`attention`."""
+    plan = make_plan(
+        work,
+        model_dir,
+        [shard],
+        max_steps=steps,
+        micro_batch_size=2,
+        grad_accum=1,
+        learning_rate=2e-4,
+        gradient_checkpointing=True,
+        **train,
+    )
+    plan["model"]["dtype"] = "bfloat16"
+    plan["device"] = "cuda"
+    mp.setenv("TUNA_ATTENTION", attention)  # the engine process inherits it
+    code, events, err = run_engine("train", write_plan(plan), timeout=timeout)
+    assert code == 0, err[-3000:]
+    losses = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(losses) == steps
+    return losses
+
+
+def assert_same_curve(got: list[float], ref: list[float], last: int) -> None:
+    """bf16 noise: per-step relative differences stay small, and the curves do not drift apart; and the run
+    learned something, so the comparison is not of two flat lines."""
+    diffs = [abs(a - b) / b for a, b in zip(got, ref, strict=True)]
+    assert max(diffs) < 2e-2, max(diffs)
+    assert sum(diffs[-last:]) / last < 5e-3, diffs[-last:]
+    assert ref[-1] < ref[0]
+
+
 def test_fast_path_loss_curve_equals_reference_over_200_steps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -35,35 +76,32 @@ def test_fast_path_loss_curve_equals_reference_over_200_steps(
     # Support-transcript-like lengths, packed: several samples per row, so attention confinement matters.
     samples = random_samples(1600, vocab=151936, min_len=32, max_len=700, seed=5)
     shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
-
-    def run(name: str, fast: bool) -> list[float]:
-        monkeypatch.setenv("TUNA_ATTENTION", "auto" if fast else "sdpa")
-        plan = make_plan(
-            tmp_path / name,
-            model_dir,
-            [shard],
-            max_steps=200,
-            micro_batch_size=2,
-            grad_accum=1,
-            learning_rate=2e-4,
-            warmup_steps=10,
-            gradient_checkpointing=True,
-            compile=fast,
-            lora_compute="auto" if fast else "exact",  # reference: peft's fp32 adapter math, eager, SDPA
-        )
-        plan["model"]["dtype"] = "bfloat16"
-        plan["device"] = "cuda"
-        code, events, err = run_engine("train", write_plan(plan), timeout=900)
-        assert code == 0, err[-3000:]
-        return [e["loss"] for e in events if e["event"] == "step"]
-
-    ref, fast = run("reference", False), run("fast", True)
-    assert len(ref) == len(fast) == 200
-    diffs = [abs(a - b) / b for a, b in zip(fast, ref, strict=True)]
-    # bf16 noise: per-step relative differences stay small, and the curves do not drift apart.
-    assert max(diffs) < 2e-2, max(diffs)
-    assert sum(diffs[-20:]) / 20 < 5e-3, diffs[-20:]
-    assert ref[-1] < ref[0]  # the run learned something, so the comparison is not of two flat lines
+    # reference: peft's fp32 adapter math, eager, SDPA with the block mask
+    ref = bf16_curve(
+        monkeypatch,
+        tmp_path / "reference",
+        model_dir,
+        shard,
+        200,
+        "sdpa",
+        900,
+        warmup_steps=10,
+        compile=False,
+        lora_compute="exact",
+    )
+    fast = bf16_curve(
+        monkeypatch,
+        tmp_path / "fast",
+        model_dir,
+        shard,
+        200,
+        "auto",
+        900,
+        warmup_steps=10,
+        compile=True,
+        lora_compute="auto",
+    )
+    assert_same_curve(fast, ref, last=20)
 
 
 def test_8b_bf16_logits_match_transformers(tmp_path: Path) -> None:
@@ -214,30 +252,10 @@ def test_cudnn_rows_loss_curve_equals_varlen(tmp_path: Path, monkeypatch: pytest
     # Tokens from the first 1,000 ids: something 60 steps can learn, so the last assertion is not noise.
     samples = random_samples(120, vocab=1000, min_len=2048, max_len=2048, seed=7)
     shard = write_shard(tmp_path / "t.safetensors", samples, max_length=2048)
-
-    def run(mode: str) -> list[float]:
-        monkeypatch.setenv("TUNA_ATTENTION", mode)
-        plan = make_plan(
-            tmp_path / mode,
-            model_dir,
-            [shard],
-            max_steps=60,
-            micro_batch_size=2,
-            grad_accum=1,
-            learning_rate=2e-4,
-            warmup_steps=5,
-            gradient_checkpointing=True,
-            compile=True,
-        )
-        plan["model"]["dtype"] = "bfloat16"
-        plan["device"] = "cuda"
-        code, events, err = run_engine("train", write_plan(plan), timeout=600)
-        assert code == 0, err[-3000:]
-        return [e["loss"] for e in events if e["event"] == "step"]
-
-    ref, cud = run("varlen"), run("cudnn")
-    assert len(ref) == len(cud) == 60
-    diffs = [abs(a - b) / b for a, b in zip(cud, ref, strict=True)]
-    assert max(diffs) < 2e-2, max(diffs)
-    assert sum(diffs[-10:]) / 10 < 5e-3, diffs[-10:]
-    assert ref[-1] < ref[0]
+    ref = bf16_curve(
+        monkeypatch, tmp_path / "varlen", model_dir, shard, 60, "varlen", 600, warmup_steps=5, compile=True
+    )
+    cudnn = bf16_curve(
+        monkeypatch, tmp_path / "cudnn", model_dir, shard, 60, "cudnn", 600, warmup_steps=5, compile=True
+    )
+    assert_same_curve(cudnn, ref, last=10)
