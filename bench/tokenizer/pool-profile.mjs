@@ -5,8 +5,8 @@
 // (and how many it stole from the other's range), encode time (wall, inside the worker), the worker thread's CPU
 // time (/proc/thread-self/stat, 10 ms ticks), characters and tokens. Derived, per pass:
 //   balance  = slowest worker's encode time / mean encode time (1.00 = even split)
-//   slowdown = worker CPU per token in the pool / this thread's CPU per token alone in a single pass run just before
-//              (> 1: threads slow each other down, e.g. two vCPUs on one physical core, or caches shared). Against
+//   slowdown = worker CPU per token in the pool / this thread's CPU per token alone in a single pass run next to it
+//              (just before on even passes, right after on odd ones) (> 1: threads slow each other down, e.g. two vCPUs on one physical core, or caches shared). Against
 //              the best of several single passes instead, as this script did until 2026-11-28, the box's drift alone
 //              (±20% pass to pass) read as a 1.19-1.33x "slowdown" of a pool of one thread.
 //   waiting  = wall - slowest worker's encode time (copy, message delivery, the answers' transfer)
@@ -56,21 +56,27 @@ for (const n of [1, N]) {
   const pool = await createTokenizerPool(model, n, { stats: true, caller });
   await pool.encodeBatch(texts); // warm the caches
   for (let p = 0; p < passes; p++) {
-    const t = performance.now();
-    const c = cpuMs();
-    for (const x of texts) tok.encode(x);
-    const just = { wall: performance.now() - t, cpu: cpuMs() - c };
+    const singlePass = () => {
+      const t = performance.now();
+      const c = cpuMs();
+      for (const x of texts) tok.encode(x);
+      return { wall: performance.now() - t, cpu: cpuMs() - c };
+    };
+    // The single pass goes before the pool pass on even passes and after it on odd ones (a fixed order read as a
+    // 6-23% "slowdown" of a one-thread pool that a rotating order, bench-wide, does not show).
+    const just = p % 2 === 0 ? singlePass() : null;
     await pool.encodeBatch(texts);
     const s = pool.lastStats();
+    const ref = just ?? singlePass();
     const busy = s.workers.map((w) => w.busyMs);
     const maxBusy = Math.max(...busy);
     const meanBusy = busy.reduce((a, b) => a + b, 0) / n;
     const tokens = s.workers.reduce((a, w) => a + w.tokens, 0);
     const cpu = s.workers.reduce((a, w) => a + w.cpuMs, 0);
-    const slowdown = cpu / tokens / (just.cpu / single.tokens);
+    const slowdown = cpu / tokens / (ref.cpu / single.tokens);
     console.log(
-      `${n} thread(s) pass ${p}: ${s.wallMs.toFixed(0)} ms wall (${(just.wall / s.wallMs).toFixed(2)}x this thread's ` +
-        `pass just before, ${just.wall.toFixed(0)} ms), ` +
+      `${n} thread(s) pass ${p}: ${s.wallMs.toFixed(0)} ms wall (${(ref.wall / s.wallMs).toFixed(2)}x this thread's ` +
+        `pass ${just ? "just before" : "right after"}, ${ref.wall.toFixed(0)} ms), ` +
         `post ${s.postMs.toFixed(0)} ms, balance ${(maxBusy / meanBusy).toFixed(2)}, slowdown ${slowdown.toFixed(2)}, ` +
         `waiting ${(s.wallMs - maxBusy).toFixed(0)} ms | ` +
         s.workers
