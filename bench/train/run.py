@@ -445,6 +445,12 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "default with flash-attention varlen for one-sample rows too (cuDNN's A/B on Hopper)",
     ),
+    "no_offload": (
+        {"offload_activations": False},
+        {},
+        "full",
+        "default with the layer inputs kept on the GPU (offload's A/B)",
+    ),
     "fp8_varlen": (
         {"base_precision": "fp8"},
         {"TUNA_ATTENTION": "varlen"},

@@ -660,3 +660,19 @@ def test_engine_logs_offload_and_the_guard(tmp_path: Path) -> None:
     lines = [x for x in err.splitlines() if x.startswith("offload: host memory available 4.0 GiB of 8.0")]
     assert len(lines) == 2, err  # once a step
     assert "keeping layers 0..3 and the final norm's input on the GPU" in lines[0]
+
+
+def test_auto_offloads_only_passes_with_large_layer_inputs() -> None:
+    # Meta tensors: only the sizes matter. Qwen3-0.6B at 8 × 2048 (28 layers of [16384, 1024] bf16 inputs,
+    # 0.88 GiB) stays on the GPU; Qwen3-8B at 4 × 2048 (36 × [8192, 4096], 2.25 GiB) offloads.
+    small = torch.empty(8, 2048, 1024, dtype=torch.bfloat16, device="meta")
+    large = torch.empty(4, 2048, 4096, dtype=torch.bfloat16, device="meta")
+    assert not llama.offload_this_pass("auto", small, 28)
+    assert llama.offload_this_pass("auto", large, 36)
+    # Explicit settings are obeyed whatever the size.
+    assert llama.offload_this_pass(True, small, 28)
+    assert not llama.offload_this_pass(False, large, 36)
+    # The threshold itself: exactly AUTO_OFFLOAD_MIN_BYTES offloads, one byte less does not.
+    at = torch.empty(llama.AUTO_OFFLOAD_MIN_BYTES // 2, dtype=torch.bfloat16, device="meta")
+    assert llama.offload_this_pass("auto", at, 1)
+    assert not llama.offload_this_pass("auto", at[:-1], 1)

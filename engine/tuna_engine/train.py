@@ -181,13 +181,17 @@ def train(plan: TrainPlan) -> None:
         )
     lora_layers = plan.method.trainable_layers if lora is not None else None
     # Several processes under torchrun (distributed.py): None on the single-process path.
-    device_kind = "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu"
+    device_kind = (
+        "cuda" if plan.device == "cuda" or (plan.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     strategy = plan.distributed.strategy if plan.distributed else None
     if strategy == "auto":
         card = distributed.env_world()[2]
         card_bytes = torch.cuda.get_device_properties(card).total_memory if device_kind == "cuda" else None
         strategy = distributed.choose_strategy(plan, device_kind, card_bytes)
-        log(f"distributed.strategy auto: {strategy} (a replica holds ~{distributed.replica_bytes(plan) / 1e9:.1f} GB)")
+        log(
+            f"distributed.strategy auto: {strategy} (a replica holds ~{distributed.replica_bytes(plan) / 1e9:.1f} GB)"
+        )
     dist = distributed.setup(strategy, device_kind)
     if dist is not None:
         distributed.check_plan(plan, dist)
@@ -211,10 +215,14 @@ def train(plan: TrainPlan) -> None:
     trainable = set_trainable(model, plan)
     if hasattr(model, "recompute"):  # our models; the generic backend has only gradient_checkpointing
         model.recompute = t.recompute
-        # "auto": the layer inputs of full recompute wait in pinned CPU memory on CUDA (measured on an H200:
-        # Qwen3-8B 10,145 → 10,137 tok/s, 19.9 → 17.7 GiB); never on CPU, never by default with mlp/none.
+        # "auto": the layer inputs of full recompute wait in pinned CPU memory on CUDA when a pass's inputs are
+        # large (llama.offload_this_pass; measured on an H200: Qwen3-8B 10,145 → 10,137 tok/s, 19.9 → 17.7 GiB;
+        # Qwen3-0.6B at 0.88 GiB of inputs +18% without it); never on CPU, never by default with mlp/none.
         auto = device.type == "cuda" and t.recompute == "full"
-        model.offload_activations = auto if t.offload_activations == "auto" else t.offload_activations
+        if t.offload_activations == "auto":
+            model.offload_activations = "auto" if auto else False
+        else:
+            model.offload_activations = t.offload_activations
     else:
         model.gradient_checkpointing = t.gradient_checkpointing
     if lora is not None:
