@@ -174,6 +174,26 @@ describe("Qwen3 tokenizer parity with Hugging Face tokenizers", () => {
     expect(firstMismatch(t, corpus, ref.default, false)).toBeNull();
   });
 
+  it("keeps encode's buffer between calls without aliasing results, and drops it after a text of over 2M characters", () => {
+    // encode reuses one internal id buffer: a returned array must not change when later calls write that buffer.
+    // (The longest text first, so that the buffer does not grow, and move, during the calls that follow.)
+    tok.encode(corpus.reduce((a, t) => (t.length > a.length ? t : a)));
+    const first = tok.encode(corpus[0]);
+    const copy = Array.from(first);
+    for (const t of corpus.slice(1, 40)) tok.encode(t);
+    expect(Array.from(first)).toEqual(copy);
+    // A text whose buffer outgrows what is kept (1M ids): same ids as a fresh tokenizer, then HF's ids again.
+    let big = "";
+    for (let i = 0; big.length < 2_100_000; i++) big += `${corpus[i % corpus.length]}\n`;
+    const fresh = tokenizerFromJson(readFileSync(join(QWEN, "tokenizer.json"), "utf8"));
+    const once = tok.encode(big);
+    expect(once.length).toBeGreaterThan(500_000);
+    const again = fresh.encode(big);
+    expect(again.length).toBe(once.length);
+    expect(again.every((id, k) => id === once[k])).toBe(true);
+    expect(firstMismatch(tok, corpus.slice(0, 200), ref.default.slice(0, 200), false)).toBeNull();
+  });
+
   it("gives identical ids on the corpus with splitSpecial (split_special_tokens=True)", () => {
     expect(firstMismatch(tok, corpus, ref.split, true)).toBeNull();
     const im = tok.tokenToId("<|im_start|>")!;

@@ -173,6 +173,8 @@ class IdSink {
 }
 
 const CACHE_LIMIT = 250_000;
+/** encode's kept sink buffer is dropped after a call that grew it past this many ids (4 MB). */
+const SINK_KEEP = 1 << 20;
 /** Longer words are encoded each time, not cached: they are mostly unique (a Chinese clause is one pre-token), and
  * caching them only churns the cache (about 30 new entries a conversation on FineTome-like data). */
 const CACHE_MAX_WORD = 12;
@@ -354,10 +356,17 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   }
 
   encode(text: string, opts?: EncodeOptions): Int32Array {
-    const sink = new IdSink((text.length >> 1) + 16, false);
+    // One sink kept for encode (it runs to completion, never re-entered): its buffer grows to the largest text's
+    // need and stays, so a call allocates only its result instead of a zeroed buffer of half the text's length too.
+    const sink = this.encodeSink;
+    sink.n = 0;
+    sink.reserve((text.length >> 1) + 16);
     this.run(text, opts?.splitSpecial ?? false, sink);
-    return sink.ids.slice(0, sink.n);
+    const ids = sink.ids.slice(0, sink.n);
+    if (sink.ids.length > SINK_KEEP) this.encodeSink = new IdSink(1024, false); // not 100 MB kept for one huge text
+    return ids;
   }
+  private encodeSink = new IdSink(1024, false);
 
   encodeWithOffsets(text: string, opts?: EncodeOptions): Encoding {
     const sink = new IdSink((text.length >> 1) + 16, true);
