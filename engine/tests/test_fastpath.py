@@ -405,3 +405,7 @@ def test_attention_mode_rejects_unknown_values_naming_the_variable(monkeypatch: 
     seg = llama.segments(torch.zeros(2, 8, dtype=torch.long))
     assert seg.one_per_row
     assert not llama.use_cudnn_rows(torch.zeros(2, 8, 4, 16, dtype=torch.bfloat16), seg)
+    # and a head size past 128 keeps the varlen kernel even where cuDNN would run (meta: no device needed)
+    monkeypatch.setattr(llama, "use_varlen", lambda q: True)
+    assert llama.use_cudnn_rows(torch.empty(2, 8, 4, 128, device="meta"), seg)
+    assert not llama.use_cudnn_rows(torch.empty(2, 8, 4, 256, device="meta"), seg)
