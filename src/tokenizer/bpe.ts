@@ -139,7 +139,7 @@ export class BytePairModel {
 
   /** Same merges as the scanning loop, for the n symbols in `syms`: pop the lowest (rank, position); an entry
    * whose pair has changed since it was pushed is stale (a rank names one pair) and skipped. */
-  private mergeWithHeap(n: number): number | Int32Array {
+  private mergeWithHeap(n: number): number {
     const syms = this.syms;
     const next = this.next;
     const prev = this.prev;
@@ -179,9 +179,9 @@ export class BytePairModel {
       }
     }
     if (left === 1) return syms[0];
-    const out = new Int32Array(left);
-    for (let p = 0, k = 0; p >= 0; p = next[p]) out[k++] = syms[p];
-    return out;
+    // Compacted in place (k ≤ p all along): the ids end up in syms[0, left), like the scan's.
+    for (let p = 0, k = 0; p >= 0; p = next[p]) syms[k++] = syms[p];
+    return -left;
   }
 
   private pairAt(p: number): void {
@@ -194,8 +194,15 @@ export class BytePairModel {
     }
   }
 
-  /** Ids of word s[start, end): a single id as a number, several as an Int32Array. */
-  encodeWord(s: string, start: number, end: number, byteLevelKey: string | null): number | Int32Array {
+  /** Where encodeWord leaves a word's ids when there are several: ids()[0, n). Valid until the next call. */
+  ids(): Int32Array {
+    return this.syms;
+  }
+
+  /** Ids of word s[start, end): its one id (≥ 0), or -n for n ≥ 2 ids left in ids()[0, n) until the next call (the
+   * tokenizer copies them out at once; an Int32Array per word was, with encode's id buffer per call, most of what
+   * encoding allocated off the V8 heap). */
+  encodeWord(s: string, start: number, end: number, byteLevelKey: string | null): number {
     if (this.ignoreMerges && byteLevelKey !== null) {
       const id = this.vocab.get(byteLevelKey);
       if (id !== undefined) return id;
@@ -234,6 +241,6 @@ export class BytePairModel {
       if (at < n - 1) this.pairAt(at);
     }
     if (n === 1) return syms[0];
-    return syms.slice(0, n);
+    return -n;
   }
 }

@@ -479,10 +479,10 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
       let len = 0;
       if (j - i > CACHE_MAX_WORD) {
         const w = model.encodeWord(s, i, j, model.ignoreMerges ? toByteLevel(s.slice(i, j)) : null);
-        if (typeof w === "number") v = w;
+        if (w >= 0) v = w;
         else {
-          ids = w;
-          len = w.length;
+          ids = model.ids();
+          len = -w;
         }
       } else {
         let c: number | undefined = cache.get(s, i, j);
@@ -493,11 +493,11 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
             this.arenaEnd = 0;
             cache.get(s, i, j);
           }
-          c = typeof w === "number" ? w : w.length < 64 ? this.keep(w) : undefined;
+          c = w >= 0 ? w : -w < 64 ? this.keep(model.ids(), -w) : undefined;
           if (c !== undefined) cache.set(s, i, j, c);
           else {
-            ids = w as Int32Array;
-            len = ids.length;
+            ids = model.ids();
+            len = -w;
           }
         }
         if (c === undefined) {
@@ -532,16 +532,16 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
   }
 
   /** Copy a word's ids into the cache arena; returns its cache value. */
-  private keep(w: Int32Array): number {
-    if (this.arenaEnd + w.length > this.arena.length) {
+  private keep(src: Int32Array, n: number): number {
+    if (this.arenaEnd + n > this.arena.length) {
       const a = new Int32Array(this.arena.length * 2);
       a.set(this.arena.subarray(0, this.arenaEnd));
       this.arena = a;
     }
     const off = this.arenaEnd;
-    this.arena.set(w, off);
-    this.arenaEnd += w.length;
-    return -(1 + off * 64 + w.length);
+    for (let k = 0; k < n; k++) this.arena[off + k] = src[k];
+    this.arenaEnd += n;
+    return -(1 + off * 64 + n);
   }
 
   /** encodeAt's lookup for one word of several tokens: per-token offsets only when a position falls inside it. */
