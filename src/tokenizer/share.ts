@@ -14,6 +14,7 @@
 //   chars[total]      the texts, back to back
 import { readFileSync } from "node:fs";
 import { isTunaError, TunaError } from "../errors.ts";
+import { ByteLevelBpeTokenizer, IdSink } from "./tokenizer.ts";
 import type { Tokenizer } from "./types.ts";
 
 /** What a thread needs to find its jobs and texts: the buffer and the sizes that place each area in it. */
@@ -256,29 +257,31 @@ export function runShare(
   const lens: number[] = [];
   // Half a token a character covers English and code (Qwen3: ~0.3), so the buffer rarely grows: each doubling was a
   // copy and fresh pages to fault in, on every call.
-  let ids = new Int32Array((r.ownChars() >> 1) + 4096);
-  let used = 0;
+  const sink = new IdSink((r.ownChars() >> 1) + 4096, false);
+  // Our tokenizer appends straight into the thread's buffer; another Tokenizer's arrays are copied in.
+  const direct = tok instanceof ByteLevelBpeTokenizer ? tok : null;
   let chars = 0;
   for (let j = r.next(); j >= 0; j = r.next()) {
     jobs.push(j);
     const [first, end] = r.textsOf(j);
     for (let i = first; i < end; i++) {
-      const out = tok.encode(texts ? texts[i] : r.text(i), { splitSpecial });
-      chars += r.length(i);
-      if (used + out.length > ids.length) {
-        const grown = new Int32Array(Math.max(ids.length * 2, used + out.length));
-        grown.set(ids.subarray(0, used));
-        ids = grown;
+      const text = texts ? texts[i] : r.text(i);
+      const before = sink.n;
+      if (direct) direct.encodeAppend(text, splitSpecial, sink);
+      else {
+        const out = tok.encode(text, { splitSpecial });
+        sink.reserve(out.length);
+        sink.ids.set(out, sink.n);
+        sink.n += out.length;
       }
-      ids.set(out, used);
-      used += out.length;
-      lens.push(out.length);
+      chars += r.length(i);
+      lens.push(sink.n - before);
     }
   }
   return {
     jobs: Int32Array.from(jobs),
     lens: Int32Array.from(lens),
-    ids: ids.subarray(0, used),
+    ids: sink.ids.subarray(0, sink.n),
     chars,
     stolen: r.stolen,
     busyMs: performance.now() - t0,

@@ -125,7 +125,8 @@ function buildPreTokenizer(cfg: Json, where: string): NextWord {
 /** Growable Int32Array for ids (and Uint32Array pairs for offsets), and the state of `encodeAt`'s position
  * lookup: positions are resolved in order as tokens are appended, each to the first token starting at or after
  * it, so only words that straddle a position need their per-token offsets. */
-class IdSink {
+/** Ids appended one text after another: `ids[0, n)`. encodeAppend writes into one (the pool's per-thread output). */
+export class IdSink {
   ids: Int32Array;
   n = 0;
   offsets: Uint32Array | null;
@@ -367,6 +368,12 @@ export class ByteLevelBpeTokenizer implements Tokenizer {
     return ids;
   }
   private encodeSink = new IdSink(1024, false);
+
+  /** encode's ids appended to `sink` (grown as needed) instead of returned: the pool's threads gather all their ids
+   * in one buffer, and an array per text was an allocation and a copy per text. */
+  encodeAppend(text: string, splitSpecial: boolean, sink: IdSink): void {
+    this.run(text, splitSpecial, sink);
+  }
 
   encodeWithOffsets(text: string, opts?: EncodeOptions): Encoding {
     const sink = new IdSink((text.length >> 1) + 16, true);
