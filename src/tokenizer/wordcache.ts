@@ -8,13 +8,15 @@
 /** What `get` returns for a word not in the cache (not a value the tokenizer stores). */
 export const MISS = 0x7fffffff;
 
+/** Int32 words an entry takes in `rec`: its hash, its units' start, its length, its value (one 16-byte record, so a
+ * hit reads one cache line of entry data instead of one from each of four parallel arrays). */
+const REC = 4;
+
 export class WordCache {
   private slots: Int32Array;
   private mask: number;
-  private start: Int32Array;
-  private len: Uint8Array;
-  private hash: Int32Array;
-  private value: Int32Array;
+  /** Entry e: rec[4e] hash, rec[4e + 1] start in `units`, rec[4e + 2] length, rec[4e + 3] value. */
+  private rec: Int32Array;
   private units: Uint16Array;
   private unitsEnd = 0;
   size = 0;
@@ -31,30 +33,28 @@ export class WordCache {
     const cap = Math.min(limit, 4096);
     this.slots = new Int32Array(tableSize(cap)).fill(-1);
     this.mask = this.slots.length - 1;
-    this.start = new Int32Array(cap);
-    this.len = new Uint8Array(cap);
-    this.hash = new Int32Array(cap);
-    this.value = new Int32Array(cap);
+    this.rec = new Int32Array(cap * REC);
     this.units = new Uint16Array(cap * maxLen);
+  }
+
+  /** Entries the tables hold before they grow. */
+  private get capacity(): number {
+    return this.rec.length / REC;
   }
 
   /** Twice the entries (at most `limit`), everything rehashed into a table twice as large. */
   private grow(): void {
-    const cap = Math.min(this.limit, this.start.length * 2);
-    const more = <A extends Int32Array | Uint8Array | Uint16Array>(a: A, n: number): A => {
-      const b = new (a.constructor as new (n: number) => A)(n);
-      b.set(a);
-      return b;
-    };
-    this.start = more(this.start, cap);
-    this.len = more(this.len, cap);
-    this.hash = more(this.hash, cap);
-    this.value = more(this.value, cap);
-    this.units = more(this.units, cap * this.maxLen);
+    const cap = Math.min(this.limit, this.capacity * 2);
+    const rec = new Int32Array(cap * REC);
+    rec.set(this.rec);
+    this.rec = rec;
+    const units = new Uint16Array(cap * this.maxLen);
+    units.set(this.units);
+    this.units = units;
     this.slots = new Int32Array(tableSize(cap)).fill(-1);
     this.mask = this.slots.length - 1;
     for (let e = 0; e < this.size; e++) {
-      let slot = this.hash[e] & this.mask;
+      let slot = rec[e * REC] & this.mask;
       while (this.slots[slot] >= 0) slot = (slot + 1) & this.mask;
       this.slots[slot] = e;
     }
@@ -67,20 +67,22 @@ export class WordCache {
     h ^= h >>> 15;
     const n = j - i;
     const slots = this.slots;
+    const rec = this.rec;
     const mask = this.mask;
     let slot = h & mask;
     for (;;) {
       const e = slots[slot];
       if (e < 0) break;
-      if (this.hash[e] === h && this.len[e] === n) {
+      const r = e * REC;
+      if (rec[r] === h && rec[r + 2] === n) {
         const units = this.units;
-        let a = this.start[e];
+        let a = rec[r + 1];
         let k = i;
         while (k < j && units[a] === s.charCodeAt(k)) {
           a++;
           k++;
         }
-        if (k === j) return this.value[e];
+        if (k === j) return rec[r + 3];
       }
       slot = (slot + 1) & mask;
     }
@@ -92,7 +94,7 @@ export class WordCache {
   /** Store s[i, j) → value, right after the `get(s, i, j)` that missed. The caller empties a full cache first
    * (clear, then get again): its id arena is emptied with it. */
   set(s: string, i: number, j: number, value: number): void {
-    if (this.size === this.start.length) {
+    if (this.size === this.capacity) {
       this.grow();
       this.get(s, i, j);
     }
@@ -100,10 +102,11 @@ export class WordCache {
     const at = this.unitsEnd;
     for (let k = i; k < j; k++) this.units[at + k - i] = s.charCodeAt(k);
     this.unitsEnd = at + (j - i);
-    this.start[e] = at;
-    this.len[e] = j - i;
-    this.hash[e] = this.missHash;
-    this.value[e] = value;
+    const r = e * REC;
+    this.rec[r] = this.missHash;
+    this.rec[r + 1] = at;
+    this.rec[r + 2] = j - i;
+    this.rec[r + 3] = value;
     this.slots[this.missSlot] = e;
   }
 
