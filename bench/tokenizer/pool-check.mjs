@@ -139,7 +139,10 @@ for (let r = 0; r < rounds; r++) {
       `(${poolCpu} ms CPU): ${(single / pooled).toFixed(2)}x, CPU ratio ${(poolCpu / singleCpu).toFixed(2)}; ` +
       `busy ${st.workers.map((w) => w.busyMs.toFixed(0)).join("/")} ms, stolen ${st.workers.map((w) => w.stolen).join("/")}` +
       (plainMs === null ? "" : `; plain halves ${plainMs.toFixed(0)} ms: ${(single / plainMs).toFixed(2)}x`) +
-      (ceil ? `; ceiling static ${ceil.static.toFixed(2)}x, shared ${ceil.shared.toFixed(2)}x` : "") +
+      (ceil
+        ? `; ceiling static ${ceil.static.toFixed(2)}x, shared ${ceil.shared.toFixed(2)}x, multiplier-bound ` +
+          `${ceil.ilp.toFixed(2)}x`
+        : "") +
       `; others' CPU ${others} ms${others > 50 ? " (busy)" : ""}`,
   );
 }
@@ -158,7 +161,7 @@ const summary = (rs, name) => {
       (plain ? `; plain halves median ${med(rs.map((x) => x.plain)).toFixed(2)}x` : "") +
       (ceiling
         ? `; ceiling median static ${med(rs.map((x) => x.c.static)).toFixed(2)}x, shared ` +
-          `${med(rs.map((x) => x.c.shared)).toFixed(2)}x`
+          `${med(rs.map((x) => x.c.shared)).toFixed(2)}x, multiplier-bound ${med(rs.map((x) => x.c.ilp)).toFixed(2)}x`
         : ""),
   );
 };
