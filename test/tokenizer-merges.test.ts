@@ -36,9 +36,13 @@ function check(merges: number, vocab: number, seed: number) {
   for (const [a, b] of pairs) {
     const [rank, merged] = ref.get(`${a},${b}`)!;
     const got = table.find(a, b);
-    if (got !== rank || table.mergedOf(got) !== merged) {
+    if (got !== rank || table.mergedOf(got) !== merged || !table.isPair(got, a, b)) {
       wrong.push(`(${a}, ${b}): rank ${got} merged ${table.mergedOf(got)}, expected ${rank} ${merged}`);
     }
+    // isPair (the heap's stale-entry check) is true only for that rank's own pair.
+    const other = Math.floor(rnd() * merges);
+    const [oa, ob] = pairs[other];
+    if (table.isPair(other, a, b) !== (oa === a && ob === b)) wrong.push(`isPair(${other}, ${a}, ${b})`);
   }
   let misses = 0;
   for (let k = 0; k < merges; k++) {

@@ -70,6 +70,11 @@ export class MergeTable {
     }
   }
 
+  /** Whether the merge of rank r (a rank find returned) is of the pair (a, b): find(a, b) === r without hashing. */
+  isPair(rank: number, a: number, b: number): boolean {
+    return this.pairs[3 * rank] === a && this.pairs[3 * rank + 1] === b;
+  }
+
   /** Merged id of the merge of rank r (a rank find returned). */
   mergedOf(rank: number): number {
     return this.pairs[3 * rank + 2];
@@ -180,7 +185,8 @@ export class BytePairModel {
       this.heapPop();
       const q = next[p];
       if (q < 0 || prev[p] === -2) continue; // p merged away, or last
-      if (merges.find(syms[p], syms[q]) !== rank) continue;
+      // Stale unless the pair there is still the one this rank merges (ranks come from find: each pair's first).
+      if (!merges.isPair(rank, syms[p], syms[q])) continue;
       syms[p] = merges.mergedOf(rank);
       const r = next[q];
       next[p] = r;
