@@ -2,18 +2,8 @@
 // including repeated pairs (the first rank wins, as in HF), pairs that are not merges, and more merges than 2^18 (a
 // Llama 3-sized table: the fingerprint bits above the rank shrink).
 import { describe, expect, it } from "vitest";
+import { mulberry32 } from "../bench/tokenizer/corpus.ts";
 import { MergeTable } from "../src/tokenizer/bpe.ts";
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function check(merges: number, vocab: number, seed: number) {
   const rnd = mulberry32(seed);

@@ -4,7 +4,7 @@
 // token before t ends after p. Then tokenizeSample's fast path against the offsets path on real samples.
 import { join, resolve } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { buildCorpus } from "../bench/tokenizer/corpus.ts";
+import { buildCorpus, mulberry32 } from "../bench/tokenizer/corpus.ts";
 import { buildSamples, loadChatTemplate, tokenizeSample } from "../src/template/index.ts";
 import { loadTokenizer, type Tokenizer } from "../src/tokenizer/index.ts";
 
@@ -25,17 +25,6 @@ function expected(text: string, positions: number[]): { ids: number[]; at: numbe
     return t > 0 && offsets[2 * (t - 1) + 1] > p ? -1 : t;
   });
   return { ids: Array.from(ids), at };
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe("encodeAt", () => {
