@@ -93,7 +93,8 @@ class TrainSpec:
     # Absent from the plan = "full" if gradient_checkpointing else "none"; present, it must agree with it.
     recompute: Literal["full", "mlp", "none"] = "full"
     # Tensors saved for backward by the decoder live in (pinned) CPU memory until the backward pass.
-    # "auto": on for CUDA with recompute "full" (only the layer inputs move; measured at no cost on Qwen3-8B).
+    # "auto": on for CUDA with recompute "full" for passes with >= 1 GiB of layer inputs (models/llama.py
+    # offload_this_pass: only the layer inputs move; no cost on Qwen3-8B, an 18% cost on Qwen3-0.6B's small passes).
     offload_activations: bool | Literal["auto"] = "auto"
     # Precision of the frozen base projections' GEMMs (fp8.py): "bf16" = the model dtype as loaded; "fp8" = the
     # weights held in float8_e4m3fn with per-channel scales and every base GEMM in FP8 (method "lora" only).

@@ -71,7 +71,8 @@ export const TrainConfig = z
     /** What the backward pass recomputes; when given it decides, else gradient_checkpointing does
      * (true → full, false → none). gradient_checkpointing: false with full/mlp is a contradiction. */
     recompute: z.enum(["full", "mlp", "none"]).optional(),
-    /** Activations saved for backward wait in pinned CPU memory; "auto" = CUDA with recompute full. */
+    /** Activations saved for backward wait in pinned CPU memory; "auto" = CUDA with recompute full, for forward
+     * passes whose layer inputs come to ≥ 1 GiB (docs/config.md). */
     offload_activations: z.union([z.boolean(), z.literal("auto")]).default("auto"),
     /** The frozen base projections: bf16 = as loaded (the model dtype), fp8 = held in FP8 (e4m3, per-channel
      * scales) with every base GEMM in FP8 — Ada/Hopper GPUs, method lora only (docs/engine.md). */
