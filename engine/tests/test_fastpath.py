@@ -409,3 +409,18 @@ def test_attention_mode_rejects_unknown_values_naming_the_variable(monkeypatch: 
     monkeypatch.setattr(llama, "use_varlen", lambda q: True)
     assert llama.use_cudnn_rows(torch.empty(2, 8, 4, 128, device="meta"), seg)
     assert not llama.use_cudnn_rows(torch.empty(2, 8, 4, 256, device="meta"), seg)
+
+
+def test_bad_attention_variable_stops_training_before_loading(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shard = write_shard(tmp_path / "t.safetensors", random_samples(4, vocab=64), max_length=32)
+    plan = make_plan(tmp_path / "run", tiny_dir, [shard], max_steps=1)
+    monkeypatch.setenv("TUNA_ATTENTION", "flash3")
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code != 0
+    errors = [e for e in events if e["event"] == "error"]
+    assert errors and errors[0]["code"] == "PLAN_INVALID", (events, err[-2000:])
+    assert "TUNA_ATTENTION: 'flash3'" in errors[0]["message"]
+    # Nothing before the error: the model was never loaded (the start event follows the load).
+    assert [e["event"] for e in events] == ["error"], events

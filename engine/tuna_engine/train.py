@@ -27,7 +27,7 @@ from .fp8 import convert_to_fp8, fp8_unsupported_reason
 from .lora import Linear, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
-from .models.llama import CausalLM
+from .models.llama import CausalLM, attention_mode
 from .protocol import TrainPlan, emit, log
 
 
@@ -170,6 +170,7 @@ def profile_step(step: int, start_step: int) -> _StepProfile | None:
 def train(plan: TrainPlan) -> None:
     t0 = time.time()
     t = plan.train
+    attention_mode()  # a bad TUNA_ATTENTION fails here, before the model loads, not at the first forward
     lora = plan.method.lora if plan.method.type in ("lora", "qlora") else None
     quant = Quant4bit(keep_16bit=plan.method.keep_16bit or ()) if plan.method.type == "qlora" else None
     if plan.method.type == "full" and prequantized_config(plan.model.path) is not None:
