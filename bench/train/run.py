@@ -332,7 +332,15 @@ def bench_tuna(
         PRESETS[model_dir.name]["config"]["vocab_size"],
         lengths,
     )
-    plan = train_plan(run, model_dir, shard, method, batch, gpus, steps + warmup, extra_train)
+    extra_train = dict(extra_train)
+    # "split": the step's `batch` packs trained as `split` micro-batches of batch/split (gradient accumulation: the
+    # same update, fewer activations alive at once).
+    split = extra_train.pop("split", 1)
+    if batch % split:
+        raise SystemExit(f"variant split {split} does not divide the batch {batch}")
+    plan = train_plan(
+        run, model_dir, shard, method, batch // split, gpus * split, steps + warmup, extra_train
+    )
     launch = [sys.executable]
     if gpus > 1:
         plan["distributed"] = {
@@ -407,6 +415,62 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "fast, no recomputation",
     ),
+    "none_split2": (
+        {
+            "compile": True,
+            "recompute": "none",
+            "gradient_checkpointing": False,
+            "split": 2,
+            "cuda_graphs": True,
+        },
+        {},
+        "full",
+        "fast_none with the step's packs as 2 micro-batches (gradient accumulation), CUDA graphs on",
+    ),
+    "none_split4": (
+        {
+            "compile": True,
+            "recompute": "none",
+            "gradient_checkpointing": False,
+            "split": 4,
+            "cuda_graphs": True,
+        },
+        {},
+        "full",
+        "fast_none with the step's packs as 4 micro-batches, CUDA graphs on",
+    ),
+    "default_split4": ({"split": 4}, {}, "full", "the defaults with the step's packs as 4 micro-batches"),
+    "none_split4_eager": (
+        {
+            "compile": True,
+            "recompute": "none",
+            "gradient_checkpointing": False,
+            "split": 4,
+            "cuda_graphs": False,
+        },
+        {},
+        "full",
+        "none_split4 without CUDA graphs (their A/B)",
+    ),
+    "mlp_split2": (
+        {"compile": True, "recompute": "mlp", "split": 2, "cuda_graphs": True},
+        {},
+        "full",
+        "recompute the MLP blocks only, the step's packs as 2 micro-batches, CUDA graphs on",
+    ),
+    "no_graphs": ({"cuda_graphs": False}, {}, "full", "the defaults without CUDA graphs (their A/B)"),
+    "graphs": (
+        {"cuda_graphs": True},
+        {},
+        "full",
+        "the defaults with CUDA graphs for every micro-batch shape",
+    ),
+    "none_graphs": (
+        {"compile": True, "recompute": "none", "gradient_checkpointing": False, "cuda_graphs": True},
+        {},
+        "full",
+        "fast_none with CUDA graphs",
+    ),
     "fast_offload": (
         {"compile": True, "offload_activations": True},
         {},
@@ -438,7 +502,12 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "default with the reference attention path (SDPA + block mask)",
     ),
-    "ce_eager": ({}, {"TUNA_CE": "eager"}, "full", "default with the loss's eager chunk loop (the Triton CE's A/B)"),
+    "ce_eager": (
+        {},
+        {"TUNA_CE": "eager"},
+        "full",
+        "default with the loss's eager chunk loop (the Triton CE's A/B)",
+    ),
     "varlen": (
         {},
         {"TUNA_ATTENTION": "varlen"},

@@ -347,12 +347,15 @@ def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
             ("exact", "none", "auto"),
         ),
         ({"gradient_checkpointing": True, "offload_activations": False}, ("auto", "full", False)),
+        ({"gradient_checkpointing": True, "cuda_graphs": False}, ("auto", "full", "auto", False)),
+        ({"gradient_checkpointing": True, "cuda_graphs": True}, ("auto", "full", "auto", True)),
     ],
 )
 def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
     plan = make_plan(tmp_path, tmp_path, [tmp_path / "t"], **train)
     t = parse_train_plan(plan).train
-    assert (t.lora_compute, t.recompute, t.offload_activations) == want
+    got = (t.lora_compute, t.recompute, t.offload_activations, t.cuda_graphs)
+    assert got == (want if len(want) == 4 else (*want, "auto"))
 
 
 @pytest.mark.parametrize(
@@ -366,6 +369,7 @@ def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
             {"offload_activations": "yes"},
             'train.offload_activations: expected true, false or "auto", got "yes"',
         ),
+        ({"cuda_graphs": 1}, 'train.cuda_graphs: expected true, false or "auto", got 1'),
     ],
 )
 def test_plan_field_errors(tmp_path: Path, train: dict, msg: str) -> None:

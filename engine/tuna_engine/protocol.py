@@ -99,6 +99,9 @@ class TrainSpec:
     # Precision of the frozen base projections' GEMMs (fp8.py): "bf16" = the model dtype as loaded; "fp8" = the
     # weights held in float8_e4m3fn with per-channel scales and every base GEMM in FP8 (method "lora" only).
     base_precision: Literal["bf16", "fp8"] = "bf16"
+    # CUDA graphs for each micro-batch's forward + loss + backward (graphs.py), one CUDA device, our models: true =
+    # every micro-batch shape (captured the second time it is seen), "auto" = small micro-batches only, false = none.
+    cuda_graphs: bool | Literal["auto"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -368,7 +371,8 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
         )
         or "auto",
         recompute=_recompute(r, t),
-        offload_activations=_offload(r, t),
+        offload_activations=_bool_or_auto(r, t, "offload_activations"),
+        cuda_graphs=_bool_or_auto(r, t, "cuda_graphs"),
         base_precision=r.get(
             t, "base_precision", "train.base_precision", "enum", optional=True, values=("bf16", "fp8")
         )
@@ -420,13 +424,13 @@ def parse_train_plan(raw: Any, source: str = "plan.json") -> TrainPlan:
     )
 
 
-def _offload(r: _Reader, t: dict[str, Any]) -> bool | Literal["auto"]:
-    v = t.get("offload_activations")
+def _bool_or_auto(r: _Reader, t: dict[str, Any], key: str) -> bool | Literal["auto"]:
+    v = t.get(key)
     if v is None or v == "auto":
         return "auto"
     if isinstance(v, bool):
         return v
-    r.bad("train.offload_activations", 'true, false or "auto"', v)
+    r.bad(f"train.{key}", 'true, false or "auto"', v)
     return "auto"
 
 

@@ -24,10 +24,11 @@ from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
 from .fp8 import convert_to_fp8, fp8_unsupported_reason
+from .graphs import AUTO_MAX_TOKEN_PARAMS, StepGraphs
 from .lora import Linear, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
-from .models.llama import CausalLM, attention_mode
+from .models.llama import CausalLM, Segments, attention_mode
 from .protocol import TrainPlan, emit, log
 
 
@@ -38,18 +39,63 @@ def weighted_ce_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     prompt tokens' logits nor the whole [N, V] fp32 logits tensor ever exist. `model` may be wrapped for
     several processes (distributed.py); its output layer is read from the model itself."""
     hidden = model(batch.input_ids, batch.position_ids, batch.sample_ids)  # [B, T, C]
-    core = distributed.unwrap(model)
     w = batch.loss_weight[:, 1:]
     keep = w > 0
+    return output_ce_sum(model, hidden[:, :-1][keep], batch.input_ids[:, 1:][keep], w[keep])
+
+
+def output_ce_sum(
+    model: torch.nn.Module, rows: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Σ weights·CE(output layer(rows), targets): rows [N, C] are the hidden states of the trained targets."""
+    core = distributed.unwrap(model)
     return linear_cross_entropy(
-        hidden[:, :-1][keep],  # [N, C]
+        rows,
         core.output_weight,
-        batch.input_ids[:, 1:][keep],
-        w[keep],
+        targets,
+        weights,
         logit_scale=getattr(core, "logit_scale", 1.0),
         logit_softcap=getattr(core, "logit_softcap", None),
         bias=getattr(core, "output_bias", None),
     )
+
+
+def static_ce_sum(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    sample_ids: torch.Tensor,
+    seg: Segments,
+    row_index: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """`weighted_ce_sum` in fixed shapes (graphs.py): the trained targets' rows gathered by index, padding rows
+    weighted 0, the samples' boundaries given, so nothing waits on the GPU and a CUDA graph can hold it."""
+    hidden = model(input_ids, position_ids, sample_ids, seg=seg)
+    return output_ce_sum(
+        model, hidden.reshape(-1, hidden.shape[-1]).index_select(0, row_index), targets, weights
+    )
+
+
+def step_graphs(
+    model: torch.nn.Module,
+    trainable: list[torch.nn.Parameter],
+    device: torch.device,
+    setting: bool | str,
+    distributed_run: bool,
+) -> StepGraphs | None:
+    """train.cuda_graphs on one CUDA device with our own models (graphs.py): true graphs every micro-batch shape,
+    "auto" (the default) the small ones (graphs.AUTO_MAX_TOKEN_PARAMS); several processes, CPU and the generic
+    transformers backend run eagerly."""
+    if setting is False or device.type != "cuda" or not isinstance(model, CausalLM):
+        return None
+    if distributed_run:
+        if setting is True:
+            log("train.cuda_graphs: not applied under several processes (runs eagerly)")
+        return None
+    limit = None if setting is True else AUTO_MAX_TOKEN_PARAMS
+    return StepGraphs(model, list(trainable), device, weighted_ce_sum, static_ce_sum, max_token_params=limit)
 
 
 def lr_at(step: int, plan: TrainPlan) -> float:
@@ -254,6 +300,7 @@ def train(plan: TrainPlan) -> None:
         # parameters, outside the compiled layers.
         for layer in inner.model.layers:
             layer.compile()
+    graphs = step_graphs(model, trainable, device, t.cuda_graphs, dist is not None)
     packs_per_step = t.micro_batch_size * t.grad_accum  # the global batch, whatever the process count
     if dist is not None:
         dist.local_grad_accum(t.grad_accum)  # each rank: grad_accum / world micro-batches (error if uneven)
@@ -348,9 +395,12 @@ def train(plan: TrainPlan) -> None:
                     phase = (
                         f"forward/backward of step {step} (micro-batch of {list(b.input_ids.shape)} tokens)"
                     )
-                    b = b.to(device)
-                    ce_sum = weighted_ce_sum(model, b)
-                    (ce_sum * (scale / max(weight, 1e-9))).backward()
+                    if graphs is not None:
+                        ce_sum = graphs.run(b, scale / max(weight, 1e-9))
+                    else:
+                        b = b.to(device)
+                        ce_sum = weighted_ce_sum(model, b)
+                        (ce_sum * (scale / max(weight, 1e-9))).backward()
                     total += ce_sum.detach()
                     interval_tokens += b.real_tokens
                 loss = float(total) / max(weight, 1e-9)
@@ -394,7 +444,8 @@ def train(plan: TrainPlan) -> None:
                         f"skipped (no update), loss scale now {scaler.scale:g}",
                     }
                 )
-            optimizer.zero_grad(set_to_none=True)
+            # Graphs accumulate into the gradients' own tensors: zeroed in place, not freed.
+            optimizer.zero_grad(set_to_none=graphs is None)
             if scaler is not None:
                 state["loss_scale"] = scaler.state_dict()
             state["step"] = step

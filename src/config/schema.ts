@@ -74,6 +74,9 @@ export const TrainConfig = z
     /** Activations saved for backward wait in pinned CPU memory; "auto" = CUDA with recompute full, for forward
      * passes whose layer inputs come to ≥ 1 GiB (docs/config.md). */
     offload_activations: z.union([z.boolean(), z.literal("auto")]).default("auto"),
+    /** CUDA graphs for each micro-batch's forward, loss and backward: "auto" = on for one CUDA device with
+     * Tuna's own models, a shape captured the second time it is seen (docs/config.md). */
+    cuda_graphs: z.union([z.boolean(), z.literal("auto")]).default("auto"),
     /** The frozen base projections: bf16 = as loaded (the model dtype), fp8 = held in FP8 (e4m3, per-channel
      * scales) with every base GEMM in FP8 — Ada/Hopper GPUs, method lora only (docs/engine.md). */
     base_precision: z.enum(["bf16", "fp8"]).default("bf16"),

@@ -83,6 +83,8 @@ export const TrainPlan = z.object({
     recompute: z.enum(["full", "mlp", "none"]).optional(),
     /** Tensors saved for backward by the decoder wait in pinned CPU memory. Absent = off. */
     offload_activations: z.union([z.boolean(), z.literal("auto")]).optional(),
+    /** CUDA graphs for each micro-batch's forward, loss and backward. Absent = auto (on for one CUDA device). */
+    cuda_graphs: z.union([z.boolean(), z.literal("auto")]).optional(),
     /** Frozen base projections: bf16 = the model dtype as loaded, fp8 = FP8 weights and GEMMs (method lora).
      * Absent = bf16. */
     base_precision: z.enum(["bf16", "fp8"]).optional(),

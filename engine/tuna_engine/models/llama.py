@@ -177,14 +177,20 @@ class Segments:
     one_per_row: bool = False  # every row is one sample, no padding: dense causal attention serves it
 
 
-def segments(sample_ids: torch.Tensor) -> Segments:
+def cu_seqlens(sample_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] sample ids → [N+1] int32 sample starts in the flattened batch, then B*T (on sample_ids' device)."""
     B, T = sample_ids.shape
     # Sample ids restart in every row; offsetting each row by T+1 makes them unique across the batch.
     flat = (sample_ids + torch.arange(B, device=sample_ids.device)[:, None] * (T + 1)).reshape(-1)
     starts = torch.ones_like(flat, dtype=torch.bool)
     starts[1:] = flat[1:] != flat[:-1]
     idx = torch.nonzero(starts).flatten()
-    cu = torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32)
+    return torch.cat([idx, idx.new_tensor([B * T])]).to(torch.int32)
+
+
+def segments(sample_ids: torch.Tensor) -> Segments:
+    cu = cu_seqlens(sample_ids)
+    B = sample_ids.shape[0]
     return Segments(sample_ids, cu, int((cu[1:] - cu[:-1]).max()), one_per_row=cu.numel() - 1 == B)
 
 
@@ -379,7 +385,7 @@ class DecoderLayer(nn.Module):
         Unsloth's and ArcticTraining's tiled MLP do."""
         B, T, C = x.shape
         tiles = x.reshape(B * T, C).split(MLP_TILE_TOKENS)
-        return torch.cat([checkpoint(self.mlp_block, t, use_reentrant=False) for t in tiles]).view(B, T, C)
+        return torch.cat([recomputed(self.mlp_block, t) for t in tiles]).view(B, T, C)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg)
@@ -388,11 +394,21 @@ class DecoderLayer(nn.Module):
         if self.checkpoint_mlp and self.training and torch.is_grad_enabled():
             # Only x [B, T, C] is kept; gate, up, silu(gate) and their product (4 × [B, T, intermediate],
             # the largest activations of the layer) are recomputed in the backward pass.
-            return x + checkpoint(self.mlp_block, x, use_reentrant=False)
+            return x + recomputed(self.mlp_block, x)
         return x + self.mlp_block(x)
 
 
 RECOMPUTE = ("full", "mlp", "none")
+
+
+def recomputed(fn: Any, *args: Any) -> Any:
+    """fn(*args), its activations recomputed in backward. Under CUDA graph capture (graphs.py) the RNG state
+    cannot be read, and graphs.py captures only models that draw no random numbers, so there is none to keep.
+    Inside a compiled region the compiler handles the RNG itself."""
+    if torch.compiler.is_compiling():
+        return checkpoint(fn, *args, use_reentrant=False)
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=not capturing)
 
 
 # "auto" offloads a forward pass only when its layer inputs (what full recompute keeps: tokens × hidden × layers)
@@ -986,16 +1002,23 @@ class CausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, sample_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        sample_ids: torch.Tensor,
+        seg: Segments | None = None,
     ) -> torch.Tensor:
-        """input_ids/position_ids/sample_ids [B, T] → final hidden states [B, T, C] (after the last norm)."""
+        """input_ids/position_ids/sample_ids [B, T] → final hidden states [B, T, C] (after the last norm).
+        `seg`: the samples' boundaries when the caller has them (graphs.py: computed on the CPU, no device sync);
+        otherwise computed here."""
         x = self.model.embed_tokens(input_ids)
         # Rotary tables in fp32, scaled, then cast to the activation dtype (transformers does the same).
         freqs = position_ids[..., None].float() * self.inv_freq.float()  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.rope_scale).to(x.dtype)
         sin = (emb.sin() * self.rope_scale).to(x.dtype)
-        seg = segments(sample_ids) if use_varlen(x) else Segments(sample_ids, sample_ids, 0)
+        if seg is None:
+            seg = segments(sample_ids) if use_varlen(x) else Segments(sample_ids, sample_ids, 0)
         training = self.training and torch.is_grad_enabled()
         on = training and offload_this_pass(self.offload_activations, x, len(self.model.layers))
         offload = offload_saved_tensors() if on else None
@@ -1007,7 +1030,7 @@ class CausalLM(nn.Module):
                     offload.enter_layer(i)  # saved tensors are grouped by layer for the backward prefetch
                 if self._recompute == "full" and training:
                     # Saved: the layer's inputs only (offloaded too when offload_activations is on).
-                    x = checkpoint(layer, x, cos, sin, seg, use_reentrant=False)
+                    x = recomputed(layer, x, cos, sin, seg)
                 else:
                     x = layer(x, cos, sin, seg)
             if offload is not None:

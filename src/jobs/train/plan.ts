@@ -92,6 +92,7 @@ export function buildTrainPlan(args: {
       lora_compute: t.lora_compute,
       recompute: t.recompute ?? (t.gradient_checkpointing ? "full" : "none"),
       offload_activations: t.offload_activations,
+      cuda_graphs: t.cuda_graphs,
       base_precision: t.base_precision,
       ...(t.early_stopping_patience ? { early_stopping_patience: t.early_stopping_patience } : {}),
       log_every: t.log_every,

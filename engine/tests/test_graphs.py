@@ -1,0 +1,104 @@
+"""CUDA graphs' static form of a micro-batch (graphs.py), on the CPU: the graph's loss — trained targets
+gathered by index and padded with weight 0 to a bucket, boundaries computed on the host — is the loss and the
+gradients of the eager path's boolean mask. Capture and replay themselves run in tests/gpu/test_graphs_gpu.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import greedy_packs, make_hf_model, random_samples, write_shard
+
+from tuna_engine.data import collate, micro_batches, read_shards
+from tuna_engine.graphs import _Graph, bucket, graph_key, host_batch
+from tuna_engine.models import load_model
+from tuna_engine.models.llama import segments
+from tuna_engine.protocol import LoraSpec
+from tuna_engine.train import static_ce_sum, weighted_ce_sum
+
+
+def test_bucket_pads_at_most_an_eighth_within_its_bounds() -> None:
+    for n in [1, 7, 8, 9, 100, 1000, 1023, 1024, 1025, 16376, 99_999]:
+        b = bucket(n, cap=10**9)
+        assert b >= n and b >= 8
+        assert b <= max(8, n + n / 8), (n, b)
+    assert bucket(16_376, cap=8 * 2047) == 16_376  # every target trained: exactly the batch, no padding
+    assert bucket(5, cap=3) == 3
+
+
+def _lora_model(tmp_path: Path) -> torch.nn.Module:
+    model_dir = tmp_path / "model"
+    make_hf_model(model_dir, "qwen3")
+    lora = LoraSpec(
+        r=4, alpha=8, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
+    )
+    model = load_model(str(model_dir), "float32", torch.device("cpu"), lora, seed=3)
+    for n, p in model.named_parameters():
+        p.requires_grad_(".lora_" in n)
+    model.train()
+    return model
+
+
+@pytest.mark.parametrize("layout", ["packed", "one_per_row"])
+def test_static_loss_equals_masked_loss(tmp_path: Path, layout: str) -> None:
+    model = _lora_model(tmp_path)
+    if layout == "packed":  # several samples a row, rows of different lengths (padding), prompts untrained
+        samples = random_samples(12, seed=4, prompt_frac=0.4)
+        shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 40))
+    else:
+        samples = random_samples(4, min_len=24, max_len=24, seed=5, prompt_frac=0.0)
+        shard = write_shard(tmp_path / "t.safetensors", samples)
+    batch = micro_batches(read_shards([str(shard)]), 4)[0]
+    h = host_batch(batch)
+    key = graph_key(h)
+    assert h.one_per_row == (layout == "one_per_row")
+    assert key.one_per_row == h.one_per_row
+    # the host boundaries are the device function's, and the key's slots hold them
+    assert torch.equal(h.cu_seqlens, segments(batch.sample_ids).cu_seqlens)
+    assert key.samples >= h.cu_seqlens.numel() - 1 and key.targets >= len(h.targets)
+    if layout == "packed":
+        assert key.targets > len(h.targets) or key.targets == key.rows * (key.length - 1)
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    ref = weighted_ce_sum(model, batch)
+    (ref * 0.5).backward()
+    ref_grads = grads()
+
+    g = _Graph(key, torch.device("cpu"))
+    g.load(h, 0.5)
+    got = static_ce_sum(
+        model, g.input_ids, g.position_ids, g.sample_ids, g.segments, g.row_index, g.targets, g.weights
+    )
+    (got * g.scale).backward()
+    got_grads = grads()
+
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    assert len(got_grads) == len(ref_grads) > 0
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_padded_targets_weigh_nothing(tmp_path: Path) -> None:
+    """A batch with one trained target: the bucket's other rows are padding; loss and gradients are that one
+    target's. The rows gathered for padding point at row 0, so a weight there other than 0 would show."""
+    model = _lora_model(tmp_path)
+    samples = random_samples(2, min_len=16, max_len=16, seed=6, prompt_frac=0.0)
+    b = collate(read_shards([str(write_shard(tmp_path / "t.safetensors", samples))]))
+    w = torch.zeros_like(b.loss_weight)
+    w[1, 9] = 1.0
+    b = type(b)(b.input_ids, b.position_ids, b.sample_ids, w, b.real_tokens)
+    h = host_batch(b)
+    key = graph_key(h)
+    assert len(h.targets) == 1 and key.targets == 8
+    g = _Graph(key, torch.device("cpu"))
+    g.load(h, 1.0)
+    assert g.weights.tolist() == [1.0] + [0.0] * 7
+    got = static_ce_sum(
+        model, g.input_ids, g.position_ids, g.sample_ids, g.segments, g.row_index, g.targets, g.weights
+    )
+    assert float(got.detach()) == pytest.approx(float(weighted_ce_sum(model, b).detach()), rel=1e-6)

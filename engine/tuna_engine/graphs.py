@@ -1,0 +1,266 @@
+"""CUDA graphs for the training step (train.cuda_graphs; issue 5, docs/performance.md).
+
+A micro-batch's forward, loss and backward are captured once as one CUDA graph per micro-batch shape and then
+replayed: the CPU issues one launch instead of ~2,000 kernels and the Python around them. A small model's step
+is CPU-bound without it, and more so when the step is split into micro-batches (gradient accumulation, to hold
+fewer activations at once): measured on an H200 (2026-11-28, bench/train/run.py), Qwen3-0.6B without
+recomputation, 8 × 2048 tokens a step, ran 108.8k tok/s as one micro-batch and 47.4k as four of 2 × 2048 (the
+profiler: 413 ms of CPU for 159 ms of GPU work a step).
+
+A graph replays the same kernels on the same addresses, so what varies from batch to batch becomes a tensor of
+fixed size, filled before each replay (`_Graph.load`):
+- the rows: token ids, positions and sample ids [B, T];
+- the trained targets: their flat row indices, token ids and weights, padded with weight 0 up to a bucket
+  (`bucket`: ≤ 12.5% more rows through the output layer than the batch trains);
+- packed samples: the varlen kernel's cu_seqlens, padded with empty samples up to a bucket; its maximum length
+  is T (an upper bound serves);
+- the loss scale (the fp16 scaler's scale over the step's trained tokens) as a 0-dim tensor.
+Gradients accumulate in place into the parameters' `.grad`, so those must stay the same tensors: the training
+loop zeroes them with set_to_none=False, and a replay first checks the addresses it was captured with (a changed
+one drops the graph and captures the shape again).
+
+`true` graphs every shape, "auto" only small micro-batches (AUTO_MAX_TOKEN_PARAMS). A shape is captured the
+second time it is seen (the first runs eagerly, compiling the layers and warming the capture stream): a run on
+one shape (the benchmarks, packed data of one length) graphs every step after the first; real data whose shapes
+all differ keeps running eagerly, never paying a capture for a shape seen once. At most MAX_GRAPHS shapes are
+kept; they share one memory pool. Not graphed: several processes (their collectives), offloaded passes (their
+host copies and events), dropout (below), CPU.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .data import Batch
+from .models.llama import Segments, cu_seqlens, offload_this_pass
+from .protocol import log
+
+MAX_GRAPHS = 8
+
+# train.cuda_graphs "auto" graphs a micro-batch when its tokens × the model's parameters are at most this: where
+# launching the kernels takes longer than running them. Measured on an H200 (2026-11-28, docs/benchmarks.md),
+# Qwen3-0.6B without recomputation: micro-batches of 2 × 2048 (2.5e12 with the adapters) ran 2.2× faster graphed
+# (38.5k → 85.4k tok/s, same run); at 8 × 2048 (1e13) graphed steps ran 94–95k tok/s against 104–109k eager in
+# other calls on that host type, and with full recomputation +3.6% (same run): no clear gain, so "auto" stays eager.
+AUTO_MAX_TOKEN_PARAMS = 3e12
+
+
+def bucket(n: int, cap: int, least: int = 8) -> int:
+    """n rounded up to one of 8 sizes an octave (≤ 12.5% more), at least `least`, at most `cap`."""
+    if n <= least:
+        return min(least, cap)
+    step = 1 << max(0, n.bit_length() - 4)
+    return min(cap, -(-n // step) * step)
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    rows: int  # B
+    length: int  # T
+    targets: int  # trained targets' bucket (rows through the output layer)
+    samples: int  # cu_seqlens' sample capacity
+    one_per_row: bool  # every row one sample, no padding (the cuDNN rows path)
+
+
+@dataclass(frozen=True)
+class HostBatch:
+    """A CPU micro-batch in the graph's static form (before padding to the key's sizes)."""
+
+    batch: Batch
+    row_index: torch.Tensor  # [N] flat index (b·T + t) of each trained target's hidden row
+    targets: torch.Tensor  # [N] its token id
+    weights: torch.Tensor  # [N] its weight
+    cu_seqlens: torch.Tensor  # [S + 1] int32
+    one_per_row: bool
+
+
+def host_batch(b: Batch) -> HostBatch:
+    B, T = b.input_ids.shape
+    w = b.loss_weight[:, 1:]
+    keep = w > 0
+    at = torch.nonzero(keep)  # row-major: the order of `hidden[:, :-1][keep]` in train.weighted_ce_sum
+    cu = cu_seqlens(b.sample_ids)
+    return HostBatch(b, at[:, 0] * T + at[:, 1], b.input_ids[:, 1:][keep], w[keep], cu, cu.numel() - 1 == B)
+
+
+def graph_key(h: HostBatch) -> GraphKey:
+    B, T = h.batch.input_ids.shape
+    samples = B if h.one_per_row else bucket(h.cu_seqlens.numel() - 1, B * T)
+    return GraphKey(B, T, bucket(len(h.targets), B * (T - 1)), samples, h.one_per_row)
+
+
+class _Graph:
+    """Static inputs and output of one captured micro-batch shape."""
+
+    def __init__(self, key: GraphKey, device: torch.device) -> None:
+        B, T, N, S = key.rows, key.length, key.targets, key.samples
+        self.key = key
+        self.input_ids = torch.zeros(B, T, dtype=torch.long, device=device)
+        self.position_ids = torch.zeros(B, T, dtype=torch.long, device=device)
+        self.sample_ids = torch.zeros(B, T, dtype=torch.long, device=device)
+        self.row_index = torch.zeros(N, dtype=torch.long, device=device)
+        self.targets = torch.zeros(N, dtype=torch.long, device=device)
+        self.weights = torch.zeros(N, dtype=torch.float32, device=device)
+        self.cu_seqlens = torch.full((S + 1,), B * T, dtype=torch.int32, device=device)
+        self.scale = torch.zeros((), dtype=torch.float32, device=device)
+        self.segments = Segments(self.sample_ids, self.cu_seqlens, T, one_per_row=key.one_per_row)
+        self.graph: Any = None  # the torch.cuda.CUDAGraph, once captured
+        self.ce_sum: torch.Tensor | None = None
+        self.addresses: list[int] = []
+
+    def load(self, h: HostBatch, scale: float) -> None:
+        b, n, s = h.batch, len(h.targets), h.cu_seqlens.numel()
+        for dst, src in (
+            (self.input_ids, b.input_ids),
+            (self.position_ids, b.position_ids),
+            (self.sample_ids, b.sample_ids),
+        ):
+            dst.copy_(src, non_blocking=True)
+        # Padded targets: row 0, token 0, weight 0 (no loss, no gradient); padded samples: empty, at the end.
+        pad = self.targets.numel() - n
+        self.row_index.copy_(torch.cat([h.row_index, h.row_index.new_zeros(pad)]), non_blocking=True)
+        self.targets.copy_(torch.cat([h.targets, h.targets.new_zeros(pad)]), non_blocking=True)
+        self.weights.copy_(torch.cat([h.weights, h.weights.new_zeros(pad)]), non_blocking=True)
+        cu = h.cu_seqlens
+        self.cu_seqlens.copy_(
+            torch.cat([cu, cu.new_full((self.cu_seqlens.numel() - s,), int(cu[-1]))]), non_blocking=True
+        )
+        self.scale.fill_(scale)
+
+
+def tensor_addresses(params: list[torch.nn.Parameter]) -> list[int]:
+    return [p.data_ptr() for p in params] + [p.grad.data_ptr() if p.grad is not None else 0 for p in params]
+
+
+class StepGraphs:
+    """Runs each micro-batch's forward, loss and backward (`run`): through a captured graph where it can, eagerly
+    (`eager_loss`, train.weighted_ce_sum) otherwise — both on one side stream, the capture stream. That stream
+    is the one autograd's gradient-accumulation nodes were made on (each parameter keeps its node while any
+    autograd graph holds it), so the capture never depends on another stream's work.
+
+    `graph_loss(model, input_ids, position_ids, sample_ids, segments, row_index, targets, weights)` is the
+    micro-batch's Σ w·CE in fixed shapes (train.static_ce_sum), the same computation as `eager_loss`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: list[torch.nn.Parameter],
+        device: torch.device,
+        eager_loss: Callable[[torch.nn.Module, Batch], torch.Tensor],
+        graph_loss: Callable[..., torch.Tensor],
+        max_graphs: int = MAX_GRAPHS,
+        max_token_params: float | None = None,
+    ) -> None:
+        """max_token_params: graph only micro-batches whose tokens × model parameters are at most this ("auto");
+        None graphs every shape (true)."""
+        self.model, self.params, self.device = model, params, device
+        self.max_token_params = max_token_params
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.eager_loss, self.graph_loss = eager_loss, graph_loss
+        self.max_graphs = max_graphs
+        self.graphs: dict[GraphKey, _Graph] = {}
+        self.seen: Counter[GraphKey] = Counter()
+        self.pool = torch.cuda.graph_pool_handle()
+        self.stream = torch.cuda.Stream(device)
+        self.replays = 0
+        self.disabled: str | None = None
+        # Recomputation reads and restores the RNG state, which a capture cannot; graph only models that draw
+        # no random numbers (no dropout).
+        if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+            self.disabled = "dropout draws random numbers"
+            log("train.cuda_graphs: off for this run (dropout > 0); micro-batches run eagerly")
+
+    def graphable(self, key: GraphKey) -> bool:
+        if (
+            self.max_token_params is not None
+            and key.rows * key.length * self.n_params > self.max_token_params
+        ):
+            return False
+        core: Any = self.model
+        hidden = torch.empty(
+            key.rows, key.length, core.config.hidden_size, device="meta", dtype=torch.bfloat16
+        )
+        return not offload_this_pass(core.offload_activations, hidden, len(core.model.layers))
+
+    def run(self, b: Batch, scale: float) -> torch.Tensor:
+        """Micro-batch b (on the CPU): forward, loss, and backward of the loss times `scale` (gradients add up in
+        the parameters' .grad). Returns its Σ w·CE, a 0-dim tensor ready on the current stream."""
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)  # the optimizer's last step and zeroing come first
+        with torch.cuda.stream(self.stream):
+            ce = self._run(b, scale)
+        current.wait_stream(self.stream)
+        if not any(ce is g.ce_sum for g in self.graphs.values()):
+            ce.record_stream(current)  # an eager result, allocated on the side stream, read on this one
+        return ce
+
+    def _eager(self, b: Batch, scale: float) -> torch.Tensor:
+        ce = self.eager_loss(self.model, b.to(self.device))
+        (ce * scale).backward()
+        return ce.detach()
+
+    def _run(self, b: Batch, scale: float) -> torch.Tensor:
+        if self.disabled is not None:
+            return self._eager(b, scale)
+        h = host_batch(b)
+        key = graph_key(h)
+        g = self.graphs.get(key)
+        if g is not None and g.addresses != tensor_addresses(self.params):
+            del self.graphs[key]  # a parameter or its gradient is another tensor now: capture again
+            g, self.seen[key] = None, 1
+        if g is None:
+            self.seen[key] += 1
+            if self.seen[key] >= 2 and len(self.graphs) < self.max_graphs and self.graphable(key):
+                g = self._capture(key, h, scale)
+            if g is None:
+                return self._eager(b, scale)
+        g.load(h, scale)
+        g.graph.replay()
+        self.replays += 1
+        assert g.ce_sum is not None
+        return g.ce_sum
+
+    def _capture(self, key: GraphKey, h: HostBatch, scale: float) -> _Graph | None:
+        """Records the shape's graph (nothing runs); None if the capture failed (graphs are then off)."""
+        g = _Graph(key, self.device)
+        g.load(h, scale)
+        for (
+            p
+        ) in self.params:  # a gradient made during capture would be overwritten by each replay, not added to
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        try:
+            g.addresses = tensor_addresses(self.params)
+            g.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g.graph, pool=self.pool, stream=self.stream):
+                ce = self.graph_loss(
+                    self.model,
+                    g.input_ids,
+                    g.position_ids,
+                    g.sample_ids,
+                    g.segments,
+                    g.row_index,
+                    g.targets,
+                    g.weights,
+                )
+                (ce * g.scale).backward()
+                g.ce_sum = ce.detach()
+        except Exception as e:  # noqa: BLE001 — a failed capture leaves the eager path, which works
+            self.disabled = f"{type(e).__name__}: {e}"
+            self.graphs.clear()
+            log(
+                "train.cuda_graphs: capture failed, the run goes on without graphs; set train.cuda_graphs: false "
+                f"to skip the attempt ({self.disabled[:300]})"
+            )
+            return None
+        self.graphs[key] = g
+        log(
+            f"train.cuda_graphs: captured micro-batch shape {key.rows} × {key.length} ({key.targets} target rows, "
+            f"{'one sample a row' if key.one_per_row else f'{key.samples} sample slots'})"
+        )
+        return g
