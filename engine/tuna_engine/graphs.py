@@ -138,10 +138,11 @@ def tensor_addresses(params: list[torch.nn.Parameter]) -> list[int]:
 
 
 class StepGraphs:
-    """Runs each micro-batch's forward, loss and backward (`run`): through a captured graph where it can, eagerly
-    (`eager_loss`, train.weighted_ce_sum) otherwise — both on one side stream, the capture stream. That stream
-    is the one autograd's gradient-accumulation nodes were made on (each parameter keeps its node while any
-    autograd graph holds it), so the capture never depends on another stream's work.
+    """Runs each micro-batch of a graphed shape's forward, loss and backward (`run`): through its captured graph,
+    or eagerly (`eager_loss`, train.weighted_ce_sum) the first time the shape is seen — both on one side stream,
+    the capture stream. That stream is the one autograd's gradient-accumulation nodes are made on (each
+    parameter keeps its node while any autograd graph holds it), so the capture never depends on another
+    stream's work. Shapes not graphed at all are left to the caller (`run` returns None).
 
     `graph_loss(model, input_ids, position_ids, sample_ids, segments, row_index, targets, weights)` is the
     micro-batch's Σ w·CE in fixed shapes (train.static_ce_sum), the same computation as `eager_loss`."""
@@ -175,21 +176,21 @@ class StepGraphs:
             self.disabled = "dropout draws random numbers"
             log("train.cuda_graphs: off for this run (dropout > 0); micro-batches run eagerly")
 
-    def graphable(self, key: GraphKey) -> bool:
-        if (
-            self.max_token_params is not None
-            and key.rows * key.length * self.n_params > self.max_token_params
-        ):
+    def graphable(self, rows: int, length: int) -> bool:
+        if self.max_token_params is not None and rows * length * self.n_params > self.max_token_params:
             return False
         core: Any = self.model
-        hidden = torch.empty(
-            key.rows, key.length, core.config.hidden_size, device="meta", dtype=torch.bfloat16
-        )
+        hidden = torch.empty(rows, length, core.config.hidden_size, device="meta", dtype=torch.bfloat16)
         return not offload_this_pass(core.offload_activations, hidden, len(core.model.layers))
 
-    def run(self, b: Batch, scale: float) -> torch.Tensor:
+    def run(self, b: Batch, scale: float) -> torch.Tensor | None:
         """Micro-batch b (on the CPU): forward, loss, and backward of the loss times `scale` (gradients add up in
-        the parameters' .grad). Returns its Σ w·CE, a 0-dim tensor ready on the current stream."""
+        the parameters' .grad). Returns its Σ w·CE, a 0-dim tensor ready on the current stream — or None for a
+        shape that is not graphed at all (too large for "auto", offloaded, graphs off): the caller runs it
+        eagerly on its own stream, and must drop its autograd graph after the backward (a capture must not find
+        accumulation nodes of another stream alive)."""
+        if self.disabled is not None or not self.graphable(*b.input_ids.shape):
+            return None
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)  # the optimizer's last step and zeroing come first
         with torch.cuda.stream(self.stream):
@@ -205,8 +206,6 @@ class StepGraphs:
         return ce.detach()
 
     def _run(self, b: Batch, scale: float) -> torch.Tensor:
-        if self.disabled is not None:
-            return self._eager(b, scale)
         h = host_batch(b)
         key = graph_key(h)
         g = self.graphs.get(key)
@@ -215,7 +214,7 @@ class StepGraphs:
             g, self.seen[key] = None, 1
         if g is None:
             self.seen[key] += 1
-            if self.seen[key] >= 2 and len(self.graphs) < self.max_graphs and self.graphable(key):
+            if self.seen[key] >= 2 and len(self.graphs) < self.max_graphs and self.disabled is None:
                 g = self._capture(key, h, scale)
             if g is None:
                 return self._eager(b, scale)
@@ -229,9 +228,8 @@ class StepGraphs:
         """Records the shape's graph (nothing runs); None if the capture failed (graphs are then off)."""
         g = _Graph(key, self.device)
         g.load(h, scale)
-        for (
-            p
-        ) in self.params:  # a gradient made during capture would be overwritten by each replay, not added to
+        # A gradient tensor made during the capture would be overwritten by each replay, not added to.
+        for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         try:

@@ -395,13 +395,15 @@ def train(plan: TrainPlan) -> None:
                     phase = (
                         f"forward/backward of step {step} (micro-batch of {list(b.input_ids.shape)} tokens)"
                     )
-                    if graphs is not None:
-                        ce_sum = graphs.run(b, scale / max(weight, 1e-9))
-                    else:
+                    ce_sum = graphs.run(b, scale / max(weight, 1e-9)) if graphs is not None else None
+                    if ce_sum is None:
                         b = b.to(device)
                         ce_sum = weighted_ce_sum(model, b)
                         (ce_sum * (scale / max(weight, 1e-9))).backward()
-                    total += ce_sum.detach()
+                        ce_sum = (
+                            ce_sum.detach()
+                        )  # its autograd graph goes now, before any capture (graphs.py)
+                    total += ce_sum
                     interval_tokens += b.real_tokens
                 loss = float(total) / max(weight, 1e-9)
             else:
@@ -445,7 +447,7 @@ def train(plan: TrainPlan) -> None:
                     }
                 )
             # Graphs accumulate into the gradients' own tensors: zeroed in place, not freed.
-            optimizer.zero_grad(set_to_none=graphs is None)
+            optimizer.zero_grad(set_to_none=graphs is None or not graphs.graphs)
             if scaler is not None:
                 state["loss_scale"] = scaler.state_dict()
             state["step"] = step
