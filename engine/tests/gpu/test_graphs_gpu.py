@@ -5,6 +5,7 @@
   recomputation; inputs really are reloaded (each batch trains a different number of targets, so a stale replay
   would show); gradient tensors replaced under the graph make it capture again instead of writing into freed
   memory.
+- A capture after eager micro-batches on the default stream works (their autograd graphs dropped).
 - A 30-step run with graphs follows the same run without them (same plan, the step split into micro-batches).
 """
 
@@ -122,6 +123,24 @@ def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> Non
     assert (len(graphs.graphs), graphs.replays) == (1, 4)
     for a, b in zip(_grads(model), ref_first, strict=True):
         assert _rel(a, b) < 1e-3
+
+
+def test_capture_after_eager_micro_batches_on_the_default_stream(tmp_path: Path) -> None:
+    """A run whose earlier micro-batches ran eagerly on the default stream (shapes not graphed) captures later
+    ones: train.py drops each eager autograd graph after its backward, so no accumulation node of the default
+    stream is alive at the capture (with the graph kept alive the capture fails: the first attempt's bug)."""
+    model = _model(random_cuda_model_dir(tmp_path / "m", FOUR_LAYERS), "none")
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = _batches("rows", tmp_path)
+    cuda = torch.device("cuda")
+    ce = weighted_ce_sum(model, batches[0].to(cuda))
+    (ce * 1e-3).backward()
+    ce = ce.detach()  # as train.py does
+    model.zero_grad(set_to_none=False)
+    graphs = StepGraphs(model, params, cuda, weighted_ce_sum, static_ce_sum)
+    for b in batches:
+        assert graphs.run(b, 1e-3) is not None
+    assert graphs.disabled is None and (len(graphs.graphs), graphs.replays) == (1, 3)
 
 
 def test_30_steps_with_graphs_follow_eager(tmp_path: Path) -> None:
