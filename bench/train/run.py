@@ -620,6 +620,7 @@ def main() -> None:
             extra, env, lengths = variant(v)
             if args.profile_dir:
                 env["TUNA_PROFILE"] = str(Path(args.profile_dir) / f"profile-{name}-{v}.txt")
+                env["TUNA_PROFILE_TRACE"] = str(Path(args.profile_dir) / f"trace-{name}-{v}.json")
             r[f"tuna_{v}"] = bench_tuna(*common, extra, lengths, env, method=VARIANT_METHOD.get(v, "lora"))
             log(f"  tuna[{v}] {r[f'tuna_{v}']}")
         for n in [int(g) for g in args.gpus.split(",") if int(g) > 1]:

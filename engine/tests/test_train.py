@@ -449,3 +449,20 @@ def test_fp16_skipped_steps_do_not_update(tmp_path: Path) -> None:
     adapter = load_file(str(Path(plan["output"]["adapter_dir"]) / "adapter_model.safetensors"))
     b = [v for k, v in adapter.items() if "lora_B" in k]
     assert b and all(torch.count_nonzero(v) == 0 for v in b)
+
+
+def test_profile_table_and_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TUNA_PROFILE writes the third step's per-operation table; TUNA_PROFILE_TRACE a Chrome trace of the fourth
+    and fifth steps whole, the optimizer's step included (what the table leaves out)."""
+    model_dir, shard, _ = small_run(tmp_path)
+    table, trace = tmp_path / "p" / "table.txt", tmp_path / "p" / "trace.json"
+    monkeypatch.setenv("TUNA_PROFILE", str(table))
+    monkeypatch.setenv("TUNA_PROFILE_TRACE", str(trace))
+    plan = make_plan(tmp_path, model_dir, [shard], max_steps=6, grad_accum=1)
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err
+    assert len(steps(events)) == 6
+    assert "Self CPU" in table.read_text()
+    names = [e.get("name", "") for e in json.loads(trace.read_text())["traceEvents"]]
+    # two whole steps: each one's optimizer step is in the trace
+    assert sum(n.startswith("Optimizer.step#") for n in names) == 2, sorted(set(names))[:50]

@@ -213,6 +213,27 @@ def profile_step(step: int, start_step: int) -> _StepProfile | None:
     return _StepProfile(path) if path and step == start_step + 3 else None
 
 
+class _Timeline:
+    """TUNA_PROFILE_TRACE=<file.json>: the run's fourth and fifth steps whole — micro-batches, the optimizer and
+    the time between steps — as a Chrome trace (Perfetto, chrome://tracing): where the GPU waits for the CPU,
+    which the per-operation table cannot show."""
+
+    def __init__(self, path: str) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.path = path
+        self.prof = profile(activities=acts)
+        self.prof.__enter__()
+
+    def finish(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.prof.export_chrome_trace(self.path)
+
+
 def train(plan: TrainPlan) -> None:
     t0 = time.time()
     t = plan.train
@@ -376,6 +397,7 @@ def train(plan: TrainPlan) -> None:
     run_start, start_step = time.time(), state["step"]
     interval_start, interval_tokens = time.time(), 0
     stopped_early = False
+    timeline: _Timeline | None = None
     try:
         while state["step"] < t.max_steps:
             step = state["step"] + 1
@@ -387,6 +409,9 @@ def train(plan: TrainPlan) -> None:
                 packs = dist.rank_slice(packs)  # this rank's contiguous block of the global step
             batches = micro_batches(packs, t.micro_batch_size)
             profiling = profile_step(step, start_step)
+            # After TUNA_PROFILE's step (two profilers cannot run at once).
+            if step == start_step + 4 and (trace := os.environ.get("TUNA_PROFILE_TRACE")):
+                timeline = _Timeline(trace)
             weight = sum(b.trained_tokens for b in batches)
             scale = scaler.scale if scaler is not None else 1.0
             if dist is None:
@@ -475,6 +500,9 @@ def train(plan: TrainPlan) -> None:
                     }
                 )
                 interval_start, interval_tokens = now, 0
+            if timeline is not None and step == start_step + 5:
+                timeline.finish()
+                timeline = None
 
             final = step == t.max_steps
             # Every eval_every steps, and always after the last step (eval_every 0 = only then).
