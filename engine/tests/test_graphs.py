@@ -98,6 +98,7 @@ def test_padded_targets_weigh_nothing(tmp_path: Path) -> None:
     g = _Graph(key, torch.device("cpu"))
     g.load(h, 1.0)
     assert g.weights.tolist() == [1.0] + [0.0] * 7
+    assert g.row_index.tolist() == [1 * 16 + 8] * 8  # padding repeats the trained row (row 1, position 8)
     got = static_ce_sum(
         model, g.input_ids, g.position_ids, g.sample_ids, g.segments, g.row_index, g.targets, g.weights
     )

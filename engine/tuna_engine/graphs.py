@@ -20,10 +20,11 @@ loop zeroes them with set_to_none=False, and a replay first checks the addresses
 one drops the graph and captures the shape again).
 
 `true` graphs every shape, "auto" only small micro-batches (AUTO_MAX_TOKEN_PARAMS). A shape is captured the
-second time it is seen (the first runs eagerly, compiling the layers and warming the capture stream): a run on
-one shape (the benchmarks, packed data of one length) graphs every step after the first; real data whose shapes
-all differ keeps running eagerly, never paying a capture for a shape seen once. At most MAX_GRAPHS shapes are
-kept; they share one memory pool. Not graphed: several processes (their collectives), offloaded passes (their
+second time it is seen (the first runs the same fixed-shape computation eagerly, which compiles the layers for
+it and warms the capture stream): a run on one shape (the benchmarks, packed data of one length) graphs every
+step after the first; real data whose shapes all differ keeps running eagerly, never paying a capture for a shape
+seen once. At most MAX_GRAPHS shapes are kept; they share one memory pool, which holds the largest one's
+activations for the rest of the run. Not graphed: several processes (their collectives), offloaded passes (their
 host copies and events), dropout (below), CPU.
 """
 
@@ -121,9 +122,11 @@ class _Graph:
             (self.sample_ids, b.sample_ids),
         ):
             dst.copy_(src, non_blocking=True)
-        # Padded targets: row 0, token 0, weight 0 (no loss, no gradient); padded samples: empty, at the end.
+        # Padded targets: weight 0 (no loss, no gradient) on a trained row (finite logits wherever the batch's are:
+        # 0 × an overflowed logit would be NaN), token 0; padded samples: empty, at the end.
         pad = self.targets.numel() - n
-        self.row_index.copy_(torch.cat([h.row_index, h.row_index.new_zeros(pad)]), non_blocking=True)
+        fill = int(h.row_index[0]) if n else 0
+        self.row_index.copy_(torch.cat([h.row_index, h.row_index.new_full((pad,), fill)]), non_blocking=True)
         self.targets.copy_(torch.cat([h.targets, h.targets.new_zeros(pad)]), non_blocking=True)
         self.weights.copy_(torch.cat([h.weights, h.weights.new_zeros(pad)]), non_blocking=True)
         cu = h.cu_seqlens
@@ -139,20 +142,21 @@ def tensor_addresses(params: list[torch.nn.Parameter]) -> list[int]:
 
 class StepGraphs:
     """Runs each micro-batch of a graphed shape's forward, loss and backward (`run`): through its captured graph,
-    or eagerly (`eager_loss`, train.weighted_ce_sum) the first time the shape is seen — both on one side stream,
+    or eagerly (the same static computation) the first time the shape is seen — both on one side stream,
     the capture stream. That stream is the one autograd's gradient-accumulation nodes are made on (each
     parameter keeps its node while any autograd graph holds it), so the capture never depends on another
     stream's work. Shapes not graphed at all are left to the caller (`run` returns None).
 
     `graph_loss(model, input_ids, position_ids, sample_ids, segments, row_index, targets, weights)` is the
-    micro-batch's Σ w·CE in fixed shapes (train.static_ce_sum), the same computation as `eager_loss`."""
+    micro-batch's Σ w·CE in fixed shapes (train.static_ce_sum), the same computation as train.weighted_ce_sum.
+    Trainable parameters all hold a gradient tensor (zeros at least) once a graph exists: one that never gets a
+    gradient would then see AdamW's decay where eager leaves it alone (our models use every adapter)."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         params: list[torch.nn.Parameter],
         device: torch.device,
-        eager_loss: Callable[[torch.nn.Module, Batch], torch.Tensor],
         graph_loss: Callable[..., torch.Tensor],
         max_graphs: int = MAX_GRAPHS,
         max_token_params: float | None = None,
@@ -162,7 +166,7 @@ class StepGraphs:
         self.model, self.params, self.device = model, params, device
         self.max_token_params = max_token_params
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.eager_loss, self.graph_loss = eager_loss, graph_loss
+        self.graph_loss = graph_loss
         self.max_graphs = max_graphs
         self.graphs: dict[GraphKey, _Graph] = {}
         self.seen: Counter[GraphKey] = Counter()
@@ -180,7 +184,10 @@ class StepGraphs:
         if self.max_token_params is not None and rows * length * self.n_params > self.max_token_params:
             return False
         core: Any = self.model
-        hidden = torch.empty(rows, length, core.config.hidden_size, device="meta", dtype=torch.bfloat16)
+        dtype = (
+            core.model.embed_tokens.weight.dtype
+        )  # the decoder's activations, what offload_this_pass sizes
+        hidden = torch.empty(rows, length, core.config.hidden_size, device="meta", dtype=dtype)
         return not offload_this_pass(core.offload_activations, hidden, len(core.model.layers))
 
     def run(self, b: Batch, scale: float) -> torch.Tensor | None:
@@ -200,10 +207,26 @@ class StepGraphs:
             ce.record_stream(current)  # an eager result, allocated on the side stream, read on this one
         return ce
 
-    def _eager(self, b: Batch, scale: float) -> torch.Tensor:
-        ce = self.eager_loss(self.model, b.to(self.device))
-        (ce * scale).backward()
+    def _forward_backward(self, g: _Graph) -> torch.Tensor:
+        ce = self.graph_loss(
+            self.model,
+            g.input_ids,
+            g.position_ids,
+            g.sample_ids,
+            g.segments,
+            g.row_index,
+            g.targets,
+            g.weights,
+        )
+        (ce * g.scale).backward()
         return ce.detach()
+
+    def _eager(self, key: GraphKey, h: HostBatch, scale: float) -> torch.Tensor:
+        """The static path run eagerly in fresh buffers: a shape's first sighting warms exactly what its capture
+        will record (compiled code for these inputs, kernels' lazy set-up, this stream's workspaces)."""
+        g = _Graph(key, self.device)
+        g.load(h, scale)
+        return self._forward_backward(g)
 
     def _run(self, b: Batch, scale: float) -> torch.Tensor:
         h = host_batch(b)
@@ -217,7 +240,7 @@ class StepGraphs:
             if self.seen[key] >= 2 and len(self.graphs) < self.max_graphs and self.disabled is None:
                 g = self._capture(key, h, scale)
             if g is None:
-                return self._eager(b, scale)
+                return self._eager(key, h, scale)
         g.load(h, scale)
         g.graph.replay()
         self.replays += 1
@@ -236,18 +259,7 @@ class StepGraphs:
             g.addresses = tensor_addresses(self.params)
             g.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g.graph, pool=self.pool, stream=self.stream):
-                ce = self.graph_loss(
-                    self.model,
-                    g.input_ids,
-                    g.position_ids,
-                    g.sample_ids,
-                    g.segments,
-                    g.row_index,
-                    g.targets,
-                    g.weights,
-                )
-                (ce * g.scale).backward()
-                g.ce_sum = ce.detach()
+                g.ce_sum = self._forward_backward(g)
         except Exception as e:  # noqa: BLE001 — a failed capture leaves the eager path, which works
             self.disabled = f"{type(e).__name__}: {e}"
             self.graphs.clear()

@@ -95,7 +95,7 @@ def step_graphs(
             log("train.cuda_graphs: not applied under several processes (runs eagerly)")
         return None
     limit = None if setting is True else AUTO_MAX_TOKEN_PARAMS
-    return StepGraphs(model, list(trainable), device, weighted_ce_sum, static_ce_sum, max_token_params=limit)
+    return StepGraphs(model, list(trainable), device, static_ce_sum, max_token_params=limit)
 
 
 def lr_at(step: int, plan: TrainPlan) -> float:
@@ -539,6 +539,8 @@ def train(plan: TrainPlan) -> None:
     except torch.OutOfMemoryError as e:
         note = offload_report.guard_note() if offload_report is not None else None
         raise oom_error(str(e), phase, plan, state["step"] + 1, note) from e
+    if timeline is not None:  # the run ended before the trace's second step: write what it has
+        timeline.finish()
 
     # ---- outputs ------------------------------------------------------------------------------------------
     out = Path(plan.output.adapter_dir)

@@ -106,7 +106,7 @@ def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> Non
     _, ref_first = eager(batches[:1])
     gc.collect()
 
-    graphs = StepGraphs(model, params, cuda, weighted_ce_sum, static_ce_sum)
+    graphs = StepGraphs(model, params, cuda, static_ce_sum)
     got = [float(graphs.run(b, scale)) for b in batches]
     # the first sighting eager, then captured at the second and replayed for it and the next two
     assert graphs.disabled is None
@@ -137,7 +137,7 @@ def test_capture_after_eager_micro_batches_on_the_default_stream(tmp_path: Path)
     (ce * 1e-3).backward()
     ce = ce.detach()  # as train.py does
     model.zero_grad(set_to_none=False)
-    graphs = StepGraphs(model, params, cuda, weighted_ce_sum, static_ce_sum)
+    graphs = StepGraphs(model, params, cuda, static_ce_sum)
     for b in batches:
         assert graphs.run(b, 1e-3) is not None
     assert graphs.disabled is None and (len(graphs.graphs), graphs.replays) == (1, 3)
