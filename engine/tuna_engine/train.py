@@ -187,15 +187,18 @@ def evaluate(model: torch.nn.Module, val_batches: list[Batch], device: torch.dev
     return total / max(weight, 1e-9)
 
 
-class _StepProfile:
-    """TUNA_PROFILE=<file>: the third step of a run under torch.profiler, its per-operation table written to
-    <file> (docs/performance.md explains how to read it). Forward, backward and the loss; not the optimizer."""
+class _Profile:
+    """torch.profiler around part of a run (docs/performance.md explains how to read the output).
+    TUNA_PROFILE=<file>: the third step's forward, backward and loss (not the optimizer) as a per-operation table.
+    TUNA_PROFILE_TRACE=<file.json>: the fourth and fifth steps whole — micro-batches, the optimizer and the time
+    between steps — as a Chrome trace (Perfetto, chrome://tracing): where the GPU waits for the CPU, which the
+    table cannot show."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, trace: bool) -> None:
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        self.path = path
+        self.path, self.trace = path, trace
         self.prof = profile(activities=acts)
         self.prof.__enter__()
 
@@ -203,35 +206,17 @@ class _StepProfile:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.prof.__exit__(None, None, None)
-        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.trace:
+            self.prof.export_chrome_trace(self.path)
+            return
+        key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         Path(self.path).write_text(self.prof.key_averages().table(sort_by=key, row_limit=40))
 
 
-def profile_step(step: int, start_step: int) -> _StepProfile | None:
+def profile_step(step: int, start_step: int) -> _Profile | None:
     path = os.environ.get("TUNA_PROFILE")
-    return _StepProfile(path) if path and step == start_step + 3 else None
-
-
-class _Timeline:
-    """TUNA_PROFILE_TRACE=<file.json>: the run's fourth and fifth steps whole — micro-batches, the optimizer and
-    the time between steps — as a Chrome trace (Perfetto, chrome://tracing): where the GPU waits for the CPU,
-    which the per-operation table cannot show."""
-
-    def __init__(self, path: str) -> None:
-        from torch.profiler import ProfilerActivity, profile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        self.path = path
-        self.prof = profile(activities=acts)
-        self.prof.__enter__()
-
-    def finish(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.prof.__exit__(None, None, None)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.prof.export_chrome_trace(self.path)
+    return _Profile(path, trace=False) if path and step == start_step + 3 else None
 
 
 def train(plan: TrainPlan) -> None:
@@ -397,7 +382,7 @@ def train(plan: TrainPlan) -> None:
     run_start, start_step = time.time(), state["step"]
     interval_start, interval_tokens = time.time(), 0
     stopped_early = False
-    timeline: _Timeline | None = None
+    timeline: _Profile | None = None
     try:
         while state["step"] < t.max_steps:
             step = state["step"] + 1
@@ -411,7 +396,7 @@ def train(plan: TrainPlan) -> None:
             profiling = profile_step(step, start_step)
             # After TUNA_PROFILE's step (two profilers cannot run at once).
             if step == start_step + 4 and (trace := os.environ.get("TUNA_PROFILE_TRACE")):
-                timeline = _Timeline(trace)
+                timeline = _Profile(trace, trace=True)
             weight = sum(b.trained_tokens for b in batches)
             scale = scaler.scale if scaler is not None else 1.0
             if dist is None:
