@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import greedy_packs, make_hf_model, random_samples, write_shard
+from helpers import greedy_packs, lora_method, make_hf_model, make_plan, random_samples, write_shard
 
 from tuna_engine.data import collate, micro_batches, read_shards
-from tuna_engine.graphs import _Graph, bucket, graph_key, host_batch
+from tuna_engine.graphs import AUTO_MAX_TOKEN_PARAMS, _Graph, bucket, graph_key, host_batch
 from tuna_engine.models import load_model
 from tuna_engine.models.llama import segments
-from tuna_engine.protocol import LoraSpec
-from tuna_engine.train import static_ce_sum, weighted_ce_sum
+from tuna_engine.protocol import LoraSpec, parse_train_plan
+from tuna_engine.train import graph_policy, static_ce_sum, weighted_ce_sum
 
 
 def test_bucket_pads_at_most_an_eighth_within_its_bounds() -> None:
@@ -103,3 +103,25 @@ def test_padded_targets_weigh_nothing(tmp_path: Path) -> None:
         model, g.input_ids, g.position_ids, g.sample_ids, g.segments, g.row_index, g.targets, g.weights
     )
     assert float(got.detach()) == pytest.approx(float(weighted_ce_sum(model, b).detach()), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method,train,dtype,want",
+    [
+        ({}, {}, "bfloat16", (True, AUTO_MAX_TOKEN_PARAMS)),  # the GPU-tested path: small micro-batches
+        ({}, {"cuda_graphs": True}, "bfloat16", (True, None)),  # every shape
+        ({}, {"cuda_graphs": False}, "bfloat16", (False, None)),
+        ({}, {}, "float16", (False, AUTO_MAX_TOKEN_PARAMS)),
+        ({"type": "qlora"}, {}, "bfloat16", (False, AUTO_MAX_TOKEN_PARAMS)),
+        ({"use_dora": True}, {}, "bfloat16", (False, AUTO_MAX_TOKEN_PARAMS)),
+        ({}, {"base_precision": "fp8"}, "bfloat16", (False, AUTO_MAX_TOKEN_PARAMS)),
+        ({"type": "qlora"}, {"cuda_graphs": True}, "bfloat16", (True, None)),
+    ],
+)
+def test_graph_policy(tmp_path: Path, method: dict, train: dict, dtype: str, want: tuple) -> None:
+    """ "auto" graphs only bf16 LoRA without DoRA (what the GPU tests cover); true graphs anything."""
+    m = lora_method(method.get("type", "lora"))
+    m["lora"]["use_dora"] = method.get("use_dora", False)
+    plan = make_plan(tmp_path, tmp_path, [tmp_path / "t"], method=m, **train)
+    plan["model"]["dtype"] = dtype
+    assert graph_policy(parse_train_plan(plan)) == want

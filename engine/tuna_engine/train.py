@@ -78,23 +78,41 @@ def static_ce_sum(
     )
 
 
+def graph_policy(plan: TrainPlan) -> tuple[bool, float | None]:
+    """train.cuda_graphs for one CUDA process with our own models → (graph at all, the tokens × parameters limit
+    of a graphed micro-batch, None = any). true graphs every shape; "auto" (the default) the small ones
+    (graphs.AUTO_MAX_TOKEN_PARAMS) of bf16 LoRA without DoRA, the path GPU-tested against eager — QLoRA, the FP8
+    base, DoRA, fp16 and full fine-tuning graph only with true."""
+    setting = plan.train.cuda_graphs
+    if setting != "auto":
+        return bool(setting), None
+    lora = plan.method.lora
+    tested = (
+        plan.method.type == "lora"
+        and lora is not None
+        and not lora.use_dora
+        and plan.train.base_precision == "bf16"
+        and plan.model.dtype == "bfloat16"
+    )
+    return tested, AUTO_MAX_TOKEN_PARAMS
+
+
 def step_graphs(
     model: torch.nn.Module,
     trainable: list[torch.nn.Parameter],
     device: torch.device,
-    setting: bool | str,
+    plan: TrainPlan,
     distributed_run: bool,
 ) -> StepGraphs | None:
-    """train.cuda_graphs on one CUDA device with our own models (graphs.py): true graphs every micro-batch shape,
-    "auto" (the default) the small ones (graphs.AUTO_MAX_TOKEN_PARAMS); several processes, CPU and the generic
+    """graphs.py's runner where train.cuda_graphs applies (`graph_policy`); several processes, CPU and the generic
     transformers backend run eagerly."""
-    if setting is False or device.type != "cuda" or not isinstance(model, CausalLM):
+    on, limit = graph_policy(plan)
+    if not on or device.type != "cuda" or not isinstance(model, CausalLM):
         return None
     if distributed_run:
-        if setting is True:
+        if plan.train.cuda_graphs is True:
             log("train.cuda_graphs: not applied under several processes (runs eagerly)")
         return None
-    limit = None if setting is True else AUTO_MAX_TOKEN_PARAMS
     return StepGraphs(model, list(trainable), device, static_ce_sum, max_token_params=limit)
 
 
@@ -306,7 +324,7 @@ def train(plan: TrainPlan) -> None:
         # parameters, outside the compiled layers.
         for layer in inner.model.layers:
             layer.compile()
-    graphs = step_graphs(model, trainable, device, t.cuda_graphs, dist is not None)
+    graphs = step_graphs(model, trainable, device, plan, dist is not None)
     packs_per_step = t.micro_batch_size * t.grad_accum  # the global batch, whatever the process count
     if dist is not None:
         dist.local_grad_accum(t.grad_accum)  # each rank: grad_accum / world micro-batches (error if uneven)
