@@ -184,9 +184,8 @@ class StepGraphs:
         if self.max_token_params is not None and rows * length * self.n_params > self.max_token_params:
             return False
         core: Any = self.model
-        dtype = (
-            core.model.embed_tokens.weight.dtype
-        )  # the decoder's activations, what offload_this_pass sizes
+        # Sized in the decoder's activation dtype, as the forward's offload_this_pass sizes them.
+        dtype = core.model.embed_tokens.weight.dtype
         hidden = torch.empty(rows, length, core.config.hidden_size, device="meta", dtype=dtype)
         return not offload_this_pass(core.offload_activations, hidden, len(core.model.layers))
 
