@@ -393,6 +393,7 @@ def bench_tuna(
 
 # Tuna variants: name -> (plan `train` overrides, engine environment, data lengths, what it is). The plan the
 # bench writes has gradient_checkpointing true and no other setting, so "default" is the engine's defaults.
+NO_RECOMPUTE = {"compile": True, "recompute": "none", "gradient_checkpointing": False}
 VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
     "default": (
         {},
@@ -410,44 +411,26 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
     "fast": ({"compile": True}, {}, "full", "lora_compute auto + train.compile, recompute full"),
     "fast_mlp": ({"compile": True, "recompute": "mlp"}, {}, "full", "fast, recomputing only the MLP blocks"),
     "fast_none": (
-        {"compile": True, "recompute": "none", "gradient_checkpointing": False},
+        NO_RECOMPUTE,
         {},
         "full",
         "fast, no recomputation",
     ),
     "none_split2": (
-        {
-            "compile": True,
-            "recompute": "none",
-            "gradient_checkpointing": False,
-            "split": 2,
-            "cuda_graphs": True,
-        },
+        {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},
         {},
         "full",
         "fast_none with the step's packs as 2 micro-batches (gradient accumulation), CUDA graphs on",
     ),
     "none_split4": (
-        {
-            "compile": True,
-            "recompute": "none",
-            "gradient_checkpointing": False,
-            "split": 4,
-            "cuda_graphs": True,
-        },
+        {**NO_RECOMPUTE, "split": 4, "cuda_graphs": True},
         {},
         "full",
         "fast_none with the step's packs as 4 micro-batches, CUDA graphs on",
     ),
     "default_split4": ({"split": 4}, {}, "full", "the defaults with the step's packs as 4 micro-batches"),
     "none_split4_eager": (
-        {
-            "compile": True,
-            "recompute": "none",
-            "gradient_checkpointing": False,
-            "split": 4,
-            "cuda_graphs": False,
-        },
+        {**NO_RECOMPUTE, "split": 4, "cuda_graphs": False},
         {},
         "full",
         "none_split4 without CUDA graphs (their A/B)",
@@ -465,12 +448,7 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "the defaults with CUDA graphs for every micro-batch shape",
     ),
-    "none_graphs": (
-        {"compile": True, "recompute": "none", "gradient_checkpointing": False, "cuda_graphs": True},
-        {},
-        "full",
-        "fast_none with CUDA graphs",
-    ),
+    "none_graphs": ({**NO_RECOMPUTE, "cuda_graphs": True}, {}, "full", "fast_none with CUDA graphs"),
     "fast_offload": (
         {"compile": True, "offload_activations": True},
         {},

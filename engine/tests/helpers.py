@@ -198,6 +198,19 @@ def write_plan(plan: dict[str, Any], path: Path | None = None) -> Path:
     return path
 
 
+def bf16_train(
+    work: Path, model_dir: Path, shards: list[Path], timeout: float, device: str = "cuda", **train: Any
+) -> tuple[list[dict[str, Any]], str]:
+    """A bf16 training run through the engine process, on CUDA by default (the GPU tests): its step events and its
+    stderr (the human log). A run that fails fails the test with the end of its stderr."""
+    plan = make_plan(work, model_dir, shards, **train)
+    plan["model"]["dtype"] = "bfloat16"
+    plan["device"] = device
+    code, events, err = run_engine("train", write_plan(plan), timeout=timeout)
+    assert code == 0, err[-3000:]
+    return [e for e in events if e["event"] == "step"], err
+
+
 def engine_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ENGINE_DIR) + os.pathsep + env.get("PYTHONPATH", "")

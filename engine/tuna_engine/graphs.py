@@ -46,7 +46,7 @@ MAX_GRAPHS = 8
 # train.cuda_graphs "auto" graphs a micro-batch when its tokens × the model's parameters are at most this: where
 # launching the kernels takes longer than running them. Measured on an H200 (2026-11-28, docs/benchmarks.md),
 # Qwen3-0.6B without recomputation: micro-batches of 2 × 2048 (2.5e12 with the adapters) ran 2.2× faster graphed
-# (38.5k → 85.4k tok/s, same run); at 8 × 2048 (1e13) graphed steps ran 94–95k tok/s against 104–109k eager in
+# (39.2k → 85.5k tok/s, same run); at 8 × 2048 (1e13) graphed steps ran 94–95k tok/s against 104–109k eager in
 # other calls on that host type, and with full recomputation +3.6% (same run): no clear gain, so "auto" stays eager.
 AUTO_MAX_TOKEN_PARAMS = 3e12
 

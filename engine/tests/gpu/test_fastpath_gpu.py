@@ -16,12 +16,10 @@ import torch
 from helpers import (
     QWEN3_0_6B,
     QWEN3_8B,
+    bf16_train,
     greedy_packs,
-    make_plan,
     random_cuda_model_dir,
     random_samples,
-    run_engine,
-    write_plan,
     write_shard,
 )
 
@@ -39,10 +37,12 @@ def bf16_curve(
     **train: object,
 ) -> list[float]:
     """Per-step losses of a bf16 LoRA run on CUDA (micro-batch 2, lr 2e-4), TUNA_ATTENTION=`attention`."""
-    plan = make_plan(
+    mp.setenv("TUNA_ATTENTION", attention)  # the engine process inherits it
+    steps_ev, _ = bf16_train(
         work,
         model_dir,
         [shard],
+        timeout,
         max_steps=steps,
         micro_batch_size=2,
         grad_accum=1,
@@ -50,12 +50,7 @@ def bf16_curve(
         gradient_checkpointing=True,
         **train,
     )
-    plan["model"]["dtype"] = "bfloat16"
-    plan["device"] = "cuda"
-    mp.setenv("TUNA_ATTENTION", attention)  # the engine process inherits it
-    code, events, err = run_engine("train", write_plan(plan), timeout=timeout)
-    assert code == 0, err[-3000:]
-    losses = [e["loss"] for e in events if e["event"] == "step"]
+    losses = [e["loss"] for e in steps_ev]
     assert len(losses) == steps
     return losses
 
@@ -205,22 +200,18 @@ class Group(torch.nn.Module):
 
 
 def _bench_like_run(tmp_path: Path, model_dir: Path, shard: Path, name: str, **train: object) -> list[dict]:
-    plan = make_plan(
+    return bf16_train(
         tmp_path / name,
         model_dir,
         [shard],
+        900,
         max_steps=4,
         micro_batch_size=2,
         grad_accum=1,
         learning_rate=1e-4,
         warmup_steps=0,
         **train,
-    )
-    plan["model"]["dtype"] = "bfloat16"
-    plan["device"] = "cuda"
-    code, events, err = run_engine("train", write_plan(plan), timeout=900)
-    assert code == 0, err[-3000:]
-    return [e for e in events if e["event"] == "step"]
+    )[0]
 
 
 def test_settings_same_losses_and_memory_order_on_0_6b(tmp_path: Path) -> None:

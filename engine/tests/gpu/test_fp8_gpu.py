@@ -15,12 +15,10 @@ import pytest
 import torch
 from helpers import (
     QWEN3_0_6B,
+    bf16_train,
     greedy_packs,
-    make_plan,
     random_cuda_model_dir,
     random_samples,
-    run_engine,
-    write_plan,
     write_shard,
 )
 
@@ -66,10 +64,11 @@ def test_fp8_loss_curve_follows_bf16_over_50_steps_with_less_memory(tmp_path: Pa
     shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
 
     def run(name: str, **train: object) -> list[dict]:
-        plan = make_plan(
+        return bf16_train(
             tmp_path / name,
             model_dir,
             [shard],
+            900,
             max_steps=50,
             micro_batch_size=2,
             grad_accum=1,
@@ -77,12 +76,7 @@ def test_fp8_loss_curve_follows_bf16_over_50_steps_with_less_memory(tmp_path: Pa
             warmup_steps=5,
             gradient_checkpointing=True,
             **train,
-        )
-        plan["model"]["dtype"] = "bfloat16"
-        plan["device"] = "cuda"
-        code, events, err = run_engine("train", write_plan(plan), timeout=900)
-        assert code == 0, err[-3000:]
-        return [e for e in events if e["event"] == "step"]
+        )[0]
 
     bf16 = run("bf16")
     fp8 = run("fp8", base_precision="fp8")

@@ -366,6 +366,16 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
+def recomputed(fn: Any, *args: Any) -> Any:
+    """fn(*args), its activations recomputed in backward. Under CUDA graph capture (graphs.py) the RNG state
+    cannot be read, and graphs.py captures only models that draw no random numbers, so there is none to keep.
+    Inside a compiled region the compiler handles the RNG itself."""
+    if torch.compiler.is_compiling():
+        return checkpoint(fn, *args, use_reentrant=False)
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=not capturing)
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, c: Config, lora: LoraSpec | None, targets: tuple[str, ...]) -> None:
         super().__init__()
@@ -399,16 +409,6 @@ class DecoderLayer(nn.Module):
 
 
 RECOMPUTE = ("full", "mlp", "none")
-
-
-def recomputed(fn: Any, *args: Any) -> Any:
-    """fn(*args), its activations recomputed in backward. Under CUDA graph capture (graphs.py) the RNG state
-    cannot be read, and graphs.py captures only models that draw no random numbers, so there is none to keep.
-    Inside a compiled region the compiler handles the RNG itself."""
-    if torch.compiler.is_compiling():
-        return checkpoint(fn, *args, use_reentrant=False)
-    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=not capturing)
 
 
 # "auto" offloads a forward pass only when its layer inputs (what full recompute keeps: tokens × hidden × layers)
