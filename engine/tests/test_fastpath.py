@@ -3,6 +3,9 @@ offload settings (models/llama.py), and their plan fields. GPU speed and memory:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -428,3 +431,22 @@ def test_bad_attention_variable_stops_training_before_loading(
     assert "TUNA_ATTENTION: 'flash3'" in errors[0]["message"]
     # Nothing before the error: the model was never loaded (the start event follows the load).
     assert [e["event"] for e in events] == ["error"], events
+
+
+def test_saved_tensors_lists_the_trainers_adapter_path() -> None:
+    """bench/train/saved_tensors.py builds the layer as the trainer does: its adapters keep xA in bf16 (the
+    `lora_compute: auto` LoraFunction, [tokens, 3r] for q/k/v), not peft's fp32 copies; recompute "mlp" keeps less
+    than "none"."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "bench/train/saved_tensors.py"), "--length", "32"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root / "engine")},
+    ).stdout
+    blocks = out.split("== ")[1:]
+    assert [b.split(",")[1].strip() for b in blocks] == ["recompute none", "recompute mlp"]
+    per_token = [int(b.split(": ")[1].split(" bytes")[0].replace(",", "")) for b in blocks]
+    assert per_token[1] < per_token[0], out
+    assert "(32, 48)                   torch.bfloat16" in blocks[0], out

@@ -27,7 +27,7 @@ from tuna_engine.checkpoint import load_weights_into
 from tuna_engine.data import micro_batches, read_shards
 from tuna_engine.models import load_model
 from tuna_engine.protocol import parse_train_plan
-from tuna_engine.train import weighted_ce_sum
+from tuna_engine.train import optimizer_step, weighted_ce_sum
 
 
 def steps(events):
@@ -449,6 +449,31 @@ def test_fp16_skipped_steps_do_not_update(tmp_path: Path) -> None:
     adapter = load_file(str(Path(plan["output"]["adapter_dir"]) / "adapter_model.safetensors"))
     b = [v for k, v in adapter.items() if "lora_B" in k]
     assert b and all(torch.count_nonzero(v) == 0 for v in b)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+@pytest.mark.parametrize("bad", [None, "loss", "gradient"])
+def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None) -> None:
+    """The step is AdamW's for finite numbers; an inf loss or a NaN gradient leaves the weights as they were (the
+    GPU path decides it on the device, fused AdamW's found_inf; the other path after reading the numbers)."""
+    p = torch.nn.Parameter(torch.ones(4))
+    ref = torch.nn.Parameter(torch.ones(4))
+    grad = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    opt = torch.optim.AdamW([p], lr=0.1, fused=on_device)
+    ref_opt = torch.optim.AdamW([ref], lr=0.1)
+    p.grad = grad.clone() if bad != "gradient" else torch.full((4,), math.nan)
+    loss = torch.tensor(math.inf if bad == "loss" else 2.0)
+    loss_value, norm = optimizer_step(opt, [p], loss, 1.0, set_to_none=True, skip_on_device=on_device)
+    assert p.grad is None
+    if bad is None:
+        ref.grad = grad.clone()
+        torch.nn.utils.clip_grad_norm_([ref], 1.0)
+        ref_opt.step()
+        assert (loss_value, norm) == (2.0, pytest.approx(float(grad.norm())))
+        torch.testing.assert_close(p.data, ref.data)
+    else:
+        assert not math.isfinite(loss_value if bad == "loss" else norm)
+        assert torch.equal(p.data, torch.ones(4))
 
 
 def test_profile_table_and_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

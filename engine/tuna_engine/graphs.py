@@ -46,8 +46,10 @@ MAX_GRAPHS = 8
 # train.cuda_graphs "auto" graphs a micro-batch when its tokens × the model's parameters are at most this: where
 # launching the kernels takes longer than running them. Measured on an H200 (2026-11-28, docs/benchmarks.md),
 # Qwen3-0.6B without recomputation: micro-batches of 2 × 2048 (2.5e12 with the adapters) ran 2.2× faster graphed
-# (39.2k → 85.5k tok/s, same run); at 8 × 2048 (1e13) graphed steps ran 94–95k tok/s against 104–109k eager in
-# other calls on that host type, and with full recomputation +3.6% (same run): no clear gain, so "auto" stays eager.
+# (39.2k → 85.5k tok/s, same run; 95.9k once the optimizer step stopped waiting for the loss). At 8 × 2048 (1e13)
+# graphing gained +1.8% without recomputation and, with full recomputation on a host whose CPU was busy, +33% (same
+# runs) — but a graph's pool keeps its activations for the whole run (recompute none: 20 GiB), on top of what eager
+# shapes allocate: larger micro-batches stay eager.
 AUTO_MAX_TOKEN_PARAMS = 3e12
 
 
@@ -82,11 +84,15 @@ class HostBatch:
 
 def host_batch(b: Batch) -> HostBatch:
     B, T = b.input_ids.shape
-    w = b.loss_weight[:, 1:]
-    keep = w > 0
-    at = torch.nonzero(keep)  # row-major: the order of `hidden[:, :-1][keep]` in train.weighted_ce_sum
+    # Row-major, the order of `hidden[:, :-1][keep]` in train.weighted_ce_sum.
+    at = torch.nonzero(b.loss_weight[:, 1:] > 0)
+    row_index = at[:, 0] * T + at[:, 1]
+    # By flat index, not by boolean mask: CPU mask indexing took 6–9 ms a micro-batch on the GPU host (2026-11-28
+    # trace), time the GPU waited for.
+    targets = b.input_ids.reshape(-1).index_select(0, row_index + 1)
+    weights = b.loss_weight.reshape(-1).index_select(0, row_index + 1)
     cu = cu_seqlens(b.sample_ids)
-    return HostBatch(b, at[:, 0] * T + at[:, 1], b.input_ids[:, 1:][keep], w[keep], cu, cu.numel() - 1 == B)
+    return HostBatch(b, row_index, targets, weights, cu, cu.numel() - 1 == B)
 
 
 def graph_key(h: HostBatch) -> GraphKey:
@@ -116,23 +122,24 @@ class _Graph:
 
     def load(self, h: HostBatch, scale: float) -> None:
         b, n, s = h.batch, len(h.targets), h.cu_seqlens.numel()
-        for dst, src in (
-            (self.input_ids, b.input_ids),
-            (self.position_ids, b.position_ids),
-            (self.sample_ids, b.sample_ids),
-        ):
-            dst.copy_(src, non_blocking=True)
         # Padded targets: weight 0 (no loss, no gradient) on a trained row (finite logits wherever the batch's are:
         # 0 × an overflowed logit would be NaN), token 0; padded samples: empty, at the end.
         pad = self.targets.numel() - n
         fill = int(h.row_index[0]) if n else 0
-        self.row_index.copy_(torch.cat([h.row_index, h.row_index.new_full((pad,), fill)]), non_blocking=True)
-        self.targets.copy_(torch.cat([h.targets, h.targets.new_zeros(pad)]), non_blocking=True)
-        self.weights.copy_(torch.cat([h.weights, h.weights.new_zeros(pad)]), non_blocking=True)
         cu = h.cu_seqlens
-        self.cu_seqlens.copy_(
-            torch.cat([cu, cu.new_full((self.cu_seqlens.numel() - s,), int(cu[-1]))]), non_blocking=True
-        )
+        for dst, src in (
+            (self.input_ids, b.input_ids),
+            (self.position_ids, b.position_ids),
+            (self.sample_ids, b.sample_ids),
+            (self.row_index, torch.cat([h.row_index, h.row_index.new_full((pad,), fill)])),
+            (self.targets, torch.cat([h.targets, h.targets.new_zeros(pad)])),
+            (self.weights, torch.cat([h.weights, h.weights.new_zeros(pad)])),
+            (self.cu_seqlens, torch.cat([cu, cu.new_full((self.cu_seqlens.numel() - s,), int(cu[-1]))])),
+        ):
+            # From page-locked memory: a copy from pageable memory first waits for the stream to drain (the
+            # previous replay), so the GPU would idle while this one is launched. PyTorch's pinned-memory cache
+            # keeps each buffer until its copy is done.
+            dst.copy_(src.pin_memory() if dst.is_cuda else src, non_blocking=True)
         self.scale.fill_(scale)
 
 
