@@ -7,8 +7,11 @@ compiled on CUDA as `train.compile` does) and run forward under a saved-tensor h
 counted once, parameters not at all.
 
     PYTHONPATH=engine python bench/train/saved_tensors.py --model qwen3-0.6b --recompute none,mlp
+    PYTHONPATH=engine python bench/train/saved_tensors.py --recompute none --memory-budget 0.7   # what the
+        # compiler keeps under TUNA_ACTIVATION_MEMORY_BUDGET (train.set_activation_memory_budget)
 
-On a CPU it runs uncompiled with the reference attention: the list differs from the GPU's (where it matters).
+On a CPU it runs uncompiled (--compile to compile there too) with the reference attention: the list differs from
+the GPU's (where it matters: cuDNN attention on Hopper).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tuna_engine.lora import set_lora_compute
 from tuna_engine.models import build_model, llama
 from tuna_engine.models.llama import segments
 from tuna_engine.protocol import LoraSpec
+from tuna_engine.train import set_activation_memory_budget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +67,10 @@ def main() -> None:
     ap.add_argument("--recompute", default="none,mlp", help="comma list of train.recompute modes: none, mlp")
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--compile", action="store_true", help="compile the layer on a CPU too (always on CUDA)")
+    ap.add_argument("--memory-budget", help="TUNA_ACTIVATION_MEMORY_BUDGET for the compiled layer, e.g. 0.7")
     args = ap.parse_args()
+    set_activation_memory_budget(args.memory_budget)
     preset = json.loads((ROOT / "src/model/presets.json").read_text())[args.model]["config"]
     config = llama.Config.from_hf(dict(preset, num_hidden_layers=1))
     lora = LoraSpec(
@@ -84,7 +91,7 @@ def main() -> None:
         model.recompute = mode
         for layer in model.model.layers:
             layer.checkpoint_mlp = mode == "mlp"
-            if dev.type == "cuda":
+            if dev.type == "cuda" or args.compile:
                 layer.compile()
         saved_by_layer(model, args.rows, args.length)  # warm-up: compiles
         tensors, allocated = saved_by_layer(model, args.rows, args.length)

@@ -25,9 +25,10 @@ from helpers import (
 
 from tuna_engine.checkpoint import load_weights_into
 from tuna_engine.data import micro_batches, read_shards
+from tuna_engine.errors import EngineError
 from tuna_engine.models import load_model
 from tuna_engine.protocol import parse_train_plan
-from tuna_engine.train import optimizer_step, weighted_ce_sum
+from tuna_engine.train import optimizer_step, set_activation_memory_budget, weighted_ce_sum
 
 
 def steps(events):
@@ -474,6 +475,22 @@ def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None)
     else:
         assert not math.isfinite(loss_value if bad == "loss" else norm)
         assert torch.equal(p.data, torch.ones(4))
+
+
+def test_activation_memory_budget_sets_the_partitioner_or_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch._functorch.config as functorch_config
+
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", 1.0)
+    set_activation_memory_budget(None)
+    assert functorch_config.activation_memory_budget == 1.0
+    set_activation_memory_budget("0.7")
+    assert functorch_config.activation_memory_budget == 0.7
+    for bad in ("0", "1.5", "most"):
+        with pytest.raises(EngineError, match="TUNA_ACTIVATION_MEMORY_BUDGET: .* not a fraction in"):
+            set_activation_memory_budget(bad)
+    assert functorch_config.activation_memory_budget == 0.7
 
 
 def test_profile_table_and_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -147,6 +147,30 @@ def optimizer_step(
     return loss_value, norm_value
 
 
+def set_activation_memory_budget(value: str | None) -> None:
+    """TUNA_ACTIVATION_MEMORY_BUDGET (an experiment, not a plan field until measured on a GPU): the compiled layers
+    keep at most this fraction (0–1] of the activations the compiler would otherwise save for backward, recomputing
+    the cheapest instead (torch._functorch.config.activation_memory_budget). On the CPU, one Qwen3-0.6B layer
+    without recomputation saved 47.7 KB a token at 1.0, 25.9 KB at 0.7 and 23.3 KB at 0.5
+    (bench/train/saved_tensors.py --memory-budget, session 7); what that costs in speed is unmeasured."""
+    if value is None:
+        return
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = math.nan
+    if not 0 < budget <= 1:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_ACTIVATION_MEMORY_BUDGET: {value!r} is not a fraction in (0, 1]",
+            hint="unset it, or give e.g. 0.7",
+        )
+    import torch._functorch.config as functorch_config
+
+    functorch_config.activation_memory_budget = budget
+    log(f"TUNA_ACTIVATION_MEMORY_BUDGET: compiled layers keep at most {budget:g} of their saved activations")
+
+
 def lr_at(step: int, plan: TrainPlan) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup to the peak, then decay to min_lr_ratio."""
     t = plan.train
@@ -353,6 +377,7 @@ def train(plan: TrainPlan) -> None:
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels. Our own
         # model code only: the generic transformers backend stays eager. Under DDP the gradient hooks sit on the
         # parameters, outside the compiled layers.
+        set_activation_memory_budget(os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"))
         for layer in inner.model.layers:
             layer.compile()
     graphs = step_graphs(model, trainable, device, plan, dist is not None)
