@@ -435,19 +435,25 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "none_split4 without CUDA graphs (their A/B)",
     ),
-    # TUNA_ACTIVATION_MEMORY_BUDGET (train.set_activation_memory_budget): the compiler recomputes the cheapest
-    # activations to keep at most this fraction (an experiment: the memory lever for 0.6B at <= 0.3x).
+    # What the compiled layers recompute (train.set_compiled_recompute; experiments, the memory lever for 0.6B at
+    # <= 0.3x): TUNA_RECOMPUTE_POINTWISE=1 elementwise results only; TUNA_ACTIVATION_MEMORY_BUDGET a fraction.
+    "none_split2_pointwise": (
+        {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},
+        {"TUNA_RECOMPUTE_POINTWISE": "1"},
+        "full",
+        "none_split2, the compiled layers recomputing elementwise results instead of saving them",
+    ),
+    "mlp_split2_pointwise": (
+        {"compile": True, "recompute": "mlp", "split": 2, "cuda_graphs": True},
+        {"TUNA_RECOMPUTE_POINTWISE": "1"},
+        "full",
+        "mlp_split2, the compiled layers recomputing elementwise results instead of saving them",
+    ),
     "none_split2_budget07": (
         {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},
         {"TUNA_ACTIVATION_MEMORY_BUDGET": "0.7"},
         "full",
         "none_split2 with the compiled layers keeping <= 0.7 of their saved activations",
-    ),
-    "none_split2_budget05": (
-        {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},
-        {"TUNA_ACTIVATION_MEMORY_BUDGET": "0.5"},
-        "full",
-        "none_split2 with the compiled layers keeping <= 0.5 of their saved activations",
     ),
     "none_budget07": (
         {**NO_RECOMPUTE, "cuda_graphs": True},

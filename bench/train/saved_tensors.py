@@ -7,8 +7,8 @@ compiled on CUDA as `train.compile` does) and run forward under a saved-tensor h
 counted once, parameters not at all.
 
     PYTHONPATH=engine python bench/train/saved_tensors.py --model qwen3-0.6b --recompute none,mlp
-    PYTHONPATH=engine python bench/train/saved_tensors.py --recompute none --memory-budget 0.7   # what the
-        # compiler keeps under TUNA_ACTIVATION_MEMORY_BUDGET (train.set_activation_memory_budget)
+    PYTHONPATH=engine python bench/train/saved_tensors.py --recompute none --pointwise   # what the compiler keeps
+        # under TUNA_RECOMPUTE_POINTWISE=1 (--memory-budget 0.7: TUNA_ACTIVATION_MEMORY_BUDGET; train.set_compiled_recompute)
 
 On a CPU it runs uncompiled (--compile to compile there too) with the reference attention: the list differs from
 the GPU's (where it matters: cuDNN attention on Hopper).
@@ -26,7 +26,7 @@ from tuna_engine.lora import set_lora_compute
 from tuna_engine.models import build_model, llama
 from tuna_engine.models.llama import segments
 from tuna_engine.protocol import LoraSpec
-from tuna_engine.train import set_activation_memory_budget
+from tuna_engine.train import set_compiled_recompute
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,8 +69,11 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--compile", action="store_true", help="compile the layer on a CPU too (always on CUDA)")
     ap.add_argument("--memory-budget", help="TUNA_ACTIVATION_MEMORY_BUDGET for the compiled layer, e.g. 0.7")
+    ap.add_argument(
+        "--pointwise", action="store_true", help="TUNA_RECOMPUTE_POINTWISE=1 for the compiled layer"
+    )
     args = ap.parse_args()
-    set_activation_memory_budget(args.memory_budget)
+    set_compiled_recompute(args.memory_budget, "1" if args.pointwise else None)
     preset = json.loads((ROOT / "src/model/presets.json").read_text())[args.model]["config"]
     config = llama.Config.from_hf(dict(preset, num_hidden_layers=1))
     lora = LoraSpec(

@@ -28,7 +28,7 @@ from tuna_engine.data import micro_batches, read_shards
 from tuna_engine.errors import EngineError
 from tuna_engine.models import load_model
 from tuna_engine.protocol import parse_train_plan
-from tuna_engine.train import optimizer_step, set_activation_memory_budget, weighted_ce_sum
+from tuna_engine.train import optimizer_step, set_compiled_recompute, weighted_ce_sum
 
 
 def steps(events):
@@ -477,19 +477,30 @@ def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None)
         assert torch.equal(p.data, torch.ones(4))
 
 
-def test_activation_memory_budget_sets_the_partitioner_or_names_the_variable(
+def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import torch._functorch.config as functorch_config
 
-    monkeypatch.setattr(functorch_config, "activation_memory_budget", 1.0)
-    set_activation_memory_budget(None)
+    flags = (
+        "ban_recompute_materialized_backward",
+        "ban_recompute_used_far_apart",
+        "ban_recompute_long_fusible_chains",
+    )
+    for name in ("activation_memory_budget", *flags):
+        monkeypatch.setattr(functorch_config, name, getattr(functorch_config, name))
+    set_compiled_recompute(None, None)
+    set_compiled_recompute(None, "0")
     assert functorch_config.activation_memory_budget == 1.0
-    set_activation_memory_budget("0.7")
+    assert all(getattr(functorch_config, f) for f in flags)
+    set_compiled_recompute("0.7", "1")
     assert functorch_config.activation_memory_budget == 0.7
+    assert not any(getattr(functorch_config, f) for f in flags)
     for bad in ("0", "1.5", "most"):
         with pytest.raises(EngineError, match="TUNA_ACTIVATION_MEMORY_BUDGET: .* not a fraction in"):
-            set_activation_memory_budget(bad)
+            set_compiled_recompute(bad, None)
+    with pytest.raises(EngineError, match="TUNA_RECOMPUTE_POINTWISE: 'yes' is not 0 or 1"):
+        set_compiled_recompute(None, "yes")
     assert functorch_config.activation_memory_budget == 0.7
 
 

@@ -147,28 +147,50 @@ def optimizer_step(
     return loss_value, norm_value
 
 
-def set_activation_memory_budget(value: str | None) -> None:
-    """TUNA_ACTIVATION_MEMORY_BUDGET (an experiment, not a plan field until measured on a GPU): the compiled layers
-    keep at most this fraction (0–1] of the activations the compiler would otherwise save for backward, recomputing
-    the cheapest instead (torch._functorch.config.activation_memory_budget). On the CPU, one Qwen3-0.6B layer
-    without recomputation saved 47.7 KB a token at 1.0, 25.9 KB at 0.7 and 23.3 KB at 0.5
-    (bench/train/saved_tensors.py --memory-budget, session 7); what that costs in speed is unmeasured."""
-    if value is None:
-        return
-    try:
-        budget = float(value)
-    except ValueError:
-        budget = math.nan
-    if not 0 < budget <= 1:
-        raise EngineError(
-            "PLAN_INVALID",
-            f"environment variable TUNA_ACTIVATION_MEMORY_BUDGET: {value!r} is not a fraction in (0, 1]",
-            hint="unset it, or give e.g. 0.7",
-        )
+def set_compiled_recompute(budget: str | None, pointwise: str | None) -> None:
+    """What the compiled layers recompute instead of saving for backward — two experiments, environment variables
+    until measured on a GPU (then a plan setting). Both tell the compiler's partitioner (torch._functorch.config):
+
+    - TUNA_RECOMPUTE_POINTWISE=1: any elementwise result the backward needs (SwiGLU's silu(gate)·up, the norms'
+      outputs, rotary) may be recomputed, even one the backward must materialise as a GEMM's input; GEMMs and
+      attention are never recomputed (the partitioner's allowlist). On the CPU one Qwen3-0.6B layer kept 47.7 →
+      36.9 KB a token (recompute none) and 26.5 → 24.2 (recompute mlp), the backward's GEMMs and attention unchanged.
+    - TUNA_ACTIVATION_MEMORY_BUDGET=f in (0, 1]: keep at most that fraction of the saved activations, recomputing
+      the cheapest by the partitioner's estimate — past the pointwise tier that includes attention (on the CPU at
+      0.7: 25.9 KB a token, the attention forward run again in backward).
+    (bench/train/saved_tensors.py --pointwise / --memory-budget, session 7.)"""
     import torch._functorch.config as functorch_config
 
-    functorch_config.activation_memory_budget = budget
-    log(f"TUNA_ACTIVATION_MEMORY_BUDGET: compiled layers keep at most {budget:g} of their saved activations")
+    if pointwise is not None:
+        if pointwise not in ("0", "1"):
+            raise EngineError(
+                "PLAN_INVALID",
+                f"environment variable TUNA_RECOMPUTE_POINTWISE: {pointwise!r} is not 0 or 1",
+                hint="unset it, or give 1",
+            )
+        if pointwise == "1":
+            # The min-cut's heuristics that keep such results saved; its op allowlist stays (no GEMM, no attention).
+            functorch_config.ban_recompute_materialized_backward = False
+            functorch_config.ban_recompute_used_far_apart = False
+            functorch_config.ban_recompute_long_fusible_chains = False
+            log(
+                "TUNA_RECOMPUTE_POINTWISE: compiled layers recompute elementwise results instead of saving them"
+            )
+    if budget is not None:
+        try:
+            fraction = float(budget)
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction <= 1:
+            raise EngineError(
+                "PLAN_INVALID",
+                f"environment variable TUNA_ACTIVATION_MEMORY_BUDGET: {budget!r} is not a fraction in (0, 1]",
+                hint="unset it, or give e.g. 0.7",
+            )
+        functorch_config.activation_memory_budget = fraction
+        log(
+            f"TUNA_ACTIVATION_MEMORY_BUDGET: compiled layers keep at most {fraction:g} of their saved activations"
+        )
 
 
 def lr_at(step: int, plan: TrainPlan) -> float:
@@ -377,7 +399,9 @@ def train(plan: TrainPlan) -> None:
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels. Our own
         # model code only: the generic transformers backend stays eager. Under DDP the gradient hooks sit on the
         # parameters, outside the compiled layers.
-        set_activation_memory_budget(os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"))
+        set_compiled_recompute(
+            os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"), os.environ.get("TUNA_RECOMPUTE_POINTWISE")
+        )
         for layer in inner.model.layers:
             layer.compile()
     graphs = step_graphs(model, trainable, device, plan, dist is not None)
