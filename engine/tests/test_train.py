@@ -464,8 +464,19 @@ def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None)
     ref_opt = torch.optim.AdamW([ref], lr=0.1)
     p.grad = grad.clone() if bad != "gradient" else torch.full((4,), math.nan)
     loss = torch.tensor(math.inf if bad == "loss" else 2.0)
-    loss_value, norm = optimizer_step(opt, [p], loss, 1.0, set_to_none=True, skip_on_device=on_device)
+    seen = []  # the weights when the CPU work before the wait runs
+    loss_value, norm = optimizer_step(
+        opt,
+        [p],
+        loss,
+        1.0,
+        set_to_none=True,
+        skip_on_device=on_device,
+        before_wait=lambda: seen.append(p.data.clone()),
+    )
     assert p.grad is None
+    # On the device path the update is queued before the wait (and the CPU work); otherwise it follows the wait.
+    assert torch.equal(seen[0], p.data if on_device else torch.ones(4))
     if bad is None:
         ref.grad = grad.clone()
         torch.nn.utils.clip_grad_norm_([ref], 1.0)

@@ -196,18 +196,25 @@ class StepGraphs:
         hidden = torch.empty(rows, length, core.config.hidden_size, device="meta", dtype=dtype)
         return not offload_this_pass(core.offload_activations, hidden, len(core.model.layers))
 
-    def run(self, b: Batch, scale: float) -> torch.Tensor | None:
+    def prepare(self, b: Batch) -> HostBatch | None:
+        """b's graph inputs, built on the CPU (`host_batch`) — ahead of time while the GPU still works on the step
+        before (train.py) — or None for a shape that is not graphed."""
+        if self.disabled is not None or not self.graphable(*b.input_ids.shape):
+            return None
+        return host_batch(b)
+
+    def run(self, b: Batch, scale: float, host: HostBatch | None = None) -> torch.Tensor | None:
         """Micro-batch b (on the CPU): forward, loss, and backward of the loss times `scale` (gradients add up in
         the parameters' .grad). Returns its Σ w·CE, a 0-dim tensor ready on the current stream — or None for a
         shape that is not graphed at all (too large for "auto", offloaded, graphs off): the caller runs it
         eagerly on its own stream, and must drop its autograd graph after the backward (a capture must not find
-        accumulation nodes of another stream alive)."""
+        accumulation nodes of another stream alive). `host`: b's `prepare`d inputs, if the caller has them."""
         if self.disabled is not None or not self.graphable(*b.input_ids.shape):
             return None
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)  # the optimizer's last step and zeroing come first
         with torch.cuda.stream(self.stream):
-            ce = self._run(b, scale)
+            ce = self._run(b, scale, host if host is not None and host.batch is b else host_batch(b))
         current.wait_stream(self.stream)
         if not any(ce is g.ce_sum for g in self.graphs.values()):
             ce.record_stream(current)  # an eager result, allocated on the side stream, read on this one
@@ -234,8 +241,7 @@ class StepGraphs:
         g.load(h, scale)
         return self._forward_backward(g)
 
-    def _run(self, b: Batch, scale: float) -> torch.Tensor:
-        h = host_batch(b)
+    def _run(self, b: Batch, scale: float, h: HostBatch) -> torch.Tensor:
         key = graph_key(h)
         g = self.graphs.get(key)
         if g is not None and g.addresses != tensor_addresses(self.params):

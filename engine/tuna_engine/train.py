@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
 from .fp8 import convert_to_fp8, fp8_unsupported_reason
-from .graphs import AUTO_MAX_TOKEN_PARAMS, StepGraphs
+from .graphs import AUTO_MAX_TOKEN_PARAMS, HostBatch, StepGraphs
 from .lora import Linear, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
@@ -123,6 +124,7 @@ def optimizer_step(
     max_grad_norm: float,
     set_to_none: bool,
     skip_on_device: bool,
+    before_wait: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """Clips the gradients to max_grad_norm (≤ 0: no clipping), steps unless the loss or the gradient norm is
     inf/nan, and zeroes the gradients (set_to_none: frees them) → (loss, gradient norm) as numbers.
@@ -131,15 +133,20 @@ def optimizer_step(
     so clipping, step and zeroing are queued behind the backward and the one wait for the numbers comes last:
     the CPU launches them while the GPU still runs the backward, instead of waiting for the loss first and
     leaving the GPU idle while it launches them (~12 ms a step for Qwen3-0.6B's 392 adapter tensors, 2026-11-28
-    trace). Otherwise: wait, then step."""
+    trace). Otherwise: wait, then step. `before_wait`: CPU work to do while the GPU catches up (the next step's
+    batches), on either path before the wait."""
     max_norm = max_grad_norm if max_grad_norm > 0 else math.inf
     norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if skip_on_device:
         optimizer.found_inf = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()  # type: ignore[attr-defined]
         optimizer.step()
         optimizer.zero_grad(set_to_none=set_to_none)
+        if before_wait is not None:
+            before_wait()
         loss_value, norm_value = torch.stack([loss.float(), norm.float()]).tolist()
     else:
+        if before_wait is not None:
+            before_wait()
         loss_value, norm_value = torch.stack([loss.float(), norm.float()]).tolist()
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             optimizer.step()
@@ -481,16 +488,31 @@ def train(plan: TrainPlan) -> None:
     interval_start, interval_tokens = time.time(), 0
     stopped_early = False
     timeline: _Profile | None = None
+
+    def step_batches(position: int) -> tuple[list[Batch], list[HostBatch | None]]:
+        """The micro-batches of the step at data position `position` (this rank's), and their graph inputs."""
+        packs = take_packs(train_packs, t.seed, position, packs_per_step)
+        if dist is not None:
+            packs = dist.rank_slice(packs)  # this rank's contiguous block of the global step
+        batches = micro_batches(packs, t.micro_batch_size)
+        return batches, [graphs.prepare(b) if graphs is not None else None for b in batches]
+
+    # The next step's batches, built while the GPU finishes this one (optimizer_step's before_wait): ~5 ms of CPU a
+    # Qwen3-0.6B step that the GPU otherwise waits for (2026-11-28 trace).
+    ahead: dict[int, tuple[list[Batch], list[HostBatch | None]]] = {}
     try:
         while state["step"] < t.max_steps:
             step = state["step"] + 1
             lr = lr_at(step - 1, plan)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            packs = take_packs(train_packs, t.seed, state["data_position"], packs_per_step)
-            if dist is not None:
-                packs = dist.rank_slice(packs)  # this rank's contiguous block of the global step
-            batches = micro_batches(packs, t.micro_batch_size)
+            position = state["data_position"]
+            batches, hosts = ahead.pop(position) if position in ahead else step_batches(position)
+            ahead.clear()
+
+            def look_ahead(position: int = position) -> None:
+                ahead[position + packs_per_step] = step_batches(position + packs_per_step)
+
             profiling = profile_step(step, start_step)
             # After TUNA_PROFILE's step (two profilers cannot run at once).
             if step == start_step + 4 and (trace := os.environ.get("TUNA_PROFILE_TRACE")):
@@ -499,11 +521,11 @@ def train(plan: TrainPlan) -> None:
             scale = scaler.scale if scaler is not None else 1.0
             if dist is None:
                 total = torch.zeros((), device=device)
-                for b in batches:
+                for b, host in zip(batches, hosts, strict=True):
                     phase = (
                         f"forward/backward of step {step} (micro-batch of {list(b.input_ids.shape)} tokens)"
                     )
-                    ce_sum = graphs.run(b, scale / max(weight, 1e-9)) if graphs is not None else None
+                    ce_sum = graphs.run(b, scale / max(weight, 1e-9), host) if graphs is not None else None
                     if ce_sum is None:
                         b = b.to(device)
                         ce_sum = weighted_ce_sum(model, b)
@@ -538,6 +560,7 @@ def train(plan: TrainPlan) -> None:
                 # Graphs accumulate into the gradients' own tensors: zeroed in place, not freed.
                 set_to_none=graphs is None or not graphs.graphs,
                 skip_on_device=bool(optimizer.defaults.get("fused")) and dist is None,
+                before_wait=look_ahead if step < t.max_steps else None,
             )
             # The first step's offload totals; the host memory guard's line at each step it keeps tensors.
             if offload_report is not None and (line := offload_report.end_step()) is not None:
