@@ -136,18 +136,23 @@ def optimizer_step(
     trace). Otherwise: wait, then step. `before_wait`: CPU work to do while the GPU catches up (the next step's
     batches), on either path before the wait."""
     max_norm = max_grad_norm if max_grad_norm > 0 else math.inf
-    norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    # (A CPU 0 when no parameter has a gradient.)
+    norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, max_norm)).to(loss.device)
+    numbers = torch.stack([loss.double(), norm.double()])
     if skip_on_device:
-        optimizer.found_inf = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()  # type: ignore[attr-defined]
-        optimizer.step()
+        optimizer.found_inf = (~torch.isfinite(numbers).all()).float()  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]  # (a later step without it must not skip)
         optimizer.zero_grad(set_to_none=set_to_none)
         if before_wait is not None:
             before_wait()
-        loss_value, norm_value = torch.stack([loss.float(), norm.float()]).tolist()
+        loss_value, norm_value = numbers.tolist()
     else:
         if before_wait is not None:
             before_wait()
-        loss_value, norm_value = torch.stack([loss.float(), norm.float()]).tolist()
+        loss_value, norm_value = numbers.tolist()
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             optimizer.step()
         optimizer.zero_grad(set_to_none=set_to_none)
@@ -158,7 +163,7 @@ def set_compiled_recompute(budget: str | None, pointwise: str | None) -> None:
     """What the compiled layers recompute instead of saving for backward — two experiments, environment variables
     until measured on a GPU (then a plan setting). Both tell the compiler's partitioner (torch._functorch.config):
 
-    - TUNA_RECOMPUTE_POINTWISE=1: any elementwise result the backward needs (SwiGLU's silu(gate)·up, the norms'
+    - TUNA_RECOMPUTE_POINTWISE=1 (0: the defaults, untouched): any elementwise result the backward needs (SwiGLU's silu(gate)·up, the norms'
       outputs, rotary) may be recomputed, even one the backward must materialise as a GEMM's input; GEMMs and
       attention are never recomputed (the partitioner's allowlist). On the CPU one Qwen3-0.6B layer kept 47.7 →
       36.9 KB a token (recompute none) and 26.5 → 24.2 (recompute mlp), the backward's GEMMs and attention unchanged.
@@ -393,6 +398,10 @@ def train(plan: TrainPlan) -> None:
         raise EngineError("DATA_INVALID", f"data.train: {list(plan.data.train)} hold no packs")
     val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
     optimizer = make_optimizer(model, plan, device)
+    # Read whatever the path (a bad value is an error even where nothing is compiled); they act on compiled layers.
+    set_compiled_recompute(
+        os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"), os.environ.get("TUNA_RECOMPUTE_POINTWISE")
+    )
     # TUNA_COMPILE=0/1 overrides train.compile (benches, and a way out should a torch release break it).
     compile_env = os.environ.get("TUNA_COMPILE")
     compile_layers = t.compile if compile_env is None else compile_env == "1"
@@ -406,9 +415,6 @@ def train(plan: TrainPlan) -> None:
         # reused by every layer) so norms, RoPE, SwiGLU and the LoRA adds fuse into fewer kernels. Our own
         # model code only: the generic transformers backend stays eager. Under DDP the gradient hooks sit on the
         # parameters, outside the compiled layers.
-        set_compiled_recompute(
-            os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"), os.environ.get("TUNA_RECOMPUTE_POINTWISE")
-        )
         for layer in inner.model.layers:
             layer.compile()
     graphs = step_graphs(model, trainable, device, plan, dist is not None)
@@ -535,7 +541,7 @@ def train(plan: TrainPlan) -> None:
                         )  # its autograd graph goes now, before any capture (graphs.py)
                     total += ce_sum
                     interval_tokens += b.real_tokens
-                loss_t = total / max(weight, 1e-9)
+                loss_t = total.double() / max(weight, 1e-9)
             else:
                 shapes = sorted({str(list(b.input_ids.shape)) for b in batches})
                 phase = (
@@ -543,7 +549,7 @@ def train(plan: TrainPlan) -> None:
                     f"tokens on rank {dist.rank})"
                 )
                 loss, weight = distributed_step(dist, model, batches, weight, device, t.seed, step, scale)
-                loss_t = torch.full((), loss, device=device)
+                loss_t = torch.full((), loss, dtype=torch.float64, device=device)
                 interval_tokens += int(
                     dist.all_reduce_sum([float(sum(b.real_tokens for b in batches))], device)[0]
                 )
@@ -574,8 +580,8 @@ def train(plan: TrainPlan) -> None:
                     + (f"resume_from {last}" if last else "no checkpoint to resume from"),
                     step=step,
                 )
-            # An inf/nan gradient norm (the same on every rank: it is the global norm) skipped the step; fp16 also
-            # lowers its loss scale.
+            # An inf/nan gradient norm (the same on every rank: it is the global norm) skipped the step: fp16 lowers
+            # its loss scale and goes on; 16/32-bit training stops, as for an inf/nan loss (the weights unchanged).
             if scaler is not None and not scaler.update(math.isfinite(grad_norm), step):
                 emit(
                     {
@@ -585,7 +591,15 @@ def train(plan: TrainPlan) -> None:
                     }
                 )
             elif scaler is None and not math.isfinite(grad_norm):
-                emit({"event": "log", "message": f"step {step}: gradient norm is {grad_norm}; step skipped"})
+                last = state.get("last_checkpoint")
+                raise EngineError(
+                    "NAN_LOSS",
+                    f"gradient norm is {grad_norm} at step {step} (loss {loss:.4f}; the step was not applied); last "
+                    f"good checkpoint: {last or 'none'}",
+                    hint="lower train.learning_rate or raise warmup_steps; check the model weights are finite; "
+                    + (f"resume_from {last}" if last else "no checkpoint to resume from"),
+                    step=step,
+                )
             if scaler is not None:
                 state["loss_scale"] = scaler.state_dict()
             state["step"] = step
