@@ -136,7 +136,7 @@ def optimizer_step(
     trace). Otherwise: wait, then step. `before_wait`: CPU work to do while the GPU catches up (the next step's
     batches), on either path before the wait."""
     max_norm = max_grad_norm if max_grad_norm > 0 else math.inf
-    # (A CPU 0 when no parameter has a gradient.)
+    # .to: clip_grad_norm_ returns a CPU 0 when no parameter has a gradient.
     norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, max_norm)).to(loss.device)
     numbers = torch.stack([loss.double(), norm.double()])
     if skip_on_device:
