@@ -488,9 +488,7 @@ def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None)
         assert torch.equal(p.data, torch.ones(4))
 
 
-def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable() -> None:
     import torch._functorch.config as functorch_config
 
     flags = (
@@ -498,21 +496,25 @@ def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable(
         "ban_recompute_used_far_apart",
         "ban_recompute_long_fusible_chains",
     )
-    for name in ("activation_memory_budget", *flags):
-        monkeypatch.setattr(functorch_config, name, getattr(functorch_config, name))
-    set_compiled_recompute(None, None)
-    set_compiled_recompute(None, "0")
-    assert functorch_config.activation_memory_budget == 1.0
-    assert all(getattr(functorch_config, f) for f in flags)
-    set_compiled_recompute("0.7", "1")
-    assert functorch_config.activation_memory_budget == 0.7
-    assert not any(getattr(functorch_config, f) for f in flags)
-    for bad in ("0", "1.5", "most"):
-        with pytest.raises(EngineError, match="TUNA_ACTIVATION_MEMORY_BUDGET: .* not a fraction in"):
-            set_compiled_recompute(bad, None)
-    with pytest.raises(EngineError, match="TUNA_RECOMPUTE_POINTWISE: 'yes' is not 0 or 1"):
-        set_compiled_recompute(None, "yes")
-    assert functorch_config.activation_memory_budget == 0.7
+    # config.patch restores the process-wide values afterwards (pytest's monkeypatch would delete them: a config
+    # module's attributes are not plain ones).
+    with functorch_config.patch(activation_memory_budget=1.0, **dict.fromkeys(flags, True)):
+        set_compiled_recompute(None, None)
+        set_compiled_recompute(None, "0")
+        assert functorch_config.activation_memory_budget == 1.0
+        assert all(getattr(functorch_config, f) for f in flags)
+        set_compiled_recompute("0.7", "1")
+        assert functorch_config.activation_memory_budget == 0.7
+        assert not any(getattr(functorch_config, f) for f in flags)
+        for bad in ("0", "1.5", "most"):
+            with pytest.raises(EngineError, match="TUNA_ACTIVATION_MEMORY_BUDGET: .* not a fraction in"):
+                set_compiled_recompute(bad, None)
+        with pytest.raises(EngineError, match="TUNA_RECOMPUTE_POINTWISE: 'yes' is not 0 or 1"):
+            set_compiled_recompute(None, "yes")
+        assert functorch_config.activation_memory_budget == 0.7
+    assert functorch_config.activation_memory_budget == 1.0 and all(
+        getattr(functorch_config, f) for f in flags
+    )
 
 
 def test_profile_table_and_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
