@@ -163,8 +163,8 @@ def set_compiled_recompute(budget: str | None, pointwise: str | None) -> None:
     """What the compiled layers recompute instead of saving for backward — two experiments, environment variables
     until measured on a GPU (then a plan setting). Both tell the compiler's partitioner (torch._functorch.config):
 
-    - TUNA_RECOMPUTE_POINTWISE=1 (0: the defaults, untouched): any elementwise result the backward needs (SwiGLU's silu(gate)·up, the norms'
-      outputs, rotary) may be recomputed, even one the backward must materialise as a GEMM's input; GEMMs and
+    - TUNA_RECOMPUTE_POINTWISE=1 (0: the defaults, untouched): any elementwise result the backward needs
+      (SwiGLU's silu(gate)·up, the norms' outputs, rotary) may be recomputed, even one the backward must materialise as a GEMM's input; GEMMs and
       attention are never recomputed (the partitioner's allowlist). On the CPU one Qwen3-0.6B layer kept 47.7 →
       36.9 KB a token (recompute none) and 26.5 → 24.2 (recompute mlp), the backward's GEMMs and attention unchanged.
     - TUNA_ACTIVATION_MEMORY_BUDGET=f in (0, 1]: keep at most that fraction of the saved activations, recomputing
@@ -536,9 +536,8 @@ def train(plan: TrainPlan) -> None:
                         b = b.to(device)
                         ce_sum = weighted_ce_sum(model, b)
                         (ce_sum * (scale / max(weight, 1e-9))).backward()
-                        ce_sum = (
-                            ce_sum.detach()
-                        )  # its autograd graph goes now, before any capture (graphs.py)
+                        # Its autograd graph goes now, before any capture (graphs.py).
+                        ce_sum = ce_sum.detach()
                     total += ce_sum
                     interval_tokens += b.real_tokens
                 loss_t = total.double() / max(weight, 1e-9)
@@ -572,14 +571,7 @@ def train(plan: TrainPlan) -> None:
             if offload_report is not None and (line := offload_report.end_step()) is not None:
                 log(line)
             if not math.isfinite(loss):
-                last = state.get("last_checkpoint")
-                raise EngineError(
-                    "NAN_LOSS",
-                    f"loss is {loss} at step {step}; last good checkpoint: {last or 'none'}",
-                    hint="lower train.learning_rate or raise warmup_steps; check the model weights are finite; "
-                    + (f"resume_from {last}" if last else "no checkpoint to resume from"),
-                    step=step,
-                )
+                raise not_finite(f"loss is {loss}", step, state.get("last_checkpoint"))
             # An inf/nan gradient norm (the same on every rank: it is the global norm) skipped the step: fp16 lowers
             # its loss scale and goes on; 16/32-bit training stops, as for an inf/nan loss (the weights unchanged).
             if scaler is not None and not scaler.update(math.isfinite(grad_norm), step):
@@ -591,14 +583,10 @@ def train(plan: TrainPlan) -> None:
                     }
                 )
             elif scaler is None and not math.isfinite(grad_norm):
-                last = state.get("last_checkpoint")
-                raise EngineError(
-                    "NAN_LOSS",
-                    f"gradient norm is {grad_norm} at step {step} (loss {loss:.4f}; the step was not applied); last "
-                    f"good checkpoint: {last or 'none'}",
-                    hint="lower train.learning_rate or raise warmup_steps; check the model weights are finite; "
-                    + (f"resume_from {last}" if last else "no checkpoint to resume from"),
-                    step=step,
+                raise not_finite(
+                    f"gradient norm is {grad_norm} (loss {loss:.4f}; the step was not applied)",
+                    step,
+                    state.get("last_checkpoint"),
                 )
             if scaler is not None:
                 state["loss_scale"] = scaler.state_dict()
@@ -770,6 +758,17 @@ def step_extras(
     if scaler is not None:
         out.update(loss_scale=scale, skipped_steps=scaler.skipped_steps)
     return out
+
+
+def not_finite(what: str, step: int, last_checkpoint: str | None) -> EngineError:
+    """NAN_LOSS for an inf/nan loss or gradient norm at `step`; no update was applied."""
+    return EngineError(
+        "NAN_LOSS",
+        f"{what} at step {step}; last good checkpoint: {last_checkpoint or 'none'}",
+        hint="lower train.learning_rate or raise warmup_steps; check the model weights are finite; "
+        + (f"resume_from {last_checkpoint}" if last_checkpoint else "no checkpoint to resume from"),
+        step=step,
+    )
 
 
 def oom_error(detail: str, phase: str, plan: TrainPlan, step: int, offload: str | None = None) -> EngineError:
