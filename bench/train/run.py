@@ -394,6 +394,7 @@ def bench_tuna(
 # Tuna variants: name -> (plan `train` overrides, engine environment, data lengths, what it is). The plan the
 # bench writes has gradient_checkpointing true and no other setting, so "default" is the engine's defaults.
 NO_RECOMPUTE = {"compile": True, "recompute": "none", "gradient_checkpointing": False}
+ELEMENTWISE = {"compile": True, "recompute": "elementwise", "gradient_checkpointing": False}
 VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
     "default": (
         {},
@@ -435,19 +436,27 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "none_split4 without CUDA graphs (their A/B)",
     ),
-    # What the compiled layers recompute (train.set_compiled_recompute; experiments, the memory lever for 0.6B at
-    # <= 0.3x): TUNA_RECOMPUTE_POINTWISE=1 elementwise results only; TUNA_ACTIVATION_MEMORY_BUDGET a fraction.
-    "none_split2_pointwise": (
-        {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},
-        {"TUNA_RECOMPUTE_POINTWISE": "1"},
+    # recompute "elementwise" (train.set_compiled_recompute): no layer recomputed, the compiled layers rebuild norms,
+    # rotary and SwiGLU's product in backward — the memory lever for 0.6B at <= 0.3x. (Session 8's result files
+    # name these none_split2_pointwise, none_graphs_pointwise, fast_none_pointwise: TUNA_RECOMPUTE_POINTWISE=1
+    # with recompute none, the same partitioner settings.) TUNA_ACTIVATION_MEMORY_BUDGET: an experiment.
+    "elementwise": (
+        ELEMENTWISE,
+        {},
         "full",
-        "none_split2, the compiled layers recomputing elementwise results instead of saving them",
+        "fast_none, the compiled layers recomputing elementwise results instead of saving them",
     ),
-    "mlp_split2_pointwise": (
-        {"compile": True, "recompute": "mlp", "split": 2, "cuda_graphs": True},
-        {"TUNA_RECOMPUTE_POINTWISE": "1"},
+    "elementwise_graphs": (
+        {**ELEMENTWISE, "cuda_graphs": True},
+        {},
         "full",
-        "mlp_split2, the compiled layers recomputing elementwise results instead of saving them",
+        "elementwise with CUDA graphs",
+    ),
+    "elementwise_split2": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
+        {},
+        "full",
+        "elementwise with the step's packs as 2 micro-batches, CUDA graphs on",
     ),
     "none_split2_budget07": (
         {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},

@@ -6,9 +6,9 @@ the trainer builds it (LoRA r=16 on every projection, adapters through `lora_com
 compiled on CUDA as `train.compile` does) and run forward under a saved-tensor hook; each saved storage is
 counted once, parameters not at all.
 
-    PYTHONPATH=engine python bench/train/saved_tensors.py --model qwen3-0.6b --recompute none,mlp
-    PYTHONPATH=engine python bench/train/saved_tensors.py --recompute none --pointwise   # what the compiler keeps
-        # under TUNA_RECOMPUTE_POINTWISE=1 (--memory-budget 0.7: TUNA_ACTIVATION_MEMORY_BUDGET; train.set_compiled_recompute)
+    PYTHONPATH=engine python bench/train/saved_tensors.py --model qwen3-0.6b --recompute none,mlp,elementwise
+        # elementwise: the compiler rebuilds elementwise results (train.set_compiled_recompute);
+        # --memory-budget 0.7: TUNA_ACTIVATION_MEMORY_BUDGET
 
 On a CPU it runs uncompiled (--compile to compile there too) with the reference attention: the list differs from
 the GPU's (where it matters: cuDNN attention on Hopper).
@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 from tuna_engine.lora import set_lora_compute
 from tuna_engine.models import build_model, llama
@@ -64,16 +65,16 @@ def saved_by_layer(model: llama.CausalLM, rows: int, length: int) -> tuple[list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="qwen3-0.6b", help="a preset of src/model/presets.json")
-    ap.add_argument("--recompute", default="none,mlp", help="comma list of train.recompute modes: none, mlp")
+    ap.add_argument(
+        "--recompute",
+        default="none,mlp,elementwise",
+        help="comma list of train.recompute modes: none, mlp, elementwise",
+    )
     ap.add_argument("--rows", type=int, default=1)
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--compile", action="store_true", help="compile the layer on a CPU too (always on CUDA)")
     ap.add_argument("--memory-budget", help="TUNA_ACTIVATION_MEMORY_BUDGET for the compiled layer, e.g. 0.7")
-    ap.add_argument(
-        "--pointwise", action="store_true", help="TUNA_RECOMPUTE_POINTWISE=1 for the compiled layer"
-    )
     args = ap.parse_args()
-    set_compiled_recompute(args.memory_budget, "1" if args.pointwise else None)
     preset = json.loads((ROOT / "src/model/presets.json").read_text())[args.model]["config"]
     config = llama.Config.from_hf(dict(preset, num_hidden_layers=1))
     lora = LoraSpec(
@@ -82,8 +83,11 @@ def main() -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokens = args.rows * args.length
     for mode in args.recompute.split(","):
-        if mode not in ("none", "mlp"):
-            raise SystemExit(f"--recompute: {mode!r} is not listed per layer (expected none or mlp)")
+        if mode not in ("none", "mlp", "elementwise"):
+            raise SystemExit(
+                f"--recompute: {mode!r} is not listed per layer (expected none, mlp or elementwise)"
+            )
+        set_compiled_recompute(args.memory_budget, mode == "elementwise")
         model = build_model(config, dev, torch.bfloat16, lora, None)
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -91,10 +95,10 @@ def main() -> None:
                 p.requires_grad = "lora_" in name
         set_lora_compute(model, "auto")  # the trainer's default adapter path (lora.py LoraFunction)
         model.train()
-        model.recompute = mode
-        for layer in model.model.layers:
-            layer.checkpoint_mlp = mode == "mlp"
-            if dev.type == "cuda" or args.compile:
+        model.recompute = "none" if mode == "elementwise" else mode  # as train.py sets it
+        if dev.type == "cuda" or args.compile:
+            torch._dynamo.reset()  # compiled afresh under this mode's partitioner settings
+            for layer in model.model.layers:
                 layer.compile()
         saved_by_layer(model, args.rows, args.length)  # warm-up: compiles
         tensors, allocated = saved_by_layer(model, args.rows, args.length)

@@ -353,6 +353,7 @@ def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
         ({"gradient_checkpointing": True, "offload_activations": False}, ("auto", "full", False)),
         ({"gradient_checkpointing": True, "cuda_graphs": False}, ("auto", "full", "auto", False)),
         ({"gradient_checkpointing": True, "cuda_graphs": True}, ("auto", "full", "auto", True)),
+        ({"gradient_checkpointing": False, "recompute": "elementwise"}, ("auto", "elementwise", "auto")),
     ],
 )
 def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
@@ -367,6 +368,10 @@ def test_plan_fields(tmp_path: Path, train: dict, want: tuple) -> None:
     [
         ({"gradient_checkpointing": False, "recompute": "mlp"}, 'train.recompute: "mlp" contradicts'),
         ({"gradient_checkpointing": True, "recompute": "none"}, 'train.recompute: "none" contradicts'),
+        (
+            {"gradient_checkpointing": True, "recompute": "elementwise"},
+            'train.recompute: "elementwise" contradicts train.gradient_checkpointing: true',
+        ),
         ({"lora_compute": "fast"}, 'train.lora_compute: expected one of "auto", "exact", got "fast"'),
         ({"recompute": "attn"}, "train.recompute: expected one of"),
         (
@@ -440,7 +445,14 @@ def test_saved_tensors_lists_the_trainers_adapter_path() -> None:
     than "none"."""
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, str(root / "bench/train/saved_tensors.py"), "--length", "32"],
+        [
+            sys.executable,
+            str(root / "bench/train/saved_tensors.py"),
+            "--length",
+            "32",
+            "--recompute",
+            "none,mlp",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -453,9 +465,29 @@ def test_saved_tensors_lists_the_trainers_adapter_path() -> None:
     assert "(32, 48)                   torch.bfloat16" in blocks[0], out
 
 
-def test_pointwise_recompute_saves_less_with_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TUNA_RECOMPUTE_POINTWISE (train.set_compiled_recompute) on one compiled Qwen3-0.6B-shaped layer (CPU): the
-    backward keeps fewer bytes and computes the same adapter gradients."""
+def test_rotate_half_is_chunk_and_cat_exactly() -> None:
+    """llama.rotate_half (views + where, so the compiler may recompute it) gives chunk + cat's values and
+    gradients bit for bit."""
+
+    def chunk_cat(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for shape in ((2, 5, 3, 128), (1, 7, 2, 64), (3, 2)):
+            x = torch.randn(shape, dtype=dtype, requires_grad=True)
+            up = torch.randn(shape, dtype=dtype)
+            got = llama.rotate_half(x)
+            (g_got,) = torch.autograd.grad((got * up).sum(), x)
+            want = chunk_cat(x)
+            (g_want,) = torch.autograd.grad((want * up).sum(), x)
+            assert torch.equal(got, want) and torch.equal(g_got, g_want)
+
+
+def test_elementwise_recompute_saves_less_with_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """recompute "elementwise" (train.set_compiled_recompute) on one compiled Qwen3-0.6B-shaped layer (CPU): the
+    backward keeps fewer bytes — among them no rotated q or k, rebuilt from the projections instead — and
+    computes the same adapter gradients."""
     import torch._dynamo
     import torch._functorch.config as functorch_config
 
@@ -477,8 +509,8 @@ def test_pointwise_recompute_saves_less_with_the_same_gradients(monkeypatch: pyt
     # config.patch puts the process-wide flags back afterwards, for the other tests' compiles (pytest's monkeypatch
     # would delete them: a config module's attributes are not plain ones).
     with functorch_config.patch(**dict.fromkeys(flags, True)):
-        for pointwise in ("0", "1"):
-            set_compiled_recompute(None, pointwise)
+        for elementwise in (False, True):
+            set_compiled_recompute(None, elementwise)
             torch._dynamo.reset()
             torch.manual_seed(0)
             model = llama.CausalLM(config, spec, None).to(torch.bfloat16)
@@ -493,9 +525,16 @@ def test_pointwise_recompute_saves_less_with_the_same_gradients(monkeypatch: pyt
             torch.manual_seed(1)
             saved, _ = saved_by_layer(model, 1, 64)
             grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
-            results.append((sum(t.untyped_storage().nbytes() for t in saved), grads))
+            # head-shaped [1, heads, 64, 128]: q and k after rotary, attention's output, v
+            heads = sorted(t.shape[1] for t in saved if t.dim() == 4 and t.shape[2:] == (64, 128))
+            results.append((sum(t.untyped_storage().nbytes() for t in saved), grads, heads))
     assert all(getattr(functorch_config, f) for f in flags)
-    (bytes_default, grads_default), (bytes_pointwise, grads_pointwise) = results
-    assert bytes_pointwise < 0.85 * bytes_default
-    for a, b in zip(grads_default, grads_pointwise, strict=True):
+    (
+        (bytes_default, grads_default, heads_default),
+        (bytes_elementwise, grads_elementwise, heads_elementwise),
+    ) = results
+    assert heads_default == [8, 8, 16, 16]  # k, v; q, output
+    assert heads_elementwise == [8, 16]  # v; output — rotated q and k recomputed
+    assert bytes_elementwise < 0.75 * bytes_default
+    for a, b in zip(grads_default, grads_elementwise, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-5)

@@ -489,6 +489,8 @@ def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None)
 
 
 def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable() -> None:
+    """recompute "elementwise" lifts the partitioner's three bans and False puts them back (the flags are
+    process-wide: a later run in the same process must not inherit them); a bad memory budget names its variable."""
     import torch._functorch.config as functorch_config
 
     flags = (
@@ -499,18 +501,17 @@ def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable(
     # config.patch restores the process-wide values afterwards (pytest's monkeypatch would delete them: a config
     # module's attributes are not plain ones).
     with functorch_config.patch(activation_memory_budget=1.0, **dict.fromkeys(flags, True)):
-        set_compiled_recompute(None, None)
-        set_compiled_recompute(None, "0")
+        set_compiled_recompute(None, False)
         assert functorch_config.activation_memory_budget == 1.0
         assert all(getattr(functorch_config, f) for f in flags)
-        set_compiled_recompute("0.7", "1")
+        set_compiled_recompute("0.7", True)
         assert functorch_config.activation_memory_budget == 0.7
         assert not any(getattr(functorch_config, f) for f in flags)
+        set_compiled_recompute(None, False)
+        assert all(getattr(functorch_config, f) for f in flags)
         for bad in ("0", "1.5", "most"):
             with pytest.raises(EngineError, match="TUNA_ACTIVATION_MEMORY_BUDGET: .* not a fraction in"):
-                set_compiled_recompute(bad, None)
-        with pytest.raises(EngineError, match="TUNA_RECOMPUTE_POINTWISE: 'yes' is not 0 or 1"):
-            set_compiled_recompute(None, "yes")
+                set_compiled_recompute(bad, False)
         assert functorch_config.activation_memory_budget == 0.7
     assert functorch_config.activation_memory_budget == 1.0 and all(
         getattr(functorch_config, f) for f in flags

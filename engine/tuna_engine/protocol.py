@@ -89,9 +89,11 @@ class TrainSpec:
     compile: bool = True
     # LoRA adapter math (lora.py): "auto" = the fused 16-bit adapter Function, "exact" = peft's fp32 math.
     lora_compute: Literal["auto", "exact"] = "auto"
-    # What the backward pass recomputes (models/llama.py): every decoder layer, each MLP block, or nothing.
-    # Absent from the plan = "full" if gradient_checkpointing else "none"; present, it must agree with it.
-    recompute: Literal["full", "mlp", "none"] = "full"
+    # What the backward pass recomputes (models/llama.py): every decoder layer, each MLP block, only the compiled
+    # layers' elementwise results (train.set_compiled_recompute: norms, rotary, SwiGLU's product rebuilt from the
+    # GEMM outputs kept), or nothing. Absent from the plan = "full" if gradient_checkpointing else "none";
+    # present, it must agree with it (true: a layer or block recomputed, full or mlp).
+    recompute: Literal["full", "mlp", "elementwise", "none"] = "full"
     # Tensors saved for backward by the decoder live in (pinned) CPU memory until the backward pass.
     # "auto": on for CUDA with recompute "full" for passes with >= 1 GiB of layer inputs (models/llama.py
     # offload_this_pass: only the layer inputs move; no cost on Qwen3-8B, an 18% cost on Qwen3-0.6B's small passes).
@@ -437,13 +439,20 @@ def _bool_or_auto(r: _Reader, t: dict[str, Any], key: str) -> bool | Literal["au
 def _recompute(r: _Reader, t: dict[str, Any]) -> Any:
     """train.recompute, or what train.gradient_checkpointing implies; a contradiction is a problem."""
     gc = t.get("gradient_checkpointing")
-    mode = r.get(t, "recompute", "train.recompute", "enum", optional=True, values=("full", "mlp", "none"))
+    mode = r.get(
+        t,
+        "recompute",
+        "train.recompute",
+        "enum",
+        optional=True,
+        values=("full", "mlp", "elementwise", "none"),
+    )
     if mode is None:
         return "none" if gc is False else "full"
-    if isinstance(gc, bool) and gc != (mode != "none"):
+    if isinstance(gc, bool) and gc != (mode in ("full", "mlp")):
         r.problems.append(
             f"train.recompute: {json.dumps(mode)} contradicts train.gradient_checkpointing: {json.dumps(gc)} "
-            '(false means recompute "none"; true means "full" or "mlp")'
+            '(false means no layer is recomputed, "none" or "elementwise"; true means "full" or "mlp")'
         )
     return mode
 

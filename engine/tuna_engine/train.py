@@ -159,35 +159,25 @@ def optimizer_step(
     return loss_value, norm_value
 
 
-def set_compiled_recompute(budget: str | None, pointwise: str | None) -> None:
-    """What the compiled layers recompute instead of saving for backward — two experiments, environment variables
-    until measured on a GPU (then a plan setting). Both tell the compiler's partitioner (torch._functorch.config):
+def set_compiled_recompute(budget: str | None, elementwise: bool) -> None:
+    """What the compiled layers recompute instead of saving for backward. Both act through the compiler's
+    partitioner (torch._functorch.config), process-wide:
 
-    - TUNA_RECOMPUTE_POINTWISE=1 (0: the defaults, untouched): any elementwise result the backward needs
-      (SwiGLU's silu(gate)·up, the norms' outputs, rotary) may be recomputed, even one the backward must materialise as a GEMM's input; GEMMs and
-      attention are never recomputed (the partitioner's allowlist). On the CPU one Qwen3-0.6B layer kept 47.7 →
-      36.9 KB a token (recompute none) and 26.5 → 24.2 (recompute mlp), the backward's GEMMs and attention unchanged.
-    - TUNA_ACTIVATION_MEMORY_BUDGET=f in (0, 1]: keep at most that fraction of the saved activations, recomputing
-      the cheapest by the partitioner's estimate — past the pointwise tier that includes attention (on the CPU at
-      0.7: 25.9 KB a token, the attention forward run again in backward).
-    (bench/train/saved_tensors.py --pointwise / --memory-budget, session 7.)"""
+    - elementwise (train.recompute "elementwise"): any elementwise result the backward needs (SwiGLU's
+      silu(gate)·up, the norms' outputs, rotated q and k) is rebuilt from the GEMM outputs the layer keeps, even
+      one the backward must materialise as a GEMM's or attention's input; GEMMs and attention are never run
+      again (the partitioner's allowlist). False puts the partitioner's defaults back. Qwen3-0.6B on an H200
+      (2026-11-28): one layer keeps 29.7 KB a token instead of 46.1 with recompute none; 8 × 2048 as 2
+      micro-batches 7.8 GiB, 3.91× HF + PEFT (docs/benchmarks.md).
+    - TUNA_ACTIVATION_MEMORY_BUDGET=f in (0, 1], an experiment: keep at most that fraction of the saved
+      activations, recomputing the cheapest by the partitioner's estimate — past the elementwise tier that
+      includes attention (0.6B, 8 × 2048 as 2 micro-batches: 6.9 GiB at 3.86×, recompute none otherwise)."""
     import torch._functorch.config as functorch_config
 
-    if pointwise is not None:
-        if pointwise not in ("0", "1"):
-            raise EngineError(
-                "PLAN_INVALID",
-                f"environment variable TUNA_RECOMPUTE_POINTWISE: {pointwise!r} is not 0 or 1",
-                hint="unset it, or give 1",
-            )
-        if pointwise == "1":
-            # The min-cut's heuristics that keep such results saved; its op allowlist stays (no GEMM, no attention).
-            functorch_config.ban_recompute_materialized_backward = False
-            functorch_config.ban_recompute_used_far_apart = False
-            functorch_config.ban_recompute_long_fusible_chains = False
-            log(
-                "TUNA_RECOMPUTE_POINTWISE: compiled layers recompute elementwise results instead of saving them"
-            )
+    # The min-cut's heuristics that keep such results saved; its op allowlist stays (no GEMM, no attention).
+    functorch_config.ban_recompute_materialized_backward = not elementwise
+    functorch_config.ban_recompute_used_far_apart = not elementwise
+    functorch_config.ban_recompute_long_fusible_chains = not elementwise
     if budget is not None:
         try:
             fraction = float(budget)
@@ -374,7 +364,8 @@ def train(plan: TrainPlan) -> None:
         to_fp8_base(model, plan, device, dist is not None)
     trainable = set_trainable(model, plan)
     if hasattr(model, "recompute"):  # our models; the generic backend has only gradient_checkpointing
-        model.recompute = t.recompute
+        # "elementwise" checkpoints nothing: what it recomputes is the compiler's part (set_compiled_recompute).
+        model.recompute = "none" if t.recompute == "elementwise" else t.recompute
         # "auto": the layer inputs of full recompute wait in pinned CPU memory on CUDA when a pass's inputs are
         # large (llama.offload_this_pass; measured on an H200: Qwen3-8B 10,145 → 10,137 tok/s, 19.9 → 17.7 GiB;
         # Qwen3-0.6B at 0.88 GiB of inputs +18% without it); never on CPU, never by default with mlp/none.
@@ -399,13 +390,12 @@ def train(plan: TrainPlan) -> None:
     val_batches = micro_batches(read_shards(plan.data.validation), t.micro_batch_size)
     optimizer = make_optimizer(model, plan, device)
     # Read whatever the path (a bad value is an error even where nothing is compiled); they act on compiled layers.
-    set_compiled_recompute(
-        os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"), os.environ.get("TUNA_RECOMPUTE_POINTWISE")
-    )
+    set_compiled_recompute(os.environ.get("TUNA_ACTIVATION_MEMORY_BUDGET"), t.recompute == "elementwise")
     # TUNA_COMPILE=0/1 overrides train.compile (benches, and a way out should a torch release break it).
     compile_env = os.environ.get("TUNA_COMPILE")
     compile_layers = t.compile if compile_env is None else compile_env == "1"
     inner = distributed.unwrap(model)
+    compiled = False
     if compile_layers and dist is not None and dist.strategy == "fsdp" and device.type == "cuda":
         # FSDP2's per-layer hooks with regional compile are not proved on GPUs yet (the 200-step 4-GPU test did not
         # finish in its slot); DDP with compile is (2 × H200: 1.97× the 1-GPU compiled run, same losses).
@@ -417,6 +407,14 @@ def train(plan: TrainPlan) -> None:
         # parameters, outside the compiled layers.
         for layer in inner.model.layers:
             layer.compile()
+        compiled = True
+    if t.recompute == "elementwise":
+        log(
+            "train.recompute elementwise: the compiled layers rebuild norms, rotary and SwiGLU's product in backward"
+            if compiled
+            else "train.recompute elementwise: no decoder layer is compiled here (CPU, FSDP, train.compile off or "
+            'the generic backend), so it runs as recompute "none"'
+        )
     graphs = step_graphs(model, trainable, device, plan, dist is not None)
     packs_per_step = t.micro_batch_size * t.grad_accum  # the global batch, whatever the process count
     if dist is not None:

@@ -69,8 +69,10 @@ export const TrainConfig = z
     /** LoRA adapter math: auto = fused 16-bit Function (fast path), exact = peft's fp32 math bit for bit. */
     lora_compute: z.enum(["auto", "exact"]).default("auto"),
     /** What the backward pass recomputes; when given it decides, else gradient_checkpointing does
-     * (true → full, false → none). gradient_checkpointing: false with full/mlp is a contradiction. */
-    recompute: z.enum(["full", "mlp", "none"]).optional(),
+     * (true → full, false → none). elementwise = no layer recomputed, but the compiled layers rebuild norms,
+     * rotary and SwiGLU's product from the GEMM outputs they keep. gradient_checkpointing: false with
+     * full/mlp is a contradiction. */
+    recompute: z.enum(["full", "mlp", "elementwise", "none"]).optional(),
     /** Activations saved for backward wait in pinned CPU memory; "auto" = CUDA with recompute full, for forward
      * passes whose layer inputs come to ≥ 1 GiB (docs/config.md). */
     offload_activations: z.union([z.boolean(), z.literal("auto")]).default("auto"),
@@ -91,11 +93,11 @@ export const TrainConfig = z
   .strict()
   .superRefine((t, ctx) => {
     // gradient_checkpointing defaults to true, so only an explicit false can contradict recompute.
-    if (t.gradient_checkpointing === false && t.recompute !== undefined && t.recompute !== "none")
+    if (t.gradient_checkpointing === false && (t.recompute === "full" || t.recompute === "mlp"))
       ctx.addIssue({
         code: "custom",
         path: ["recompute"],
-        message: `recompute "${t.recompute}" contradicts gradient_checkpointing: false (false means recompute "none"); drop one of them`,
+        message: `recompute "${t.recompute}" contradicts gradient_checkpointing: false (false means no layer is recomputed: recompute "none" or "elementwise"); drop one of them`,
       });
   });
 

@@ -78,9 +78,10 @@ export const TrainPlan = z.object({
     compile: z.boolean().optional(),
     /** LoRA adapter math: auto = the fused 16-bit Function, exact = peft's fp32 math. Absent = auto. */
     lora_compute: z.enum(["auto", "exact"]).optional(),
-    /** Recomputed in backward: every decoder layer, each MLP block, or nothing. Absent = from
-     * gradient_checkpointing (true → full, false → none); present, it must agree with it. */
-    recompute: z.enum(["full", "mlp", "none"]).optional(),
+    /** Recomputed in backward: every decoder layer, each MLP block, the compiled layers' elementwise results
+     * only, or nothing. Absent = from gradient_checkpointing (true → full, false → none); present, it must
+     * agree with it (true: full or mlp). */
+    recompute: z.enum(["full", "mlp", "elementwise", "none"]).optional(),
     /** Tensors saved for backward by the decoder wait in pinned CPU memory. Absent = off. */
     offload_activations: z.union([z.boolean(), z.literal("auto")]).optional(),
     /** CUDA graphs for each micro-batch's forward, loss and backward. Absent = auto (on for one CUDA device). */

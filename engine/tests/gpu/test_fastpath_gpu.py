@@ -2,7 +2,7 @@
 
 - A 200-step LoRA run on the Qwen3-0.6B architecture: fast path (flash-attention varlen + `train.compile` + CUDA
   graphs) against the reference path (SDPA with a block mask, eager) on the same packed data — the loss curves agree
-  within bf16 noise.
+  within bf16 noise; and the same for recompute "elementwise".
 - Qwen3-8B-sized random weights in bf16: logits within bf16 tolerance of transformers (measured against an
   fp32 reference, as test_gpu_parity.py does for 0.6B).
 """
@@ -47,8 +47,7 @@ def bf16_curve(
         micro_batch_size=2,
         grad_accum=1,
         learning_rate=2e-4,
-        gradient_checkpointing=True,
-        **train,
+        **{"gradient_checkpointing": True, **train},
     )
     losses = [e["loss"] for e in steps_ev]
     assert len(losses) == steps
@@ -64,30 +63,39 @@ def assert_same_curve(got: list[float], ref: list[float], last: int) -> None:
     assert ref[-1] < ref[0]
 
 
-def test_fast_path_loss_curve_equals_reference_over_200_steps(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model_dir = random_cuda_model_dir(tmp_path / "m", QWEN3_0_6B)
+@pytest.fixture(scope="module")
+def curve_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, list[float]]:
+    """The 200-step reference run, shared by the fast-path curves below: (work dir, model dir, shard, losses)."""
+    work = tmp_path_factory.mktemp("curve")
+    model_dir = random_cuda_model_dir(work / "m", QWEN3_0_6B)
     # Support-transcript-like lengths, packed: several samples per row, so attention confinement matters.
     samples = random_samples(1600, vocab=151936, min_len=32, max_len=700, seed=5)
-    shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
+    shard = write_shard(work / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
     # reference: peft's fp32 adapter math, eager, SDPA with the block mask
-    ref = bf16_curve(
-        monkeypatch,
-        tmp_path / "reference",
-        model_dir,
-        shard,
-        200,
-        "sdpa",
-        900,
-        warmup_steps=10,
-        compile=False,
-        lora_compute="exact",
-        cuda_graphs=False,
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        ref = bf16_curve(
+            mp,
+            work / "reference",
+            model_dir,
+            shard,
+            200,
+            "sdpa",
+            900,
+            warmup_steps=10,
+            compile=False,
+            lora_compute="exact",
+            cuda_graphs=False,
+        )
+    return work, model_dir, shard, ref
+
+
+def test_fast_path_loss_curve_equals_reference_over_200_steps(
+    curve_case: tuple[Path, Path, Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, model_dir, shard, ref = curve_case
     fast = bf16_curve(
         monkeypatch,
-        tmp_path / "fast",
+        work / "fast",
         model_dir,
         shard,
         200,
@@ -96,6 +104,31 @@ def test_fast_path_loss_curve_equals_reference_over_200_steps(
         warmup_steps=10,
         compile=True,
         lora_compute="auto",
+    )
+    assert_same_curve(fast, ref, last=20)
+
+
+def test_elementwise_recompute_loss_curve_equals_reference_over_200_steps(
+    curve_case: tuple[Path, Path, Path, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recompute "elementwise": no layer recomputed, the compiled layers rebuilding elementwise results (norms,
+    rotary, SwiGLU's product) in backward instead of saving them — their gradients through the recomputation, on
+    packed data through the varlen kernel. (GPU-run 2026-11-28 as TUNA_RECOMPUTE_POINTWISE=1 with recompute
+    "none", the same partitioner settings, before the plan value existed.)"""
+    work, model_dir, shard, ref = curve_case
+    fast = bf16_curve(
+        monkeypatch,
+        work / "elementwise",
+        model_dir,
+        shard,
+        200,
+        "auto",
+        900,
+        warmup_steps=10,
+        compile=True,
+        lora_compute="auto",
+        gradient_checkpointing=False,
+        recompute="elementwise",
     )
     assert_same_curve(fast, ref, last=20)
 

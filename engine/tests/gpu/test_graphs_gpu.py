@@ -101,6 +101,11 @@ def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> Non
         return sums, out
 
     ref_sums, ref = eager(batches)
+    # cuDNN's attention backward (one-sample rows on Hopper) sums dQ with atomic adds, so two eager runs differ
+    # too (measured 1.4e-3–2.2e-3 between graphed and eager, 2026-11-28, H200): the graphs must stay within a
+    # few times that floor; a stale or wrong input is off by O(1).
+    _, again = eager(batches)
+    tolerance = max(1e-3, 4 * max(_rel(a, b) for a, b in zip(again, ref, strict=True)))
     _, ref_first = eager(batches[:1])
     gc.collect()
 
@@ -113,14 +118,14 @@ def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> Non
     for a, b in zip(got, ref_sums, strict=True):
         assert a == pytest.approx(b, rel=1e-4), (got, ref_sums)
     for a, b in zip(_grads(model), ref, strict=True):
-        assert _rel(a, b) < 1e-3
+        assert _rel(a, b) < tolerance
 
     # Gradients freed (set_to_none) and the shape seen again: captured again onto the new gradient tensors.
     model.zero_grad(set_to_none=True)
     graphs.run(batches[0], scale)
     assert (len(graphs.graphs), graphs.replays) == (1, 4)
     for a, b in zip(_grads(model), ref_first, strict=True):
-        assert _rel(a, b) < 1e-3
+        assert _rel(a, b) < tolerance
 
 
 def test_capture_after_eager_micro_batches_on_the_default_stream(tmp_path: Path) -> None:

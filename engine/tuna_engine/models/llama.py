@@ -162,8 +162,14 @@ class RMSNorm(nn.Module):
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    """(x₁, x₂) → (−x₂, x₁) over the last dimension. Written with views and a `where` instead of chunk + cat: the
+    same values, but only ops the compiler's partitioner may recompute (aten.cat is not among them), so a compiled
+    layer can rebuild rotated q and k in backward from the projections it keeps instead of saving them too
+    (recompute "elementwise": 6 KB a token a Qwen3-0.6B layer). Not a gather (x[..., perm]): its gradient is an
+    accumulating index_put (atomic adds); this one's is two slices and a sum over 2."""
+    halves = x.unflatten(-1, (2, x.shape[-1] // 2))  # [..., 2, d/2]
+    first = torch.arange(2, device=x.device).view(2, 1) == 0
+    return torch.where(first, -halves[..., 1:2, :], halves[..., 0:1, :]).flatten(-2)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ export function buildTrainPlan(args: {
   const dataDir = join(runDir, "data");
   const steps = totalSteps(config, manifest.splits.train.packs);
   const t = config.train;
+  const recompute = t.recompute ?? (t.gradient_checkpointing ? "full" : "none");
   const { device, dtype } = resolveDevice(config);
   const m = config.method;
   const plan: TrainPlan = {
@@ -86,11 +87,12 @@ export function buildTrainPlan(args: {
       adam_beta1: 0.9,
       adam_beta2: 0.999,
       adam_eps: 1e-8,
-      // recompute, when given, decides; else gradient_checkpointing (true → full, false → none).
-      gradient_checkpointing: (t.recompute ?? (t.gradient_checkpointing ? "full" : "none")) !== "none",
+      // recompute, when given, decides; else gradient_checkpointing (true → full, false → none). The engine's
+      // gradient_checkpointing means "a layer or block is recomputed".
+      gradient_checkpointing: recompute === "full" || recompute === "mlp",
       compile: t.compile,
       lora_compute: t.lora_compute,
-      recompute: t.recompute ?? (t.gradient_checkpointing ? "full" : "none"),
+      recompute,
       offload_activations: t.offload_activations,
       cuda_graphs: t.cuda_graphs,
       base_precision: t.base_precision,
