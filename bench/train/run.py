@@ -204,15 +204,44 @@ def bench_hf(model_dir: Path, batch: int, seq: int, steps: int, warmup: int) -> 
     return {"tokens_per_s": batch * seq / step_s, "step_s": step_s, "peak_gib": peak, "loss": float(loss)}
 
 
+def ffd_sft_packs(
+    n_packs: int, seq: int, rng: np.random.Generator
+) -> tuple[list[list[int]], list[list[float]]]:
+    """n_packs packs (sample lengths, prompt fractions) from first-fit decreasing over ~1.2 × as many samples as
+    fill them, the fullest first then shuffled (FFD's last packs are leftovers a real run has few of)."""
+    lens: list[int] = []
+    while sum(lens) < 1.2 * n_packs * seq:
+        lens.append(int(min(seq, max(16, rng.lognormal(5.3, 0.8)))))
+    fracs = rng.uniform(0.2, 0.7, len(lens)).tolist()
+    packs: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(lens)), key=lambda i: -lens[i]):
+        for k, (used, members) in enumerate(packs):
+            if used + lens[i] <= seq:
+                packs[k] = (used + lens[i], [*members, i])
+                break
+        else:
+            packs.append((lens[i], [i]))
+    packs = sorted(packs, key=lambda p: -p[0])[:n_packs]
+    order = rng.permutation(len(packs))
+    chosen = [packs[j][1] for j in order]
+    return [[lens[i] for i in m] for m in chosen], [[fracs[i] for i in m] for m in chosen]
+
+
 def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: str) -> Path:
     """Token shards (docs/formats.md) of n_packs packs. lengths="full": one sample of exactly `seq` tokens per
     pack; "mix": support-transcript-like samples (many short) filling each `seq`-token pack; "mix_unpacked":
-    the same length mix, one sample per pack (no packing: the engine pads each micro-batch to its longest)."""
+    the same length mix, one sample per pack (no packing: the engine pads each micro-batch to its longest);
+    "sft": the same length mix as supervised data — each sample's first 20–70% (the prompt) untrained — packed
+    first-fit decreasing as `tuna` packs (src/pack/pack.ts): packs nearly full but of varying length, varying
+    trained targets and samples per pack."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
     seqs: list[list[int]] = []
-    for _ in range(n_packs):
+    prompt_frac: list[list[float]] = []
+    if lengths == "sft":
+        seqs, prompt_frac = ffd_sft_packs(n_packs, seq, rng)
+    for _ in range(n_packs if lengths != "sft" else 0):
         if lengths == "full":
             seqs.append([seq])
         elif lengths == "mix_unpacked":
@@ -229,9 +258,10 @@ def write_random_shards(d: Path, n_packs: int, seq: int, vocab: int, lengths: st
     weight = np.ones(total, dtype=np.float32)
     seq_off = [0]
     pack_off = [0]
-    for parts in seqs:
-        for n in parts:
-            weight[seq_off[-1]] = 0
+    for p, parts in enumerate(seqs):
+        for s, n in enumerate(parts):
+            untrained = max(1, round(prompt_frac[p][s] * n)) if prompt_frac else 1
+            weight[seq_off[-1] : seq_off[-1] + untrained] = 0
             seq_off.append(seq_off[-1] + n)
         pack_off.append(len(seq_off) - 1)
     d.mkdir(parents=True, exist_ok=True)
@@ -503,6 +533,22 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "exact + train.compile (the earlier compile row)",
     ),
     "mix": ({}, {}, "mix", "default on a support-transcript length mix, packed"),
+    # Supervised packs (prompts untrained, packs of varying length) as 4 micro-batches of 2 rows, small enough for
+    # cuda_graphs auto: coarse graph keys (the default) against fine ones and no graphs. Give --steps ~40: shapes
+    # are graphed from their second sighting.
+    "sft_split4": (
+        {"split": 4},
+        {},
+        "sft",
+        "the defaults on supervised packs, 4 micro-batches (graph keys coarse)",
+    ),
+    "sft_split4_fine": (
+        {"split": 4},
+        {"TUNA_GRAPH_KEYS": "fine"},
+        "sft",
+        "sft_split4 with fine graph keys (8 buckets an octave, rows not lengthened)",
+    ),
+    "sft_split4_eager": ({"split": 4, "cuda_graphs": False}, {}, "sft", "sft_split4 without CUDA graphs"),
     "mix_unpacked": (
         {},
         {},

@@ -11,7 +11,8 @@ import torch
 from helpers import greedy_packs, lora_method, make_hf_model, make_plan, random_samples, write_shard
 
 from tuna_engine.data import collate, micro_batches, read_shards
-from tuna_engine.graphs import AUTO_MAX_TOKEN_PARAMS, _Graph, bucket, graph_key, host_batch
+from tuna_engine.errors import EngineError
+from tuna_engine.graphs import AUTO_MAX_TOKEN_PARAMS, _Graph, bucket, graph_key, graph_keys_mode, host_batch
 from tuna_engine.models import load_model
 from tuna_engine.models.llama import segments
 from tuna_engine.protocol import LoraSpec, parse_train_plan
@@ -25,6 +26,10 @@ def test_bucket_pads_at_most_an_eighth_within_its_bounds() -> None:
         assert b <= max(8, n + n / 8), (n, b)
     assert bucket(16_376, cap=8 * 2047) == 16_376  # every target trained: exactly the batch, no padding
     assert bucket(5, cap=3) == 3
+    for n in [9, 100, 1000, 1023, 1025, 3000, 99_999]:  # coarse keys' targets: 4 sizes an octave
+        b = bucket(n, cap=10**9, per_octave=4)
+        assert n <= b <= n + n / 4, (n, b)
+    assert {bucket(n, cap=10**9, per_octave=4) for n in range(2049, 4097)} == {2560, 3072, 3584, 4096}
 
 
 def _lora_model(tmp_path: Path) -> torch.nn.Module:
@@ -40,25 +45,35 @@ def _lora_model(tmp_path: Path) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("coarse", [True, False])
 @pytest.mark.parametrize("layout", ["packed", "one_per_row"])
-def test_static_loss_equals_masked_loss(tmp_path: Path, layout: str) -> None:
+def test_static_loss_equals_masked_loss(tmp_path: Path, layout: str, coarse: bool) -> None:
     model = _lora_model(tmp_path)
     if layout == "packed":  # several samples a row, rows of different lengths (padding), prompts untrained
         samples = random_samples(12, seed=4, prompt_frac=0.4)
-        shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 40))
-    else:
-        samples = random_samples(4, min_len=24, max_len=24, seed=5, prompt_frac=0.0)
+        shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 37))
+    else:  # 21 tokens: not a bucket size, but rows of one sample each keep their length
+        samples = random_samples(4, min_len=21, max_len=21, seed=5, prompt_frac=0.0)
         shard = write_shard(tmp_path / "t.safetensors", samples)
     batch = micro_batches(read_shards([str(shard)]), 4)[0]
-    h = host_batch(batch)
+    T = batch.input_ids.shape[1]
+    h = host_batch(batch, coarse)
     key = graph_key(h)
     assert h.one_per_row == (layout == "one_per_row")
     assert key.one_per_row == h.one_per_row
+    if coarse and layout == "packed":  # lengthened to the bucket of its length, padding a sample of its own
+        assert (T, key.length) == (37, 40) and h.source is batch
+        assert torch.equal(h.batch.input_ids[:, :T], batch.input_ids)
+        assert not h.batch.loss_weight[:, T:].any()
+    else:
+        assert key.length == T and h.batch is batch and h.source is None
     # the host boundaries are the device function's, and the key's slots hold them
-    assert torch.equal(h.cu_seqlens, segments(batch.sample_ids).cu_seqlens)
+    assert torch.equal(h.cu_seqlens, segments(h.batch.sample_ids).cu_seqlens)
     assert key.samples >= h.cu_seqlens.numel() - 1 and key.targets >= len(h.targets)
     if layout == "packed":
         assert key.targets > len(h.targets) or key.targets == key.rows * (key.length - 1)
+        if coarse:
+            assert key.samples & (key.samples - 1) == 0  # a power of two
 
     def grads() -> list[torch.Tensor]:
         out = [p.grad.clone() for p in model.parameters() if p.grad is not None]
@@ -125,3 +140,13 @@ def test_graph_policy(tmp_path: Path, method: dict, train: dict, dtype: str, wan
     plan = make_plan(tmp_path, tmp_path, [tmp_path / "t"], method=m, **train)
     plan["model"]["dtype"] = dtype
     assert graph_policy(parse_train_plan(plan)) == want
+
+
+def test_graph_keys_mode_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNA_GRAPH_KEYS", raising=False)
+    assert graph_keys_mode() == "coarse"
+    monkeypatch.setenv("TUNA_GRAPH_KEYS", "fine")
+    assert graph_keys_mode() == "fine"
+    monkeypatch.setenv("TUNA_GRAPH_KEYS", "tight")
+    with pytest.raises(EngineError, match="TUNA_GRAPH_KEYS: 'tight' is not one of coarse, fine"):
+        graph_keys_mode()

@@ -130,6 +130,23 @@ def collate(packs: list[Pack]) -> Batch:
     return Batch(ids, pos, sid, w, real_tokens=sum(len(p.tokens) for p in packs))
 
 
+def pad_length(b: Batch, length: int) -> Batch:
+    """b's rows lengthened to `length` tokens the way `collate` pads: token 0, weight 0, positions from 0, and a
+    sample of their own (one past each row's last sample id), so no real token attends to them."""
+    B, T = b.input_ids.shape
+    extra = length - T
+    if extra <= 0:
+        return b
+    pad_ids = b.sample_ids[:, -1:] + 1
+    return Batch(
+        torch.cat([b.input_ids, b.input_ids.new_zeros(B, extra)], dim=1),
+        torch.cat([b.position_ids, torch.arange(extra).expand(B, extra)], dim=1),
+        torch.cat([b.sample_ids, pad_ids.expand(B, extra)], dim=1),
+        torch.cat([b.loss_weight, b.loss_weight.new_zeros(B, extra)], dim=1),
+        real_tokens=b.real_tokens,
+    )
+
+
 def epoch_order(n_packs: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n_packs, generator=g)

@@ -9,12 +9,17 @@ profiler: 413 ms of CPU for 159 ms of GPU work a step).
 
 A graph replays the same kernels on the same addresses, so what varies from batch to batch becomes a tensor of
 fixed size, filled before each replay (`_Graph.load`):
-- the rows: token ids, positions and sample ids [B, T];
+- the rows: token ids, positions and sample ids [B, T]; packed rows lengthened to a bucket of T (≤ 12.5% more
+  tokens, padding as a sample of its own), so nearly full packs of different lengths share a shape;
 - the trained targets: their flat row indices, token ids and weights, padded with weight 0 up to a bucket
-  (`bucket`: ≤ 12.5% more rows through the output layer than the batch trains);
-- packed samples: the varlen kernel's cu_seqlens, padded with empty samples up to a bucket; its maximum length
-  is T (an upper bound serves);
+  (4 an octave: ≤ 25% more rows through the output layer than the batch trains);
+- packed samples: the varlen kernel's cu_seqlens, padded with empty samples up to a power of two; its maximum
+  length is T (an upper bound serves);
 - the loss scale (the fp16 scaler's scale over the step's trained tokens) as a 0-dim tensor.
+Real packed data (support transcripts, prompts untrained) varies in all three; with these buckets a simulated
+mix of 2,680 first-fit-decreasing packs of 2,048 tokens falls into 14–22 shapes at micro-batches of 1–4 rows,
+the 8 commonest covering 87–94% of micro-batches (8 buckets an octave, no lengthening: 113–243 shapes, 24–64%).
+TUNA_GRAPH_KEYS=fine keeps the finer buckets and unlengthened rows (the A/B; not yet measured on a GPU).
 Gradients accumulate in place into the parameters' `.grad`, so those must stay the same tensors: the training
 loop zeroes them with set_to_none=False, and a replay first checks the addresses it was captured with (a changed
 one drops the graph and captures the shape again).
@@ -30,6 +35,7 @@ host copies and events), dropout (below), CPU.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +43,8 @@ from typing import Any
 
 import torch
 
-from .data import Batch
+from .data import Batch, pad_length
+from .errors import EngineError
 from .models.llama import Segments, cu_seqlens, offload_this_pass
 from .protocol import log
 
@@ -53,12 +60,28 @@ MAX_GRAPHS = 8
 AUTO_MAX_TOKEN_PARAMS = 3e12
 
 
-def bucket(n: int, cap: int, least: int = 8) -> int:
-    """n rounded up to one of 8 sizes an octave (≤ 12.5% more), at least `least`, at most `cap`."""
+def bucket(n: int, cap: int, least: int = 8, per_octave: int = 8) -> int:
+    """n rounded up to one of `per_octave` (a power of two) sizes an octave (8: ≤ 12.5% more, 4: ≤ 25%), at least
+    `least`, at most `cap`."""
     if n <= least:
         return min(least, cap)
-    step = 1 << max(0, n.bit_length() - 4)
+    step = 1 << max(0, n.bit_length() - per_octave.bit_length())
     return min(cap, -(-n // step) * step)
+
+
+GRAPH_KEYS = ("coarse", "fine")
+
+
+def graph_keys_mode() -> str:
+    """TUNA_GRAPH_KEYS: how finely packed micro-batches are told apart (module docstring); coarse unless set."""
+    mode = os.environ.get("TUNA_GRAPH_KEYS") or "coarse"
+    if mode not in GRAPH_KEYS:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_GRAPH_KEYS: {mode!r} is not one of {', '.join(GRAPH_KEYS)}",
+            hint="unset it for the default (coarse)",
+        )
+    return mode
 
 
 @dataclass(frozen=True)
@@ -72,18 +95,30 @@ class GraphKey:
 
 @dataclass(frozen=True)
 class HostBatch:
-    """A CPU micro-batch in the graph's static form (before padding to the key's sizes)."""
+    """A CPU micro-batch in the graph's static form (before padding targets and samples to the key's sizes)."""
 
-    batch: Batch
+    batch: Batch  # the micro-batch, its rows lengthened to the key's length (coarse keys, packed rows)
     row_index: torch.Tensor  # [N] flat index (b·T + t) of each trained target's hidden row
     targets: torch.Tensor  # [N] its token id
     weights: torch.Tensor  # [N] its weight
     cu_seqlens: torch.Tensor  # [S + 1] int32
     one_per_row: bool
+    coarse: bool  # the key's buckets (graph_key)
+    source: Batch | None = None  # the micro-batch as given, when `batch` is a lengthened copy
 
 
-def host_batch(b: Batch) -> HostBatch:
+def host_batch(b: Batch, coarse: bool = True) -> HostBatch:
+    """b's graph inputs. Coarse keys lengthen packed rows to a bucket of their length (≤ 12.5% more tokens, as
+    padding: its own sample, weight 0), so micro-batches of nearly full packs (2,040–2,048 tokens) share one shape;
+    rows of one sample each keep their length (padding would take them off the cuDNN path)."""
+    source = b
     B, T = b.input_ids.shape
+    cu = cu_seqlens(b.sample_ids)
+    one_per_row = cu.numel() - 1 == B
+    if coarse and not one_per_row and bucket(T, 1 << 62) > T:
+        b = pad_length(b, bucket(T, 1 << 62))
+        B, T = b.input_ids.shape
+        cu = cu_seqlens(b.sample_ids)
     # Row-major, the order of `hidden[:, :-1][keep]` in train.weighted_ce_sum.
     at = torch.nonzero(b.loss_weight[:, 1:] > 0)
     row_index = at[:, 0] * T + at[:, 1]
@@ -91,14 +126,24 @@ def host_batch(b: Batch) -> HostBatch:
     # trace), time the GPU waited for.
     targets = b.input_ids.reshape(-1).index_select(0, row_index + 1)
     weights = b.loss_weight.reshape(-1).index_select(0, row_index + 1)
-    cu = cu_seqlens(b.sample_ids)
-    return HostBatch(b, row_index, targets, weights, cu, cu.numel() - 1 == B)
+    return HostBatch(
+        b, row_index, targets, weights, cu, one_per_row, coarse, source if b is not source else None
+    )
 
 
 def graph_key(h: HostBatch) -> GraphKey:
+    """Coarse: trained targets in 4 buckets an octave (≤ 25% more rows through the output layer) and sample slots
+    a power of two (empty slots are free in the varlen kernel); fine: 8 buckets an octave for both."""
     B, T = h.batch.input_ids.shape
-    samples = B if h.one_per_row else bucket(h.cu_seqlens.numel() - 1, B * T)
-    return GraphKey(B, T, bucket(len(h.targets), B * (T - 1)), samples, h.one_per_row)
+    n_samples = h.cu_seqlens.numel() - 1
+    if h.one_per_row:
+        samples = B
+    elif h.coarse:
+        samples = min(B * T, 1 << max(3, (n_samples - 1).bit_length()))
+    else:
+        samples = bucket(n_samples, B * T)
+    targets = bucket(len(h.targets), B * (T - 1), per_octave=4 if h.coarse else 8)
+    return GraphKey(B, T, targets, samples, h.one_per_row)
 
 
 class _Graph:
@@ -180,6 +225,7 @@ class StepGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream(device)
         self.replays = 0
+        self.coarse = graph_keys_mode() == "coarse"
         self.disabled: str | None = None
         # Recomputation reads and restores the RNG state, which a capture cannot; graph only models that draw
         # no random numbers (no dropout).
@@ -201,7 +247,7 @@ class StepGraphs:
         before (train.py) — or None for a shape that is not graphed."""
         if self.disabled is not None or not self.graphable(*b.input_ids.shape):
             return None
-        return host_batch(b)
+        return host_batch(b, self.coarse)
 
     def run(self, b: Batch, scale: float, host: HostBatch | None = None) -> torch.Tensor | None:
         """Micro-batch b (on the CPU): forward, loss, and backward of the loss times `scale` (gradients add up in
@@ -214,7 +260,9 @@ class StepGraphs:
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)  # the optimizer's last step and zeroing come first
         with torch.cuda.stream(self.stream):
-            ce = self._run(b, scale, host if host is not None and host.batch is b else host_batch(b))
+            if host is None or (host.source if host.source is not None else host.batch) is not b:
+                host = host_batch(b, self.coarse)
+            ce = self._run(b, scale, host)
         current.wait_stream(self.stream)
         if not any(ce is g.ce_sum for g in self.graphs.values()):
             ce.record_stream(current)  # an eager result, allocated on the side stream, read on this one
