@@ -28,7 +28,7 @@ from tuna_engine.data import micro_batches, read_shards
 from tuna_engine.errors import EngineError
 from tuna_engine.models import load_model
 from tuna_engine.protocol import parse_train_plan
-from tuna_engine.train import optimizer_step, set_compiled_recompute, weighted_ce_sum
+from tuna_engine.train import optimizer_step, rebuild_rotary_layers, set_compiled_recompute, weighted_ce_sum
 
 
 def steps(events):
@@ -533,3 +533,20 @@ def test_profile_table_and_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     names = [e.get("name", "") for e in json.loads(trace.read_text())["traceEvents"]]
     # two whole steps: each one's optimizer step is in the trace
     assert sum(n.startswith("Optimizer.step#") for n in names) == 2, sorted(set(names))[:50]
+
+
+def test_rebuild_rotary_layers_picks_the_last_layers_or_names_the_variable(tmp_path: Path) -> None:
+    make_hf_model(tmp_path / "model", "qwen3")
+    model = load_model(str(tmp_path / "model"), "float32", torch.device("cpu"), None)
+    layers = model.model.layers
+    rebuild_rotary_layers(model, None)
+    assert all(layer.self_attn.rebuild_rotary for layer in layers)
+    rebuild_rotary_layers(model, "1")
+    assert [layer.self_attn.rebuild_rotary for layer in layers] == [False] * (len(layers) - 1) + [True]
+    rebuild_rotary_layers(model, "0")
+    assert not any(layer.self_attn.rebuild_rotary for layer in layers)
+    for bad in ("-1", str(len(layers) + 1), "half"):
+        with pytest.raises(
+            EngineError, match=f"TUNA_REBUILD_ROTARY_LAYERS: '{bad}' is not a layer count from 0"
+        ):
+            rebuild_rotary_layers(model, bad)
