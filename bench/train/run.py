@@ -490,6 +490,18 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
     ),
     # TUNA_REBUILD_ROTARY_LAYERS (train.rebuild_rotary_layers): only the last k layers rebuild rotated q/k. On 0.6B
     # each layer rebuilding saved ~0.05 GiB for ~0.13 ms a step (session 8): 7 of 28 should land near 0.29x.
+    "elementwise_split2_rot0": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
+        {"TUNA_REBUILD_ROTARY_LAYERS": "0"},
+        "full",
+        "elementwise_split2 with every layer keeping rotated q/k (session 8's none_split2_pointwise)",
+    ),
+    "elementwise_split2_eager": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": False},
+        {},
+        "full",
+        "elementwise_split2 without CUDA graphs (a trace can then charge each kernel to its operation)",
+    ),
     "elementwise_split2_rot7": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_REBUILD_ROTARY_LAYERS": "7"},
