@@ -15,8 +15,9 @@ describe("train.recompute", () => {
   });
 
   it('"elementwise" reaches the engine as a run without layer recomputation', () => {
-    // gradient_checkpointing keeps its default (true) in the config; the plan says false: no layer is recomputed.
+    // gradient_checkpointing left out: recompute decides, and the plan says false (no layer is recomputed).
     const { load } = runConfig("train: { recompute: elementwise }");
+    expect(load().train.gradient_checkpointing).toBeUndefined();
     const p = trainPlan(load());
     expect(p.train).toMatchObject({ recompute: "elementwise", gradient_checkpointing: false });
     expect(engineReads(p, "t.recompute, t.gradient_checkpointing")).toBe("elementwise False");
@@ -33,7 +34,7 @@ describe("train.recompute", () => {
     }
   });
 
-  it("refuses gradient_checkpointing: false with a layer recomputed, and an unknown mode", () => {
+  it("refuses gradient_checkpointing that contradicts recompute, and an unknown mode", () => {
     const { path, load } = runConfig("train:\n  gradient_checkpointing: false\n  recompute: mlp");
     const text = configError(load);
     expect(text).toContain(path);
@@ -42,5 +43,9 @@ describe("train.recompute", () => {
     expect(configError(runConfig("train:\n  recompute: pointwise").load)).toMatch(
       /line 4: train\.recompute: /,
     );
+    for (const mode of ["none", "elementwise"]) {
+      const bad = configError(runConfig(`train: { gradient_checkpointing: true, recompute: ${mode} }`).load);
+      expect(bad).toContain(`recompute "${mode}" contradicts gradient_checkpointing: true`);
+    }
   });
 });

@@ -40,7 +40,7 @@ def owners(events: list[dict[str, Any]], pattern: str, depth: int) -> list[tuple
             ops[(e["pid"], e["tid"])].append(e)
     starts = {}
     for key, lane in ops.items():
-        lane.sort(key=lambda e: e["ts"])
+        lane.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))  # an op and its first child can start together
         starts[key] = [e["ts"] for e in lane]
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in events:

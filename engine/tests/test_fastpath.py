@@ -466,8 +466,8 @@ def test_saved_tensors_lists_the_trainers_adapter_path() -> None:
 
 
 def test_rotate_half_is_chunk_and_cat_exactly() -> None:
-    """llama.rotate_half (views + where, so the compiler may recompute it) gives chunk + cat's values and
-    gradients bit for bit."""
+    """llama.rotate_half_views (what compiled layers run, so the compiler may recompute it) gives chunk + cat's
+    values and gradients bit for bit."""
 
     def chunk_cat(x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
@@ -477,7 +477,7 @@ def test_rotate_half_is_chunk_and_cat_exactly() -> None:
         for shape in ((2, 5, 3, 128), (1, 7, 2, 64), (3, 2)):
             x = torch.randn(shape, dtype=dtype, requires_grad=True)
             up = torch.randn(shape, dtype=dtype)
-            got = llama.rotate_half(x)
+            got = llama.rotate_half_views(x)
             (g_got,) = torch.autograd.grad((got * up).sum(), x)
             want = chunk_cat(x)
             (g_want,) = torch.autograd.grad((want * up).sum(), x)
@@ -488,7 +488,6 @@ def test_elementwise_recompute_saves_less_with_the_same_gradients(monkeypatch: p
     """recompute "elementwise" (train.set_compiled_recompute) on one compiled Qwen3-0.6B-shaped layer (CPU): the
     backward keeps fewer bytes — among them no rotated q or k, rebuilt from the projections instead, unless the
     layer keeps them (Attention.rebuild_rotary False) — and computes the same adapter gradients."""
-    import torch._dynamo
     import torch._functorch.config as functorch_config
 
     root = Path(__file__).resolve().parents[2]
@@ -510,8 +509,7 @@ def test_elementwise_recompute_saves_less_with_the_same_gradients(monkeypatch: p
     # would delete them: a config module's attributes are not plain ones).
     with functorch_config.patch(**dict.fromkeys(flags, True)):
         for elementwise, rebuild in ((False, True), (True, True), (True, False)):
-            set_compiled_recompute(None, elementwise)
-            torch._dynamo.reset()
+            set_compiled_recompute(None, elementwise)  # resets compiled code when the settings change
             torch.manual_seed(0)
             model = llama.CausalLM(config, spec, None).to(torch.bfloat16)
             with torch.no_grad():
@@ -548,8 +546,9 @@ def test_elementwise_recompute_saves_less_with_the_same_gradients(monkeypatch: p
 
 
 def test_trace_ops_names_the_operations_that_launched_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bench/train/trace_ops.py on a hand-made Chrome trace: a copy launched inside mm inside linear is charged to
-    that chain, one launched after mm to linear alone; other kernels and other threads' operations are not."""
+    """bench/train/trace_ops.py on a hand-made Chrome trace: a copy launched inside mm_inner inside mm inside linear
+    is charged to that chain (mm_inner starts with mm and is listed first), one launched after mm to linear alone;
+    other kernels and other threads' operations are not."""
     root = Path(__file__).resolve().parents[2]
     monkeypatch.syspath_prepend(str(root / "bench/train"))
     from trace_ops import owners
@@ -558,6 +557,7 @@ def test_trace_ops_names_the_operations_that_launched_a_kernel(monkeypatch: pyte
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": 0, "tid": tid, "args": args}
 
     events = [
+        ev("cpu_op", "aten::mm_inner", 10, 20),  # starts with mm, inside it: listed first, sorted after
         ev("cpu_op", "aten::linear", 0, 100),
         ev("cpu_op", "aten::mm", 10, 40),
         ev("cpu_op", "aten::other_thread", 0, 1000, tid=2),
@@ -570,7 +570,7 @@ def test_trace_ops_names_the_operations_that_launched_a_kernel(monkeypatch: pyte
         ev("kernel", "memcpy_orphan", 300, 1, tid=7, correlation=99),
     ]
     assert owners(events, "memcpy128", depth=3) == [
-        ("aten::linear > aten::mm", 1, 13.0),
+        ("aten::linear > aten::mm > aten::mm_inner", 1, 13.0),
         ("aten::linear", 1, 5.0),
     ]
     assert owners(events, "memcpy", depth=1)[-1] == ("<no launch found>", 1, 1.0)

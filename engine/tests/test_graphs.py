@@ -12,7 +12,15 @@ from helpers import greedy_packs, lora_method, make_hf_model, make_plan, random_
 
 from tuna_engine.data import collate, micro_batches, read_shards
 from tuna_engine.errors import EngineError
-from tuna_engine.graphs import AUTO_MAX_TOKEN_PARAMS, _Graph, bucket, graph_key, graph_keys_mode, host_batch
+from tuna_engine.graphs import (
+    AUTO_MAX_TOKEN_PARAMS,
+    StepGraphs,
+    _Graph,
+    bucket,
+    graph_key,
+    graph_keys_mode,
+    host_batch,
+)
 from tuna_engine.models import load_model
 from tuna_engine.models.llama import segments
 from tuna_engine.protocol import LoraSpec, parse_train_plan
@@ -150,3 +158,18 @@ def test_graph_keys_mode_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("TUNA_GRAPH_KEYS", "tight")
     with pytest.raises(EngineError, match="TUNA_GRAPH_KEYS: 'tight' is not one of coarse, fine"):
         graph_keys_mode()
+
+
+@pytest.mark.parametrize("coarse", [True, False])
+def test_prepare_judges_the_lengthened_shape(tmp_path: Path, coarse: bool) -> None:
+    """StepGraphs.prepare (without a GPU: its CUDA state left out) graphs a packed micro-batch only if the shape it
+    will run at — lengthened to 40 tokens under coarse keys — is graphable; here only rows under 40 tokens are (as
+    if 40 crossed the offload threshold, whose passes must not be captured)."""
+    samples = random_samples(12, seed=4, prompt_frac=0.4)
+    shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 37))
+    batch = micro_batches(read_shards([str(shard)]), 4)[0]
+    graphs = object.__new__(StepGraphs)
+    graphs.disabled, graphs.coarse = None, coarse
+    graphs.graphable = lambda rows, length: length < 40  # type: ignore[method-assign]
+    h = graphs.prepare(batch)
+    assert (h is None) if coarse else (h is not None and h.batch is batch)

@@ -133,6 +133,32 @@ def test_unknown_architecture_names_field(tmp_path: Path) -> None:
     assert "config.json: model_type: 'mamba'" in e.value.message and "qwen3" in e.value.message
 
 
+@pytest.mark.parametrize(
+    "field,value,code,says",
+    [
+        (
+            "partial_rotary_factor",
+            0.5,
+            "UNSUPPORTED_ARCHITECTURE",
+            "partial_rotary_factor: 0.5 is not supported",
+        ),
+        ("head_dim", 15, "MODEL_CONFIG_INVALID", "head_dim: 15 is odd"),
+    ],
+)
+def test_rotary_needs_whole_even_heads(
+    tmp_path: Path, field: str, value: object, code: str, says: str
+) -> None:
+    """Rotary pairs the two halves of every head (rotate_half): a partial rotary or an odd head size would be
+    computed wrong, so the config is refused, naming the field."""
+    make_hf_model(tmp_path, "qwen3")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[field] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EngineError) as e:
+        load_model(str(tmp_path), "float32", torch.device("cpu"))
+    assert e.value.code == code and says in e.value.message and "config.json" in e.value.message
+
+
 def test_shape_mismatch_names_tensor_and_file(tmp_path: Path) -> None:
     make_hf_model(tmp_path, "qwen3")
     cfg = json.loads((tmp_path / "config.json").read_text())

@@ -489,8 +489,9 @@ def test_optimizer_step_skips_non_finite_steps(on_device: bool, bad: str | None)
 
 
 def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable() -> None:
-    """recompute "elementwise" lifts the partitioner's three bans and False puts them back (the flags are
-    process-wide: a later run in the same process must not inherit them); a bad memory budget names its variable."""
+    """recompute "elementwise" lifts the partitioner's three bans and False puts them back, the memory budget too
+    when its variable is unset (the settings are process-wide: a later run in the same process must not inherit
+    them); a bad memory budget names its variable and changes nothing."""
     import torch._functorch.config as functorch_config
 
     flags = (
@@ -509,10 +510,13 @@ def test_compiled_recompute_settings_reach_the_partitioner_or_name_the_variable(
         assert not any(getattr(functorch_config, f) for f in flags)
         set_compiled_recompute(None, False)
         assert all(getattr(functorch_config, f) for f in flags)
+        assert functorch_config.activation_memory_budget == 1.0
+        set_compiled_recompute("0.7", True)
         for bad in ("0", "1.5", "most"):
             with pytest.raises(EngineError, match="TUNA_ACTIVATION_MEMORY_BUDGET: .* not a fraction in"):
                 set_compiled_recompute(bad, False)
         assert functorch_config.activation_memory_budget == 0.7
+        assert not any(getattr(functorch_config, f) for f in flags)
     assert functorch_config.activation_memory_budget == 1.0 and all(
         getattr(functorch_config, f) for f in flags
     )

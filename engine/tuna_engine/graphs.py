@@ -247,7 +247,10 @@ class StepGraphs:
         before (train.py) — or None for a shape that is not graphed."""
         if self.disabled is not None or not self.graphable(*b.input_ids.shape):
             return None
-        return host_batch(b, self.coarse)
+        h = host_batch(b, self.coarse)
+        # Judged again at the lengthened shape: up to 12.5% more tokens can cross the offload threshold (an
+        # offloaded pass must not be captured: its host copies and events) or "auto"'s size limit.
+        return h if h.batch is b or self.graphable(*h.batch.input_ids.shape) else None
 
     def run(self, b: Batch, scale: float, host: HostBatch | None = None) -> torch.Tensor | None:
         """Micro-batch b (on the CPU): forward, loss, and backward of the loss times `scale` (gradients add up in
@@ -255,13 +258,15 @@ class StepGraphs:
         shape that is not graphed at all (too large for "auto", offloaded, graphs off): the caller runs it
         eagerly on its own stream, and must drop its autograd graph after the backward (a capture must not find
         accumulation nodes of another stream alive). `host`: b's `prepare`d inputs, if the caller has them."""
-        if self.disabled is not None or not self.graphable(*b.input_ids.shape):
+        if self.disabled is not None:
             return None
+        if host is None or (host.source if host.source is not None else host.batch) is not b:
+            host = self.prepare(b)
+            if host is None:
+                return None
         current = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(current)  # the optimizer's last step and zeroing come first
         with torch.cuda.stream(self.stream):
-            if host is None or (host.source if host.source is not None else host.batch) is not b:
-                host = host_batch(b, self.coarse)
             ce = self._run(b, scale, host)
         current.wait_stream(self.stream)
         if not any(ce is g.ce_sum for g in self.graphs.values()):

@@ -172,12 +172,10 @@ def set_compiled_recompute(budget: str | None, elementwise: bool) -> None:
     - TUNA_ACTIVATION_MEMORY_BUDGET=f in (0, 1], an experiment: keep at most that fraction of the saved
       activations, recomputing the cheapest by the partitioner's estimate — past the elementwise tier that
       includes attention (0.6B, 8 × 2048 as 2 micro-batches: 6.9 GiB at 3.86×, recompute none otherwise)."""
+    import torch._dynamo
     import torch._functorch.config as functorch_config
 
-    # The min-cut's heuristics that keep such results saved; its op allowlist stays (no GEMM, no attention).
-    functorch_config.ban_recompute_materialized_backward = not elementwise
-    functorch_config.ban_recompute_used_far_apart = not elementwise
-    functorch_config.ban_recompute_long_fusible_chains = not elementwise
+    fraction = 1.0  # the partitioner's default: keep what the min-cut keeps
     if budget is not None:
         try:
             fraction = float(budget)
@@ -189,10 +187,21 @@ def set_compiled_recompute(budget: str | None, elementwise: bool) -> None:
                 f"environment variable TUNA_ACTIVATION_MEMORY_BUDGET: {budget!r} is not a fraction in (0, 1]",
                 hint="unset it, or give e.g. 0.7",
             )
-        functorch_config.activation_memory_budget = fraction
         log(
             f"TUNA_ACTIVATION_MEMORY_BUDGET: compiled layers keep at most {fraction:g} of their saved activations"
         )
+    # The min-cut's heuristics that keep such results saved; its op allowlist stays (no GEMM, no attention).
+    bans = (
+        "ban_recompute_materialized_backward",
+        "ban_recompute_used_far_apart",
+        "ban_recompute_long_fusible_chains",
+    )
+    wanted = {**dict.fromkeys(bans, not elementwise), "activation_memory_budget": fraction}
+    if any(getattr(functorch_config, k) != v for k, v in wanted.items()):
+        # Layers compiled under other settings (an earlier run in this process) would be reused as they are.
+        torch._dynamo.reset()
+        for k, v in wanted.items():
+            setattr(functorch_config, k, v)
 
 
 def rebuild_rotary_layers(model: CausalLM, value: str | None) -> None:

@@ -63,7 +63,8 @@ export const TrainConfig = z
     min_lr_ratio: z.number().min(0).max(1).default(0),
     max_grad_norm: z.number().min(0).default(1),
     optimizer: z.enum(["adamw", "adamw8bit"]).default("adamw"),
-    gradient_checkpointing: z.boolean().default(true),
+    /** The older switch for recompute (true → full, false → none); absent = true unless recompute says. */
+    gradient_checkpointing: z.boolean().optional(),
     /** CUDA: regional torch.compile of the decoder layers (1.5–1.8× measured; docs/performance.md). */
     compile: z.boolean().default(true),
     /** LoRA adapter math: auto = fused 16-bit Function (fast path), exact = peft's fp32 math bit for bit. */
@@ -92,12 +93,16 @@ export const TrainConfig = z
   })
   .strict()
   .superRefine((t, ctx) => {
-    // gradient_checkpointing defaults to true, so only an explicit false can contradict recompute.
-    if (t.gradient_checkpointing === false && (t.recompute === "full" || t.recompute === "mlp"))
+    // Only values the user wrote can contradict each other (gradient_checkpointing has no default here).
+    if (t.gradient_checkpointing === undefined || t.recompute === undefined) return;
+    const layers = t.recompute === "full" || t.recompute === "mlp";
+    if (t.gradient_checkpointing !== layers)
       ctx.addIssue({
         code: "custom",
         path: ["recompute"],
-        message: `recompute "${t.recompute}" contradicts gradient_checkpointing: false (false means no layer is recomputed: recompute "none" or "elementwise"); drop one of them`,
+        message: t.gradient_checkpointing
+          ? `recompute "${t.recompute}" contradicts gradient_checkpointing: true (true means a layer or block is recomputed: recompute "full" or "mlp"); drop one of them`
+          : `recompute "${t.recompute}" contradicts gradient_checkpointing: false (false means no layer is recomputed: recompute "none" or "elementwise"); drop one of them`,
       });
   });
 

@@ -101,10 +101,23 @@ def model_config(model_dir: str) -> llama.Config:
             f"{path}: rope_scaling.rope_type: {rope_type!r} is not supported; supported: "
             + ", ".join(ROPE_TYPES),
         )
+    if cfg.get("partial_rotary_factor", 1.0) != 1.0:
+        raise EngineError(
+            "UNSUPPORTED_ARCHITECTURE",
+            f"{path}: partial_rotary_factor: {cfg['partial_rotary_factor']!r} is not supported (expected 1.0: "
+            "rotary over the whole head)",
+        )
     try:
-        return llama.Config.from_hf(cfg)
+        config = llama.Config.from_hf(cfg)
     except KeyError as e:
         raise EngineError("MODEL_CONFIG_INVALID", f"{path}: required field {e.args[0]!r} missing") from e
+    if config.head_dim % 2:
+        raise EngineError(
+            "MODEL_CONFIG_INVALID",
+            f"{path}: head_dim: {config.head_dim} is odd (rotary pairs the two halves of a head; expected even)",
+            field="head_dim",
+        )
+    return config
 
 
 def weight_files(model_dir: str) -> dict[str, str]:

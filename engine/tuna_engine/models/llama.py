@@ -162,19 +162,27 @@ class RMSNorm(nn.Module):
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x₁, x₂) → (−x₂, x₁) over the last dimension. Written with views and a `where` instead of chunk + cat: the
-    same values, but only ops the compiler's partitioner may recompute (aten.cat is not among them), so a compiled
-    layer can rebuild rotated q and k in backward from the projections it keeps instead of saving them too
-    (recompute "elementwise": 6 KB a token a Qwen3-0.6B layer). Not a gather (x[..., perm]): its gradient is an
-    accumulating index_put (atomic adds); this one's is two slices and a sum over 2."""
+    """(x₁, x₂) → (−x₂, x₁) over the last dimension: chunk + cat when run eagerly (two kernels), views + where
+    when compiled (`rotate_half_views`: the same values, but ops the partitioner may recompute)."""
+    if torch.compiler.is_compiling():
+        return rotate_half_views(x)
+    return rotate_half_kept(x)
+
+
+def rotate_half_views(x: torch.Tensor) -> torch.Tensor:
+    """rotate_half with views and a `where` instead of chunk + cat: only ops the compiler's partitioner may
+    recompute (aten.cat is not among them), so a compiled layer can rebuild rotated q and k in backward from the
+    projections it keeps instead of saving them too (recompute "elementwise": 6 KB a token a Qwen3-0.6B layer).
+    Not a gather (x[..., perm]): its gradient is an accumulating index_put (atomic adds); this one's is two
+    slices and a sum over 2."""
     halves = x.unflatten(-1, (2, x.shape[-1] // 2))  # [..., 2, d/2]
     first = torch.arange(2, device=x.device).view(2, 1) == 0
     return torch.where(first, -halves[..., 1:2, :], halves[..., 0:1, :]).flatten(-2)
 
 
 def rotate_half_kept(x: torch.Tensor) -> torch.Tensor:
-    """rotate_half's values through chunk + cat, which the partitioner does not recompute: a compiled layer that
-    uses it keeps rotated q and k saved even under recompute "elementwise" (Attention.rebuild_rotary)."""
+    """rotate_half through chunk + cat, which the partitioner does not recompute: a compiled layer that uses it
+    keeps rotated q and k saved even under recompute "elementwise" (Attention.rebuild_rotary)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 

@@ -41,7 +41,7 @@ export function buildTrainPlan(args: {
   const dataDir = join(runDir, "data");
   const steps = totalSteps(config, manifest.splits.train.packs);
   const t = config.train;
-  const recompute = t.recompute ?? (t.gradient_checkpointing ? "full" : "none");
+  const recompute = t.recompute ?? (t.gradient_checkpointing === false ? "none" : "full");
   const { device, dtype } = resolveDevice(config);
   const m = config.method;
   const plan: TrainPlan = {
