@@ -337,6 +337,31 @@ def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
     assert losses["auto"][-1] < losses["auto"][0]
 
 
+def test_elementwise_without_compiled_layers_runs_as_none_and_says_so(tmp_path: Path) -> None:
+    """recompute "elementwise" through the engine where nothing is compiled (CPU): the run is recompute "none" —
+    the same losses step for step — and its log says so, so nobody believes the setting saved memory here."""
+    make_hf_model(tmp_path / "m", "qwen3")
+    shard = write_shard(tmp_path / "t.safetensors", random_samples(4, seed=4))
+    losses, logs = {}, {}
+    for mode in ("none", "elementwise"):
+        plan = make_plan(
+            tmp_path / mode,
+            tmp_path / "m",
+            [shard],
+            max_steps=3,
+            learning_rate=1e-2,
+            recompute=mode,
+            gradient_checkpointing=False,
+        )
+        code, events, err = run_engine("train", write_plan(plan))
+        assert code == 0, err[-2000:]
+        losses[mode] = [e["loss"] for e in events if e["event"] == "step"]
+        logs[mode] = err
+    assert len(losses["none"]) == 3 and losses["elementwise"] == losses["none"]
+    assert "train.recompute elementwise: no decoder layer is compiled here" in logs["elementwise"]
+    assert "train.recompute elementwise" not in logs["none"]
+
+
 @pytest.mark.parametrize(
     "train,want",
     [
