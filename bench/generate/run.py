@@ -166,8 +166,12 @@ VARIANTS: dict[str, tuple[str, bool, bool | str, str]] = {
     "layer_gemm": ("graph", True, "layer", "gemm,argmax"),
     "layer_silu": ("graph", True, "layer", "gemm,silu,argmax"),
     "layer_all": ("graph", True, "layer", "gemm,silu,norm,argmax"),
+    # graph_layer with Programmatic Dependent Launch in the compiled kernels (Hopper+: a kernel starts while the one
+    # before drains; inductor's triton.enable_pdl) — against the ~0.35 ms of gaps in a 0.6B step's graph.
+    "layer_pdl": ("graph", True, "layer", ""),
 }
 SLOW = {"reference", "eager"}
+PDL = {"layer_pdl"}
 
 
 def kernels_per_step(engine: Engine, batch: int, table: Path | None = None) -> int:
@@ -200,6 +204,17 @@ def bench_tuna(model, ids: list[list[int]], new: int, variant: str, profile: Pat
     from torch._dynamo.utils import counters
 
     mode, fused, compiled, kernels = VARIANTS[variant]
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    pdl = variant in PDL
+    if pdl != bool(getattr(inductor_config.triton, "enable_pdl", False)):
+        if pdl and not hasattr(inductor_config.triton, "enable_pdl"):
+            raise SystemExit(
+                f"--variants {variant}: torch {torch.__version__}'s inductor has no triton.enable_pdl"
+            )
+        torch._dynamo.reset()  # compiled code is shared between variants; these kernels must be built anew
+        inductor_config.triton.enable_pdl = pdl
     graphs_before = counters["stats"]["unique_graphs"]
     t = time.perf_counter()
     os.environ["TUNA_DECODE_KERNELS"] = kernels  # read by decode.Decoder when the Engine builds it
@@ -327,7 +342,13 @@ def main() -> None:
                     r["tuna_graph"]["first_row"] == r[other]["first_row"]
                 )
         # bf16: a near-tie may flip with another GEMM's rounding
-        for other in ("tuna_layer_argmax", "tuna_layer_gemm", "tuna_layer_silu", "tuna_layer_all"):
+        for other in (
+            "tuna_layer_argmax",
+            "tuna_layer_gemm",
+            "tuna_layer_silu",
+            "tuna_layer_all",
+            "tuna_layer_pdl",
+        ):
             if "tuna_graph_layer" in r and other in r:
                 r[f"graph_layer_first_row_equals_{other[5:]}"] = (
                     r["tuna_graph_layer"]["first_row"] == r[other]["first_row"]

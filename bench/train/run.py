@@ -502,6 +502,14 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "elementwise_split2 without CUDA graphs (a trace can then charge each kernel to its operation)",
     ),
+    # Programmatic Dependent Launch in the compiled kernels (Hopper+; inductor's TORCHINDUCTOR_ENABLE_PDL): a kernel
+    # starts while the one before drains — against the ~10 ms of sub-20 µs gaps inside a graphed 0.6B step.
+    "elementwise_split2_pdl": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
+        {"TORCHINDUCTOR_ENABLE_PDL": "1"},
+        "full",
+        "elementwise_split2 with PDL in the compiled kernels",
+    ),
     "elementwise_split2_rot7": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_REBUILD_ROTARY_LAYERS": "7"},
