@@ -19,6 +19,7 @@ import torch
 from helpers import (
     QWEN3_0_6B,
     bf16_train,
+    greedy_packs,
     random_cuda_model_dir,
     random_samples,
     write_shard,
@@ -173,3 +174,33 @@ def test_30_steps_with_graphs_follow_eager(tmp_path: Path) -> None:
     diffs = [abs(a - b) / b for a, b in zip(curves[True], curves[False], strict=True)]
     assert len(diffs) == 30 and max(diffs) < 1e-2, diffs
     assert curves[True][-1] < curves[True][0]
+
+
+def test_packed_real_lengths_graph_with_coarse_keys_and_follow_eager(tmp_path: Path) -> None:
+    """Supervised samples of 32–700 tokens (prompts untrained) packed next-fit into 2,048-token rows: micro-batches
+    differ in length, trained targets and samples. With the default (coarse) graph keys shapes repeat, so graphs
+    are captured — rows lengthened to a bucket of their length — and the losses follow the eager run's."""
+    model_dir = random_cuda_model_dir(tmp_path / "m", FOUR_LAYERS)
+    samples = random_samples(900, vocab=151936, min_len=32, max_len=700, seed=11)
+    shard = write_shard(tmp_path / "t.safetensors", samples, greedy_packs(samples, 2048), max_length=2048)
+    curves, logs = {}, {}
+    for graphs in (False, True):
+        steps, logs[graphs] = bf16_train(
+            tmp_path / str(graphs),
+            model_dir,
+            [shard],
+            600,
+            max_steps=30,
+            micro_batch_size=2,
+            grad_accum=2,
+            learning_rate=1e-3,
+            warmup_steps=3,
+            gradient_checkpointing=False,
+            recompute="none",
+            compile=True,
+            cuda_graphs=graphs,
+        )
+        curves[graphs] = [e["loss"] for e in steps]
+    assert "cuda_graphs: captured micro-batch shape 2 × " in logs[True], logs[True][-3000:]
+    diffs = [abs(a - b) / b for a, b in zip(curves[True], curves[False], strict=True)]
+    assert len(diffs) == 30 and max(diffs) < 1e-2, diffs
