@@ -510,6 +510,20 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "elementwise_split2 with PDL in the compiled kernels",
     ),
+    # TUNA_LORA_ADD=separate (lora.py): the adapter product as its own GEMM, added elementwise, instead of addmm
+    # (whose C ATen first copies from the base output: the suspected 394 memcpy128 a 0.6B step, 5.3 ms).
+    "elementwise_split2_loraadd": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
+        {"TUNA_LORA_ADD": "separate"},
+        "full",
+        "elementwise_split2 with the LoRA product added elementwise",
+    ),
+    "default_loraadd": (
+        {},
+        {"TUNA_LORA_ADD": "separate"},
+        "full",
+        "the defaults with the LoRA product added elementwise",
+    ),
     "elementwise_split2_rot7": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_REBUILD_ROTARY_LAYERS": "7"},

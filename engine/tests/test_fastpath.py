@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from helpers import make_hf_model, make_plan, random_samples, run_engine, write_
 from test_lora import packed_batch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tuna_engine import lora
 from tuna_engine.errors import EngineError
 from tuna_engine.lora import Linear, lora_forward, set_lora_compute
 from tuna_engine.models import llama, load_model
@@ -75,8 +77,18 @@ SHAPES = [  # (tokens per row, in_features, out_features of the group, r): sever
 ]
 
 
+@pytest.fixture(params=["gemm", "separate"])
+def lora_add(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both ways the adapter product reaches the base output (lora.set_lora_add, TUNA_LORA_ADD)."""
+    lora.set_lora_add(request.param)
+    yield request.param
+    lora.set_lora_add(None)
+
+
 @pytest.mark.parametrize("T,in_f,outs,r", SHAPES)
-def test_fast_function_equals_exact_in_fp32(T: int, in_f: int, outs: list[int], r: int) -> None:
+def test_fast_function_equals_exact_in_fp32(
+    T: int, in_f: int, outs: list[int], r: int, lora_add: str
+) -> None:
     lins = make_linears(in_f, outs, r, seed=T, dtype=torch.float32, bias=True)
     x = torch.randn(2, T, in_f, generator=torch.Generator().manual_seed(1))
     ref_y, ref_g = run_group(lins, x, "exact")
@@ -89,7 +101,7 @@ def test_fast_function_equals_exact_in_fp32(T: int, in_f: int, outs: list[int], 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("T,in_f,outs,r", SHAPES)
 def test_fast_function_16bit_error_no_worse_than_peft(
-    dtype: torch.dtype, T: int, in_f: int, outs: list[int], r: int
+    dtype: torch.dtype, T: int, in_f: int, outs: list[int], r: int, lora_add: str
 ) -> None:
     """16-bit: both paths measured against the same model in fp64; the fast path's error may be at most about
     twice the exact (peft) path's."""
@@ -106,17 +118,33 @@ def test_fast_function_16bit_error_no_worse_than_peft(
         assert rel(fast, ref) <= 2 * rel(exact, ref) + 2e-3, (rel(fast, ref), rel(exact, ref))
 
 
+def test_lora_add_separate_runs_no_addmm_and_a_bad_value_names_the_variable(lora_add: str) -> None:
+    """ "gemm" adds the adapter product in addmm (whose C ATen first copies from the base output); "separate" runs
+    plain GEMMs and adds elementwise."""
+    lins = make_linears(64, [64, 16, 16], 8, seed=3, dtype=torch.bfloat16)
+    for lin in lins:
+        lin.lora_compute = "auto"
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    with CountMM() as mm:
+        lora_forward(lins, x)
+    assert (mm.addmm == 3) if lora_add == "gemm" else (mm.addmm == 0 and len(mm.shapes) == 3 + 1 + 3)
+    with pytest.raises(EngineError, match="TUNA_LORA_ADD: 'epilogue' is not one of gemm, separate"):
+        lora.set_lora_add("epilogue")
+
+
 class CountMM(TorchDispatchMode):
     """Records the output shapes of the matrix products run under it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.shapes: list[tuple[int, ...]] = []
+        self.addmm = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
             self.shapes.append(tuple(out.shape))
+        self.addmm += func.overloadpacket is torch.ops.aten.addmm
         return out
 
 

@@ -22,6 +22,12 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     saves) and xA [N, r]. Projections that read the same x (q/k/v; gate/up) share one x·[A_q; A_k; A_v]ᵀ GEMM
     and one dx GEMM (`lora_forward`). DoRA and dropout > 0 in training take the exact path. In fp32 it is the
     same math as "exact" up to summation order.
+    How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD, an experiment): "gemm" (default) as
+    addmm's C — but cuBLAS writes C in place, so ATen first copies the base output into a new tensor: one
+    device-to-device copy per adapted projection (the 394 `memcpy128` a Qwen3-0.6B step, 5.3 ms, suspected;
+    session 8); "separate": the product as its own GEMM, added elementwise (compiled layers fuse the add into the
+    next elementwise kernel: no copy, two fewer passes over [tokens, out]; one more rounding to 16 bits, as
+    peft's own path has).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import EngineError
 from .fp8 import Fp8Linear
 from .protocol import LORA_PROJECTIONS, LoraSpec
 from .quant import Linear4bit
@@ -198,6 +205,23 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
     return ys
 
 
+LORA_ADDS = ("gemm", "separate")
+_lora_add = "gemm"
+
+
+def set_lora_add(mode: str | None) -> None:
+    """TUNA_LORA_ADD (module docstring): "gemm" (None: the default) or "separate"; anything else names the variable."""
+    global _lora_add
+    mode = mode or "gemm"
+    if mode not in LORA_ADDS:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_LORA_ADD: {mode!r} is not one of {', '.join(LORA_ADDS)}",
+            hint="unset it for the default (gemm)",
+        )
+    _lora_add = mode
+
+
 def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with an fp32 result. On CUDA a 16-bit GEMM writes fp32 directly (cuBLAS accumulates in fp32;
     `out_dtype` skips the rounding to 16 bits); elsewhere the product is cast once."""
@@ -228,7 +252,10 @@ class LoraFunction(torch.autograd.Function):
         for y, A, B in zip(ys, As, Bs, strict=True):
             r = A.shape[0]
             y2 = y.reshape(-1, y.shape[-1])
-            out = torch.addmm(y2, xa[:, start : start + r], B.to(dt).t(), alpha=scaling)
+            if _lora_add == "gemm":
+                out = torch.addmm(y2, xa[:, start : start + r], B.to(dt).t(), alpha=scaling)
+            else:
+                out = torch.add(y2, xa[:, start : start + r] @ B.to(dt).t(), alpha=scaling)
             outs.append(out.view(y.shape))
             start += r
         ctx.save_for_backward(x, xa, *As, *Bs)
@@ -332,7 +359,10 @@ def _projection_targets(targets: list[str]) -> tuple[list[str], list[int] | None
     has the same projections (anything else stays as given and is reported as unsupported)."""
     paths = [t for t in targets if "." in t]
     if not paths or len(paths) != len(targets):
-        return targets, None  # no paths; or names (every layer) mixed with paths (some layers): not expressible
+        return (
+            targets,
+            None,
+        )  # no paths; or names (every layer) mixed with paths (some layers): not expressible
     per_layer: dict[int, set[str]] = {}
     for t in paths:
         parts = t.split(".")
