@@ -477,17 +477,22 @@ def test_attention_mode_rejects_unknown_values_naming_the_variable(monkeypatch: 
     assert not llama.use_cudnn_rows(torch.empty(2, 8, 4, 256, device="meta"), seg)
 
 
-def test_bad_attention_variable_stops_training_before_loading(
-    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "variable,value", [("TUNA_ATTENTION", "flash3"), ("TUNA_LORA_ADD", "fused"), ("TUNA_GRAPH_KEYS", "tight")]
+)
+def test_bad_engine_variable_stops_training_before_loading(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
+    """A bad value of an engine environment variable stops the run before the model loads (on the CPU too, where
+    graphs never run), naming the variable."""
     shard = write_shard(tmp_path / "t.safetensors", random_samples(4, vocab=64), max_length=32)
     plan = make_plan(tmp_path / "run", tiny_dir, [shard], max_steps=1)
-    monkeypatch.setenv("TUNA_ATTENTION", "flash3")
+    monkeypatch.setenv(variable, value)
     code, events, err = run_engine("train", write_plan(plan))
     assert code != 0
     errors = [e for e in events if e["event"] == "error"]
     assert errors and errors[0]["code"] == "PLAN_INVALID", (events, err[-2000:])
-    assert "TUNA_ATTENTION: 'flash3'" in errors[0]["message"]
+    assert f"{variable}: '{value}'" in errors[0]["message"]
     # Nothing before the error: the model was never loaded (the start event follows the load).
     assert [e["event"] for e in events] == ["error"], events
 

@@ -25,7 +25,7 @@ from .data import Batch, micro_batches, read_shards, take_packs
 from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
 from .fp8 import convert_to_fp8, fp8_unsupported_reason
-from .graphs import AUTO_MAX_TOKEN_PARAMS, HostBatch, StepGraphs
+from .graphs import AUTO_MAX_TOKEN_PARAMS, HostBatch, StepGraphs, graph_keys_mode
 from .lora import Linear, set_lora_add, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
@@ -354,6 +354,7 @@ def train(plan: TrainPlan) -> None:
     t = plan.train
     attention_mode()  # a bad TUNA_ATTENTION fails here, before the model loads, not at the first forward
     set_lora_add(os.environ.get("TUNA_LORA_ADD"))  # an experiment (lora.py); likewise
+    graph_keys_mode()  # TUNA_GRAPH_KEYS (graphs.py), likewise, whether or not this run graphs
     lora = plan.method.lora if plan.method.type in ("lora", "qlora") else None
     quant = Quant4bit(keep_16bit=plan.method.keep_16bit or ()) if plan.method.type == "qlora" else None
     if plan.method.type == "full" and prequantized_config(plan.model.path) is not None:
