@@ -355,6 +355,29 @@ def test_sigterm_saves_nothing_and_reports_interrupted(tmp_path: Path) -> None:
     assert not Path(plan["output"]["adapter_dir"]).exists()
 
 
+def test_a_stop_signal_during_an_error_report_keeps_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun stops every rank as soon as one fails, so a rank's SIGTERM can land while it reports its own error
+    (once seen in CI: rank 0 exited without any error event). The report finishes first: here the engine fails
+    on a bad TUNA_ATTENTION and signals itself from inside the report — the PLAN_INVALID event still comes out."""
+    model_dir, shard, _ = small_run(tmp_path)
+    path = write_plan(make_plan(tmp_path, model_dir, [shard], max_steps=1))
+    monkeypatch.setenv("TUNA_ATTENTION", "flash3")
+    prelude = (
+        "import os, signal\n"
+        "import tuna_engine.__main__ as m\n"
+        "real_log = m.log\n"
+        "def log(message):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    real_log(message)\n"
+        "m.log = log"
+    )
+    code, events, err = run_engine("train", path, prelude=prelude)
+    assert code == 1, err[-2000:]
+    assert [(e["event"], e["code"]) for e in events] == [("error", "PLAN_INVALID")], (events, err[-2000:])
+
+
 # ---- float16: dynamic loss scaling (loss_scale.py) -----------------------------------------------------------
 
 

@@ -40,8 +40,20 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+# Set once an error is being reported: a stop signal then waits for the report (torchrun stops every rank as soon
+# as one fails, so rank 0's SIGTERM often lands while it is reporting its own side of the failure).
+_reporting = False
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _reporting:
+        return
     raise Interrupted(signum)
+
+
+def _hold_signals() -> None:
+    global _reporting
+    _reporting = True
 
 
 def _world() -> tuple[int, int]:
@@ -78,10 +90,8 @@ def _fail(event: dict[str, Any], plan_path: str, rank: int, world: int) -> None:
 
     When several ranks fail, the cause is the earliest error that is not INTERRUPTED (a rank that loses its
     peer fails later, in a collective, or is stopped by torchrun), so rank 0 reports that one."""
-    # torchrun stops the other ranks (SIGTERM) as soon as one exits; finish reporting this error first.
+    _hold_signals()  # torchrun stops the other ranks (SIGTERM) as soon as one exits; finish this report first
     if world > 1:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         run_dir = _run_dir(plan_path)
         event = {
             **event,
@@ -111,9 +121,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["train", "merge", "generate"])
     parser.add_argument("--plan", required=True, help="path to plan.json")
     args = parser.parse_args(argv)
+    global _reporting
+    _reporting = False
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     rank, world = _world()
+    try:
+        return _command(args, rank, world)
+    except Interrupted as e:
+        # A stop signal that landed after another error was raised but before its report began (a few bytecodes):
+        # still one error event, never a silent exit.
+        return _interrupted(e, args.plan, rank, world)
+
+
+def _interrupted(e: Interrupted, plan_path: str, rank: int, world: int) -> int:
+    _fail(
+        {
+            "event": "error",
+            "code": "INTERRUPTED",
+            "message": f"stopped by {e}; nothing new was saved",
+            "hint": "resume_from the run directory to continue from its last checkpoint",
+        },
+        plan_path,
+        rank,
+        world,
+    )
+    return 128 + e.signum
+
+
+def _command(args: argparse.Namespace, rank: int, world: int) -> int:
+    """The command, and its failure reported as one error event (each handler holds stop signals first)."""
     try:
         if args.command == "train":
             from .train import train
@@ -130,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             merge(load_merge_plan(args.plan))
         return 0
     except EngineError as e:
+        _hold_signals()
         log(f"error [{e.code}] {e.message}" + (f"\nhint: {e.hint}" if e.hint else ""))
         _fail(e.event(), args.plan, rank, world)
         return 1
     except MemoryError_ as e:  # outside the training loop (which names its phase itself): loading, merging
+        _hold_signals()
         _fail(
             {
                 "event": "error",
@@ -147,19 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except Interrupted as e:
-        _fail(
-            {
-                "event": "error",
-                "code": "INTERRUPTED",
-                "message": f"stopped by {e}; nothing new was saved",
-                "hint": "resume_from the run directory to continue from its last checkpoint",
-            },
-            args.plan,
-            rank,
-            world,
-        )
-        return 128 + e.signum
+        return _interrupted(e, args.plan, rank, world)
     except Exception as e:  # a bug or an unforeseen failure: still one error event, never a silent exit
+        _hold_signals()
         log(traceback.format_exc())
         _fail(
             {
