@@ -2,7 +2,8 @@
 
 Runs one command of a plan written by TypeScript (src/engine/protocol.ts). Writes one JSON event per stdout
 line (start, step, eval, checkpoint, done, error, log) and a human log on stderr. Every failure is an `error`
-event with a stable code and exits non-zero; SIGINT/SIGTERM stop at once without saving ("INTERRUPTED").
+event with a stable code and exits non-zero; SIGINT/SIGTERM stop at once without saving ("INTERRUPTED"), except
+while an error is being reported: that report finishes first.
 
 Under torchrun (several processes, docs/distributed.md) only rank 0 writes events; every rank also writes its
 error event to <run_dir>/errors/rank-<r>.json, and rank 0, when stopped by torchrun because another rank failed,
