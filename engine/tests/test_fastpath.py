@@ -338,27 +338,28 @@ def test_compiled_layer_runs_the_fast_path_and_mlp_recompute(tiny_dir: Path) -> 
             assert rel(p.grad, ref[n]) < 1e-4, n
 
 
+def engine_losses(tmp: Path, dtype: str, **train: object) -> tuple[list[float], str]:
+    """Step losses and stderr of `train` on a tiny Qwen3 (made once under tmp) over the same 4 samples."""
+    if not (tmp / "m").exists():
+        make_hf_model(tmp / "m", "qwen3")
+        write_shard(tmp / "t.safetensors", random_samples(4, seed=4))
+    run = tmp / "-".join(f"{k}={v}" for k, v in train.items())
+    plan = make_plan(run, tmp / "m", [tmp / "t.safetensors"], learning_rate=1e-2, **train)
+    plan["model"]["dtype"] = dtype
+    code, events, err = run_engine("train", write_plan(plan))
+    assert code == 0, err[-2000:]
+    return [e["loss"] for e in events if e["event"] == "step"], err
+
+
 def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
-    """A few steps of `train` on a tiny bf16 model: the loss curves of auto and exact agree within bf16 noise."""
-    make_hf_model(tmp_path / "m", "qwen3")
-    samples = random_samples(4, seed=4)  # every step sees the same 4 samples, so the loss must fall
-    shard = write_shard(tmp_path / "t.safetensors", samples)
-    losses = {}
-    for mode in ("exact", "auto"):
-        plan = make_plan(
-            tmp_path / mode,
-            tmp_path / "m",
-            [shard],
-            max_steps=6,
-            learning_rate=1e-2,
-            lora_compute=mode,
-            recompute="mlp",
-            gradient_checkpointing=True,
-        )
-        plan["model"]["dtype"] = "bfloat16"
-        code, events, err = run_engine("train", write_plan(plan))
-        assert code == 0, err[-2000:]
-        losses[mode] = [e["loss"] for e in events if e["event"] == "step"]
+    """A few steps of `train` on a tiny bf16 model: the loss curves of auto and exact agree within bf16 noise
+    (every step sees the same 4 samples, so the loss must fall)."""
+    losses = {
+        mode: engine_losses(
+            tmp_path, "bfloat16", max_steps=6, lora_compute=mode, recompute="mlp", gradient_checkpointing=True
+        )[0]
+        for mode in ("exact", "auto")
+    }
     assert len(losses["auto"]) == 6
     for a, b in zip(losses["auto"], losses["exact"], strict=True):
         assert abs(a - b) / b < 2e-2, losses
@@ -368,26 +369,14 @@ def test_engine_train_auto_vs_exact_in_bf16(tmp_path: Path) -> None:
 def test_elementwise_without_compiled_layers_runs_as_none_and_says_so(tmp_path: Path) -> None:
     """recompute "elementwise" through the engine where nothing is compiled (CPU): the run is recompute "none" —
     the same losses step for step — and its log says so, so nobody believes the setting saved memory here."""
-    make_hf_model(tmp_path / "m", "qwen3")
-    shard = write_shard(tmp_path / "t.safetensors", random_samples(4, seed=4))
-    losses, logs = {}, {}
-    for mode in ("none", "elementwise"):
-        plan = make_plan(
-            tmp_path / mode,
-            tmp_path / "m",
-            [shard],
-            max_steps=3,
-            learning_rate=1e-2,
-            recompute=mode,
-            gradient_checkpointing=False,
-        )
-        code, events, err = run_engine("train", write_plan(plan))
-        assert code == 0, err[-2000:]
-        losses[mode] = [e["loss"] for e in events if e["event"] == "step"]
-        logs[mode] = err
-    assert len(losses["none"]) == 3 and losses["elementwise"] == losses["none"]
-    assert "train.recompute elementwise: no decoder layer is compiled here" in logs["elementwise"]
-    assert "train.recompute elementwise" not in logs["none"]
+    runs = {
+        mode: engine_losses(tmp_path, "float32", max_steps=3, recompute=mode, gradient_checkpointing=False)
+        for mode in ("none", "elementwise")
+    }
+    (none, none_log), (elementwise, elementwise_log) = runs["none"], runs["elementwise"]
+    assert len(none) == 3 and elementwise == none
+    assert "train.recompute elementwise: no decoder layer is compiled here" in elementwise_log
+    assert "train.recompute elementwise" not in none_log
 
 
 @pytest.mark.parametrize(
