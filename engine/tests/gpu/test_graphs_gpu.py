@@ -36,11 +36,13 @@ pytestmark = pytest.mark.gpu
 FOUR_LAYERS = {**QWEN3_0_6B, "num_hidden_layers": 4}
 
 
+_LORA = LoraSpec(
+    r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
+)
+
+
 def _model(model_dir: Path, recompute: str) -> torch.nn.Module:
-    lora = LoraSpec(
-        r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
-    )
-    model = load_model(str(model_dir), "bfloat16", torch.device("cuda"), lora, seed=0)
+    model = load_model(str(model_dir), "bfloat16", torch.device("cuda"), _LORA, seed=0)
     for n, p in model.named_parameters():
         p.requires_grad_(".lora_" in n)
     model.recompute = recompute
@@ -76,8 +78,25 @@ def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.grad.detach().float().clone() for p in model.parameters() if p.grad is not None]
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Relative distance of two gradient sets, as one vector each."""
+    d = sum(float((x - y).float().norm() ** 2) for x, y in zip(a, b, strict=True))
+    n = sum(float(y.float().norm() ** 2) for y in b)
+    return (d / max(n, 1e-60)) ** 0.5
+
+
+def _fp32_twin(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
+    """The same weights in fp32, eager, masked SDPA: the reference both bf16 paths are measured against."""
+    twin = load_model(str(model_dir), "float32", torch.device("cuda"), _LORA, seed=0)
+    with torch.no_grad():
+        for (n, a), (m, b) in zip(twin.named_parameters(), model.named_parameters(), strict=True):
+            assert n == m
+            a.copy_(b)
+            a.requires_grad_(b.requires_grad)
+    twin.recompute = "none"
+    twin.offload_activations = False
+    twin.train()
+    return twin
 
 
 @pytest.mark.parametrize("layout", ["packed", "rows"])
@@ -90,24 +109,30 @@ def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> Non
     scale = 1.0 / 4096
     cuda = torch.device("cuda")
 
-    def eager(bs: list[Batch]) -> tuple[list[float], list[torch.Tensor]]:
+    def eager(m: torch.nn.Module, bs: list[Batch]) -> tuple[list[float], list[torch.Tensor]]:
         sums = []
         for b in bs:
-            ce = weighted_ce_sum(model, b.to(cuda))
+            ce = weighted_ce_sum(m, b.to(cuda))
             (ce * scale).backward()
             sums.append(float(ce.detach()))
         del ce  # no autograd graph may keep the accumulation nodes of the default stream alive
-        out = _grads(model)
-        model.zero_grad(set_to_none=True)
+        out = _grads(m)
+        m.zero_grad(set_to_none=True)
         return sums, out
 
-    ref_sums, ref = eager(batches)
-    # cuDNN's attention backward (one-sample rows on Hopper) sums dQ with atomic adds, so two eager runs differ
-    # too (measured 1.4e-3–2.2e-3 between graphed and eager, 2026-11-28, H200): the graphs must stay within a
-    # few times that floor; a stale or wrong input is off by O(1).
-    _, again = eager(batches)
-    tolerance = max(1e-3, 4 * max(_rel(a, b) for a, b in zip(again, ref, strict=True)))
-    _, ref_first = eager(batches[:1])
+    # A graphed micro-batch may run other kernels than the eager one (a lengthened row, another attention
+    # algorithm under capture), each rounding bf16 its own way: graphed and eager differed by 0.2-0.9% of the
+    # gradients' norm on an H200 (2026-11-28) while two eager runs agree exactly. So both are measured against
+    # the fp32 computation of the same batches: the graphs must be as accurate as eager (a stale or wrong input
+    # is off by O(1)).
+    twin = _fp32_twin(model, model_dir)
+    _, exact = eager(twin, batches)
+    _, exact_first = eager(twin, batches[:1])
+    del twin
+    gc.collect()
+    ref_sums, ref = eager(model, batches)
+    _, ref_first = eager(model, batches[:1])
+    eager_error, eager_error_first = _rel(ref, exact), _rel(ref_first, exact_first)
     gc.collect()
 
     graphs = StepGraphs(model, params, cuda, static_ce_sum)
@@ -118,15 +143,15 @@ def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> Non
     assert len({round(x) for x in ref_sums}) == 4  # the batches' sums really differ: a stale input would show
     for a, b in zip(got, ref_sums, strict=True):
         assert a == pytest.approx(b, rel=1e-4), (got, ref_sums)
-    for a, b in zip(_grads(model), ref, strict=True):
-        assert _rel(a, b) < tolerance
+    graphed_error = _rel(_grads(model), exact)
+    print(f"gradient error against fp32: eager {eager_error:.2e}, graphed {graphed_error:.2e}")
+    assert graphed_error < 1.5 * eager_error + 1e-3
 
     # Gradients freed (set_to_none) and the shape seen again: captured again onto the new gradient tensors.
     model.zero_grad(set_to_none=True)
     graphs.run(batches[0], scale)
     assert (len(graphs.graphs), graphs.replays) == (1, 4)
-    for a, b in zip(_grads(model), ref_first, strict=True):
-        assert _rel(a, b) < tolerance
+    assert _rel(_grads(model), exact_first) < 1.5 * eager_error_first + 1e-3
 
 
 def test_capture_after_eager_micro_batches_on_the_default_stream(tmp_path: Path) -> None:
