@@ -563,17 +563,25 @@ def test_profile_table_and_timeline(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_rebuild_rotary_layers_picks_the_last_layers_or_names_the_variable(tmp_path: Path) -> None:
-    make_hf_model(tmp_path / "model", "qwen3")
-    model = load_model(str(tmp_path / "model"), "float32", torch.device("cpu"), None)
-    layers = model.model.layers
-    rebuild_rotary_layers(model, None)
-    assert all(layer.self_attn.rebuild_rotary for layer in layers)
-    rebuild_rotary_layers(model, "1")
+    """recompute "elementwise" rebuilds rotated q/k in the last quarter of the layers (rounded up), the others
+    keep them; other modes leave every layer as it is; TUNA_REBUILD_ROTARY_LAYERS=k makes it the last k."""
+    for n_layers, quarter in ((5, 2), (8, 2), (28, 7)):
+        make_hf_model(tmp_path / f"m{n_layers}", "qwen3", num_hidden_layers=n_layers)
+        model = load_model(str(tmp_path / f"m{n_layers}"), "float32", torch.device("cpu"), None)
+        layers = model.model.layers
+        assert len(layers) == n_layers
+        assert rebuild_rotary_layers(model, None, elementwise=True) == quarter
+        assert [layer.self_attn.rebuild_rotary for layer in layers] == [False] * (n_layers - quarter) + [
+            True
+        ] * quarter
+        assert rebuild_rotary_layers(model, None, elementwise=False) == n_layers
+        assert all(layer.self_attn.rebuild_rotary for layer in layers)
+    assert rebuild_rotary_layers(model, "1", elementwise=True) == 1
     assert [layer.self_attn.rebuild_rotary for layer in layers] == [False] * (len(layers) - 1) + [True]
-    rebuild_rotary_layers(model, "0")
+    rebuild_rotary_layers(model, "0", elementwise=True)
     assert not any(layer.self_attn.rebuild_rotary for layer in layers)
     for bad in ("-1", str(len(layers) + 1), "half"):
         with pytest.raises(
             EngineError, match=f"TUNA_REBUILD_ROTARY_LAYERS: '{bad}' is not a layer count from 0"
         ):
-            rebuild_rotary_layers(model, bad)
+            rebuild_rotary_layers(model, bad, elementwise=True)

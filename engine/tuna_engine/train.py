@@ -204,28 +204,37 @@ def set_compiled_recompute(budget: str | None, elementwise: bool) -> None:
             setattr(functorch_config, k, v)
 
 
-def rebuild_rotary_layers(model: CausalLM, value: str | None) -> None:
-    """TUNA_REBUILD_ROTARY_LAYERS=k, an experiment for recompute "elementwise": only the last k decoder layers
-    rebuild rotated q and k in backward, the others keep them saved — memory for speed a layer at a time (Qwen3-0.6B,
-    8 × 2048 as 2 micro-batches on an H200: all 28 rebuilding cost 3.6 ms a step and saved 1.3 GiB). Unset: all."""
-    if value is None:
-        return
+def rebuild_rotary_layers(model: CausalLM, value: str | None, elementwise: bool) -> int:
+    """Which decoder layers rebuild rotated q and k in backward under recompute "elementwise" (the others keep them
+    saved): memory for speed a layer at a time. Rebuilding is the partitioner's choice once rotate_half is views +
+    where (llama.rotate_half); the rotated halves joined by `cat` pin them saved (rotate_half_kept).
+
+    Default: the last quarter of the layers rebuild. Qwen3-0.6B, 8 x 2048 as 2 graphed micro-batches, HF + PEFT in
+    the same run (H200, 2026-11-28): all 28 rebuilding 3.99-4.00x at 0.26x (7.8 GiB), the last 7 4.08-4.09x at
+    0.29x (8.8 GiB), none 4.10x at 0.30x (9.1 GiB) — the quarter is what holds both of issue 5's 4x and 0.3x.
+    TUNA_REBUILD_ROTARY_LAYERS=k (an experiment) makes it the last k. Other recompute modes: every layer (no
+    effect: they rebuild nothing elementwise). Returns how many layers rebuild."""
     layers = model.model.layers
-    try:
-        k = int(value)
-    except ValueError:
-        k = -1
-    if not 0 <= k <= len(layers):
-        raise EngineError(
-            "PLAN_INVALID",
-            f"environment variable TUNA_REBUILD_ROTARY_LAYERS: {value!r} is not a layer count from 0 to {len(layers)}",
-            hint="unset it: every layer rebuilds rotated q and k under recompute elementwise",
-        )
+    if value is None:
+        k = math.ceil(len(layers) / 4) if elementwise else len(layers)
+    else:
+        try:
+            k = int(value)
+        except ValueError:
+            k = -1
+        if not 0 <= k <= len(layers):
+            raise EngineError(
+                "PLAN_INVALID",
+                f"environment variable TUNA_REBUILD_ROTARY_LAYERS: {value!r} is not a layer count from 0 to {len(layers)}",
+                hint="unset it: the last quarter of the layers rebuild rotated q and k under recompute elementwise",
+            )
     for i, layer in enumerate(layers):
         layer.self_attn.rebuild_rotary = i >= len(layers) - k
-    log(
-        f"TUNA_REBUILD_ROTARY_LAYERS: the last {k} of {len(layers)} layers rebuild rotated q/k, the others keep them"
-    )
+    if value is not None:
+        log(
+            f"TUNA_REBUILD_ROTARY_LAYERS: the last {k} of {len(layers)} layers rebuild rotated q/k, the others keep them"
+        )
+    return k
 
 
 def lr_at(step: int, plan: TrainPlan) -> float:
@@ -398,10 +407,13 @@ def train(plan: TrainPlan) -> None:
     if t.base_precision == "fp8":
         to_fp8_base(model, plan, device, dist is not None)
     trainable = set_trainable(model, plan)
+    rotary_rebuilt = 0
     if hasattr(model, "recompute"):  # our models; the generic backend has only gradient_checkpointing
         # "elementwise" checkpoints nothing: what it recomputes is the compiler's part (set_compiled_recompute).
         model.recompute = "none" if t.recompute == "elementwise" else t.recompute
-        rebuild_rotary_layers(model, os.environ.get("TUNA_REBUILD_ROTARY_LAYERS"))
+        rotary_rebuilt = rebuild_rotary_layers(
+            model, os.environ.get("TUNA_REBUILD_ROTARY_LAYERS"), t.recompute == "elementwise"
+        )
         # "auto": the layer inputs of full recompute wait in pinned CPU memory on CUDA when a pass's inputs are
         # large (llama.offload_this_pass; measured on an H200: Qwen3-8B 10,145 → 10,137 tok/s, 19.9 → 17.7 GiB;
         # Qwen3-0.6B at 0.88 GiB of inputs +18% without it); never on CPU, never by default with mlp/none.
@@ -446,7 +458,8 @@ def train(plan: TrainPlan) -> None:
         compiled = True
     if t.recompute == "elementwise":
         log(
-            "train.recompute elementwise: the compiled layers rebuild norms, rotary and SwiGLU's product in backward"
+            "train.recompute elementwise: the compiled layers rebuild norms, SwiGLU's product and (in the last "
+            f"{rotary_rebuilt} of {len(inner.model.layers)}) rotated q/k in backward"
             if compiled
             else "train.recompute elementwise: no decoder layer is compiled here (CPU, FSDP, train.compile off or "
             'the generic backend), so it runs as recompute "none"'
