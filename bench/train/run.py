@@ -488,8 +488,9 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "elementwise with the step's packs as 2 micro-batches, CUDA graphs on",
     ),
-    # TUNA_REBUILD_ROTARY_LAYERS (train.rebuild_rotary_layers): only the last k layers rebuild rotated q/k. On 0.6B
-    # each layer rebuilding saved ~0.05 GiB for ~0.13 ms a step (session 8): 7 of 28 should land near 0.29x.
+    # TUNA_REBUILD_ROTARY_LAYERS (train.rebuild_rotary_layers): the last k layers rebuild rotated q/k (default under
+    # elementwise: the last quarter, 7 of 28 for 0.6B — 4.03-4.09x at 0.29x, session 9). Each layer rebuilding
+    # saves ~0.05 GiB for ~0.13 ms a step.
     "elementwise_split2_rot0": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_REBUILD_ROTARY_LAYERS": "0"},
@@ -511,7 +512,7 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "elementwise_split2 with PDL in the compiled kernels",
     ),
     # TUNA_LORA_ADD=separate (lora.py): the adapter product as its own GEMM, added elementwise, instead of addmm
-    # (whose C ATen first copies from the base output: the suspected 394 memcpy128 a 0.6B step, 5.3 ms).
+    # (whose C ATen may copy from the base output): session 9 measured 394 -> 282 copies a 0.6B step, +0.4-2.1%.
     "elementwise_split2_loraadd": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_LORA_ADD": "separate"},
@@ -535,6 +536,12 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         {"TUNA_REBUILD_ROTARY_LAYERS": "14"},
         "full",
         "elementwise_split2, only the last 14 layers rebuilding rotated q/k",
+    ),
+    "elementwise_split2_rot7_loraadd": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
+        {"TUNA_REBUILD_ROTARY_LAYERS": "7", "TUNA_LORA_ADD": "separate"},
+        "full",
+        "elementwise_split2_rot7 with the LoRA product added elementwise",
     ),
     "none_split2_budget07": (
         {**NO_RECOMPUTE, "split": 2, "cuda_graphs": True},

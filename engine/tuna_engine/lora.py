@@ -23,11 +23,11 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     and one dx GEMM (`lora_forward`). DoRA and dropout > 0 in training take the exact path. In fp32 it is the
     same math as "exact" up to summation order.
     How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD, an experiment): "gemm" (default) as
-    addmm's C — but cuBLAS writes C in place, so ATen first copies the base output into a new tensor: one
-    device-to-device copy per adapted projection (the 394 `memcpy128` a Qwen3-0.6B step, 5.3 ms, suspected;
-    session 8); "separate": the product as its own GEMM, added elementwise (compiled layers fuse the add into the
-    next elementwise kernel: no copy, two fewer passes over [tokens, out]; one more rounding to 16 bits, as
-    peft's own path has).
+    addmm's C — but cuBLAS writes C in place, so ATen may first copy the base output into a new tensor;
+    "separate": the product as its own GEMM, added elementwise (compiled layers fuse the add into the next
+    elementwise kernel; one more rounding to 16 bits, as peft's own path has). Measured on an H200 (session 9,
+    docs/benchmarks.md): "separate" removes 2 of the 7 device-to-device copies a Qwen3-0.6B layer makes per
+    micro-batch and gains 0.4–2.1% a step, within run-to-run spread — so "gemm" stays the default.
 """
 
 from __future__ import annotations
