@@ -27,7 +27,7 @@ GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
 def owners(events: list[dict[str, Any]], pattern: str, depth: int) -> list[tuple[str, int, float]]:
     """(operation chain outermost → innermost, last `depth` levels, kernel count, GPU µs), most GPU time first."""
-    name_re = re.compile(pattern)
+    name_re = re.compile(pattern, re.IGNORECASE)  # the profiler names copies "Memcpy DtoD (Device -> Device)"
     launches: dict[Any, dict[str, Any]] = {}
     ops: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
     for e in events:
@@ -63,7 +63,9 @@ def owners(events: list[dict[str, Any]], pattern: str, depth: int) -> list[tuple
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace", type=Path)
-    ap.add_argument("--kernel", default="memcpy", help="regular expression on the GPU event's name")
+    ap.add_argument(
+        "--kernel", default="memcpy", help="regular expression on the GPU event's name (any case)"
+    )
     ap.add_argument("--depth", type=int, default=3, help="innermost enclosing operations to show")
     ap.add_argument("--top", type=int, default=30)
     args = ap.parse_args()
