@@ -19,7 +19,8 @@ fixed size, filled before each replay (`_Graph.load`):
 Real packed data (support transcripts, prompts untrained) varies in all three; with these buckets a simulated
 mix of 2,680 first-fit-decreasing packs of 2,048 tokens falls into 14–22 shapes at micro-batches of 1–4 rows,
 the 8 commonest covering 87–94% of micro-batches (8 buckets an octave, no lengthening: 113–243 shapes, 24–64%).
-TUNA_GRAPH_KEYS=fine keeps the finer buckets and unlengthened rows (the A/B; not yet measured on a GPU).
+TUNA_GRAPH_KEYS=fine keeps the finer buckets and unlengthened rows (the A/B: on an H200, Qwen3-0.6B on such
+packs, 4 micro-batches a step, coarse keys trained 3.0x the tokens/s of fine ones — docs/benchmarks.md, session 9).
 Gradients accumulate in place into the parameters' `.grad`, so those must stay the same tensors: the training
 loop zeroes them with set_to_none=False, and a replay first checks the addresses it was captured with (a changed
 one drops the graph and captures the shape again).
