@@ -1,0 +1,231 @@
+"""The persistent decode-layer kernel (kernels/decode_layer.py) against decode._decode_layer, eager and uncompiled,
+on the same weights (a tiny random Qwen3 layer of the engine's own model code, fused as decode.Decoder fuses it).
+
+Run by Triton's interpreter on CPU (TRITON_INTERPRET=1, in a fresh process: the interpreter is chosen when
+triton.jit runs): every phase as its own launch with several programs (grid-stride loops, split-K, key splits and
+their last-arrival reductions), and the one-launch form with its grid barriers on one program (the only grid the
+interpreter can run through a barrier: it runs programs one after another). fp32 to ~1e-5, bf16 within bf16
+rounding; the caches hold the new k/v at pos[b] and are bit-for-bit untouched elsewhere; the one-launch form
+equals the phase-per-launch form bit for bit; a grid whose programs cannot all be resident (two programs in the
+interpreter) gives up at its barriers, sets the error flag and returns instead of hanging.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+import torch
+from helpers import ENGINE_DIR
+
+from tuna_engine import decode
+from tuna_engine.models.llama import Config as ModelConfig
+from tuna_engine.models.llama import DecoderLayer, rope_inv_freq
+
+# (B rows, C hidden, H heads, KV heads, D head_dim, I intermediate, capacity, slots). G = H/KV = 1, 2, 4; C, I and
+# D not multiples of the test configs' blocks (C = 80 with block_k 32, I = 72 with 16-column tiles, D = 24 padded
+# to 32); B = 1, 3, 16; more slots than rows.
+SHAPES = [
+    (1, 64, 2, 2, 16, 96, 40, 2),
+    (3, 80, 4, 2, 24, 72, 50, 5),
+    (16, 64, 8, 2, 16, 48, 36, 16),
+]
+
+
+def make_case(shape: tuple[int, ...], dtype: torch.dtype, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """A random Qwen3 decoder layer of `shape` as decode._LayerW, step inputs x and d, caches filled with random
+    values, positions differing per row (row 0 at position 0, the last at capacity − 1), rotary tables as
+    decode.Decoder builds them."""
+    B, C, H, KV, D, inter, cap, slots = shape
+    c = ModelConfig(
+        model_type="qwen3", vocab_size=16, hidden_size=C, intermediate_size=inter, num_layers=1, num_heads=H,
+        num_kv_heads=KV, head_dim=D, rms_norm_eps=1e-6, rope_theta=10000.0, rope_scaling=None,
+        tie_word_embeddings=False, qk_norm=True, qkv_bias=False, o_bias=False, mlp_bias=False,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    layer = DecoderLayer(c, None, ())
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    layer = layer.to(device=device, dtype=dtype)
+    at, mlp = layer.self_attn, layer.mlp
+
+    def group(*mods: torch.nn.Module) -> decode._Group:
+        return decode._Group(torch.cat([m.weight.detach() for m in mods]), None, None, None, None, None)
+
+    qk_norm = torch.cat((at.q_norm.weight.detach().expand(H, -1), at.k_norm.weight.detach().expand(KV, -1)))
+    w = decode._LayerW(
+        layer.input_layernorm.weight.detach(),
+        layer.post_attention_layernorm.weight.detach(),
+        qk_norm,
+        group(at.q_proj, at.k_proj, at.v_proj),
+        group(at.o_proj),
+        group(mlp.gate_proj, mlp.up_proj),
+        group(mlp.down_proj),
+    )
+    inv_freq, rope_scale = rope_inv_freq(c)
+    freqs = torch.arange(cap).float()[:, None] * inv_freq.float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = (emb.cos() * rope_scale).to(dtype), (emb.sin() * rope_scale).to(dtype)
+    half = D // 2
+    sin_pm = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+    perm = torch.cat((torch.arange(half, D), torch.arange(half)))
+    pos = torch.randint(0, cap, (B,), generator=g)
+    pos[0], pos[-1] = 0, cap - 1
+    t = {
+        "x": torch.randn(B, 1, C, generator=g),
+        "d": torch.randn(B, 1, C, generator=g),
+        "ck": torch.randn(slots, KV, cap, D, generator=g),
+        "cv": torch.randn(slots, KV, cap, D, generator=g),
+    }
+    t = {k: v.to(device=device, dtype=dtype) for k, v in t.items()}
+    return dict(
+        **t, w=w, pos=pos.to(device), cos=cos.to(device), sin=sin_pm.to(device), perm=perm.to(device),
+        heads=(H, KV, D), eps=1e-6,
+    )  # fmt: skip
+
+
+def reference(case: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """decode._decode_layer, eager, on copies of the caches → (x2, mlp out, k cache, v cache)."""
+    ck, cv = case["ck"].clone(), case["cv"].clone()
+    zero = torch.zeros(1, dtype=torch.long, device=ck.device)
+    sel = decode._Sel(None, None, None, None)
+    x2, out = decode._decode_layer(
+        case["x"], case["d"], case["w"], sel, zero, zero, ck, cv, case["pos"], case["cos"], case["sin"],
+        case["perm"], case["heads"], case["eps"], 1,
+    )  # fmt: skip
+    return x2, out, ck, cv
+
+
+def kernel(case: dict[str, Any], state: Any, config: Any = None, one_launch: bool | None = None, **kw: Any):
+    """The persistent kernel on copies of the caches → (x2, mlp out, k cache, v cache)."""
+    from tuna_engine.kernels.decode_layer import decode_layer_persistent
+
+    ck, cv = case["ck"].clone(), case["cv"].clone()
+    x2, out = decode_layer_persistent(
+        case["x"], case["d"], case["w"], ck, cv, case["pos"], case["cos"], case["sin"], case["perm"],
+        case["heads"], case["eps"], state, config, one_launch, **kw,
+    )  # fmt: skip
+    return x2, out, ck, cv
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got − want| over max |want|."""
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+def compare(case: dict[str, Any], got: tuple, want: tuple) -> dict[str, float]:
+    """Errors of x2, out and the new cache entries; `untouched`: cache entries other than (b, :, pos[b]) of rows
+    0..B−1 that differ from the caches before the call (must be 0)."""
+    (x2, out, ck, cv), (wx2, wout, wck, wcv) = got, want
+    B = x2.shape[0]
+    rows = torch.arange(B)
+    pos = case["pos"].cpu()
+    new = torch.zeros(ck.shape[0], ck.shape[2], dtype=torch.bool)
+    new[rows, pos] = True
+    new = new[:, None, :, None].expand_as(ck)
+    untouched = int((ck.cpu() != case["ck"].cpu())[~new].sum() + (cv.cpu() != case["cv"].cpu())[~new].sum())
+    return {
+        "x2": rel_err(x2, wx2),
+        "out": rel_err(out, wout),
+        "k_new": rel_err(ck.cpu()[new], wck.cpu()[new]),
+        "v_new": rel_err(cv.cpu()[new], wcv.cpu()[new]),
+        "untouched": untouched,
+    }
+
+
+def limits(dtype: str) -> float:
+    """Against the largest magnitude. fp32: summation order only. bf16: the kernel rounds where eager rounds (with
+    truncating casts instead, as the interpreter's own are, the errors were 2-3e-2), so what is left is the
+    GEMMs' and attention's summation order: 3-6e-3 measured, about one bf16 step (2^-8)."""
+    return 2e-5 if dtype == "torch.float32" else 1e-2
+
+
+# Configs that exercise split-K (qkv 3 splits, o 2, gate/up 2, down 3), column tiles that do not divide N, key
+# splits (1 and 3) with 16-key blocks; and the heuristic default.
+TEST_CONFIGS = {
+    "split": dict(qkv=(16, 3), o=(16, 2), gate_up=(16, 2), down=(32, 3), attn=(3, 16), block_k=32),
+    "nosplit": dict(qkv=(32, 1), o=(16, 1), gate_up=(16, 1), down=(16, 1), attn=(1, 16), block_k=16),
+}
+
+INTERPRETED = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    sys.path.insert(0, sys.argv[1])
+    from test_decode_layer import SHAPES, TEST_CONFIGS, compare, kernel, make_case, reference
+    from tuna_engine.kernels.decode_layer import Config, PersistentState
+
+    out = []
+    for i, shape in enumerate(SHAPES):
+        for dtype in (torch.float32, torch.bfloat16):
+            case = make_case(shape, dtype, seed=i)
+            want = reference(case)
+            for name, cfg in TEST_CONFIGS.items():
+                state = PersistentState("cpu", programs=3)
+                got = kernel(case, state, Config(**cfg), one_launch=False)
+                out.append([i, str(dtype), name, "phases", compare(case, got, want), state.error_count()])
+                if name == "split" and dtype == torch.float32:
+                    one = PersistentState("cpu", programs=1)
+                    runs = [kernel(case, one, Config(**cfg), one_launch=True) for _ in range(2)]
+                    same = all(all(torch.equal(a, b) for a, b in zip(r, got)) for r in runs)
+                    out.append([i, str(dtype), name, "one_launch", compare(case, runs[1], want), one.error_count(),
+                                same, int(one.barrier.item()), int(one.arrivals.abs().sum().item())])
+            if i == 1:  # the heuristic config
+                got = kernel(case, PersistentState("cpu", programs=5), one_launch=False)
+                out.append([i, str(dtype), "default", "phases", compare(case, got, want), 0])
+    # two programs in one launch cannot pass a barrier under the interpreter: bounded polls, flag set, no hang
+    case = make_case(SHAPES[0], torch.float32, seed=0)
+    two = PersistentState("cpu", programs=2)
+    kernel(case, two, Config(**TEST_CONFIGS["split"]), one_launch=True, max_spin=4)
+    out.append(["not_resident", two.error_count(), int(two.barrier.item())])
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_persistent_layer_interpreted_equals_decode_layer():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR)}
+    tests_dir = str(ENGINE_DIR / "tests")
+    p = subprocess.run(
+        [sys.executable, "-c", INTERPRETED, tests_dir], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    *cases, (tag, flag, barrier) = rows
+    assert len(cases) == len(SHAPES) * (2 * 2 + 1) + 2
+    for i, dtype, name, mode, err, error_flag, *one in cases:
+        where = (SHAPES[i], dtype, name, mode, err)
+        assert error_flag == 0, where
+        assert err["untouched"] == 0, where
+        for key in ("x2", "out", "k_new", "v_new"):
+            assert err[key] < limits(dtype), (key, *where)
+        if mode == "one_launch":
+            same, count, arrivals = one
+            assert same, ("one launch differs from the phase launches", *where)
+            assert count == 2 * 4, where  # two launches, four barriers each, one program
+            assert arrivals == 0, where  # every split counter back to 0
+    assert tag == "not_resident" and flag == 1 and barrier == 4 * 2, (tag, flag, barrier)
+
+
+def test_default_config_uses_every_program():
+    """The heuristic's splits give the small-N phases about one work item per program on an H200 (132 SMs)."""
+    from tuna_engine.kernels.decode_layer import default_config
+
+    for C, heads, inter in ((1024, (16, 8, 128), 3072), (4096, (32, 8, 128), 12288)):
+        cfg = default_config(16, C, heads, inter, 132)
+        H, KV, D = heads
+        for (bn, split), n in ((cfg.qkv, (H + 2 * KV) * D), (cfg.o, C), (cfg.gate_up, inter), (cfg.down, C)):
+            items = -(-n // bn) * split
+            assert 0.7 * 132 <= items, (C, n, bn, split)
+            assert n % bn == 0
