@@ -78,7 +78,7 @@ class Config(NamedTuple):
     down: tuple[int, int]
     attn: tuple[int, int]
     block_k: int = 128
-    num_warps: int = 4
+    num_warps: int = 8  # 4 spills registers in the norm-prologue phases (A, D: 255 regs + stack, sm_90)
     num_stages: int = 3
 
 
@@ -154,6 +154,7 @@ class PersistentState:
 # ---- the kernel --------------------------------------------------------------------------------------------------
 
 if triton is not None:
+    _BARRIERS = tl.constexpr(BARRIERS)  # a jit function reads only constexpr globals
 
     @triton.jit
     def _grid_barrier(BAR, ERR, target, MAX_SPIN_: tl.constexpr):
@@ -161,7 +162,7 @@ if triton is not None:
         tl.debug_barrier()  # every thread's stores issued before the one release below
         tl.atomic_add(BAR, 1, sem="release", scope="gpu")
         cur = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-        spins = 0
+        spins = tl.full([], 0, tl.int32)
         while (cur < target) & (spins < MAX_SPIN_):
             cur = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
             spins += 1
@@ -381,7 +382,7 @@ if triton is not None:
         m_ok = m < B
         if BARRIER:
             start = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
-            base = (start // (BARRIERS * P)) * (BARRIERS * P)
+            base = (start // (_BARRIERS * P)) * (_BARRIERS * P)
 
         # ---- A: qkv = ln1·rmsnorm(x + d) · Wqkvᵀ ----------------------------------------------------------
         if PHASE_LO <= 0 and 0 <= PHASE_HI:
@@ -419,7 +420,7 @@ if triton is not None:
                 bh = item // ATT_SPLIT
                 b = bh // KV
                 kvh = bh % KV
-                p = tl.load(POS + b)
+                p = tl.load(POS + b).to(tl.int32)
                 cos = tl.load(COS + p * s_cos + dd, mask=d_ok, other=0.0).to(tl.float32)
                 sin = tl.load(SIN + p * s_cos + dd, mask=d_ok, other=0.0).to(tl.float32)
                 row = QKV + b * NQKV
