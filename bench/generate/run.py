@@ -13,7 +13,9 @@ compiled head, compile scope "layer": 2 compiles per model here, and one graph f
 graph_layer with issue 7's hand-written kernels (decode.Kernels, TUNA_DECODE_KERNELS), one more each row:
 `layer_argmax` (the head's two-stage argmax), `layer_gemm` (+ the four projections by the Triton skinny GEMM),
 `layer_silu` (+ SiLU·up as the down GEMM's prologue), `layer_all` (+ residual add and RMSNorm as the qkv and
-gate/up GEMMs' prologues, o's residual add as its epilogue). ms/step for
+gate/up GEMMs' prologues, o's residual add as its epilogue), `layer_pdl` (Programmatic Dependent Launch in the
+compiled kernels), `layer_persistent` (each layer as ONE launch of kernels/decode_layer.py's persistent kernel;
+the engine stops with an error if its grid barrier ever times out). ms/step for
 Tuna is decode steps only (prefills are eager in every mode and timed apart). The launch-bound rows (HF,
 reference, eager) decode --slow-new tokens (32) instead of 256 to keep the run short; their per-step time
 hardly depends on the context length at these sizes. graph/graph_unfused capture every bucket's graph before
@@ -169,6 +171,9 @@ VARIANTS: dict[str, tuple[str, bool, bool | str, str]] = {
     # graph_layer with Programmatic Dependent Launch in the compiled kernels (Hopper+: a kernel starts while the one
     # before drains; inductor's triton.enable_pdl) — against the ~0.35 ms of gaps in a 0.6B step's graph.
     "layer_pdl": ("graph", True, "layer", ""),
+    # every layer as ONE launch of the persistent kernel (kernels/decode_layer.py: phases split by grid barriers),
+    # the head still compiled — against the ~12 kernels a layer and their gaps (issue 7's 0.6B step).
+    "layer_persistent": ("graph", True, "layer", "persistent"),
 }
 SLOW = {"reference", "eager"}
 PDL = {"layer_pdl"}
@@ -348,6 +353,7 @@ def main() -> None:
             "tuna_layer_silu",
             "tuna_layer_all",
             "tuna_layer_pdl",
+            "tuna_layer_persistent",
         ):
             if "tuna_graph_layer" in r and other in r:
                 r[f"graph_layer_first_row_equals_{other[5:]}"] = (

@@ -309,3 +309,50 @@ def test_one_launch_kernel_compiles_for_sm90(model):
                 [cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True
             )
         assert re.search(r"STACK:0\b", usage.stdout), usage.stdout
+
+
+ENGINE_PERSISTENT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from helpers import make_hf_model
+    from test_generate import PROMPTS, plan, req
+    from tuna_engine.generate import load_for_generation
+    from tuna_engine.protocol import parse_generate_plan
+
+    d = Path(sys.argv[2])
+    make_hf_model(d / "base", "qwen3", seed=3)
+    p = parse_generate_plan(plan(d / "base", batch=3))
+    reqs = [req("a", PROMPTS[0], 5), req("b", PROMPTS[3], 5), req("c", PROMPTS[2], 4)]
+    out = {}
+    for spec in ("", "persistent"):
+        os.environ["TUNA_DECODE_KERNELS"] = spec
+        engine = load_for_generation(p, mode="eager", compile=True)
+        out[spec or "compiled"] = {
+            "tokens": engine.generate(reqs),
+            "persistent": engine.decoder.persistent is not None,
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_decoder_with_the_persistent_kernel_generates_the_compiled_layers_tokens(tmp_path) -> None:
+    """decode.Kernels.persistent through the engine (TUNA_DECODE_KERNELS=persistent; interpreted on CPU, a launch
+    per phase): a tiny Qwen3 in fp32, three requests of different prompt lengths decoded together, gives the same
+    greedy tokens as the compiled whole-layer step."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR)}
+    p = subprocess.run(
+        [sys.executable, "-c", ENGINE_PERSISTENT, str(ENGINE_DIR / "tests"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["persistent"]["persistent"] and not out["compiled"]["persistent"]
+    assert out["persistent"]["tokens"] == out["compiled"]["tokens"]
+    assert all(len(t) > 0 for t in out["compiled"]["tokens"].values())

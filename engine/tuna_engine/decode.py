@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import argmax as _argmax_op  # noqa: F401  (defines tuna::argmax_rows)
-from .kernels import skinny_gemm
+from .kernels import decode_layer, skinny_gemm
 from .kernels.decode_attn import decode_attention as _register_op  # noqa: F401  (defines tuna::decode_attention)
 from .kernels.decode_attn import default_splits
 from .models.llama import CausalLM, rotate_half
@@ -193,6 +193,10 @@ class Kernels(NamedTuple):
       norm:   the residual add + RMSNorm as the qkv and gate/up projections' prologue, o's residual add as its
               epilogue (tuna::skinny_add_norm_linear, skinny_norm_linear, skinny_linear + residual): two fewer.
       argmax: the head's greedy ids by tuna::argmax_rows (kernels/argmax.py) instead of Inductor's reduction.
+      persistent: each whole layer as ONE launch of kernels/decode_layer.py's persistent kernel (all programs
+              resident, its five phases split by grid barriers) instead of the compiled layer — an experiment
+              against the 0.6B step's ~12 kernels a layer and the gaps between them. Steps with adapter rows,
+              more than 16 rows or a projection with a bias keep the compiled layer.
     A group with adapter rows in the step keeps its eager form (the LoRA delta needs the base output and the
     normed input apart), as does a group with a bias or a batch over skinny_gemm.MAX_M rows."""
 
@@ -200,6 +204,7 @@ class Kernels(NamedTuple):
     silu: bool = False
     norm: bool = False
     argmax: bool = False
+    persistent: bool = False
 
     @staticmethod
     def parse(spec: str | None, source: str = "decode kernels") -> Kernels:
@@ -504,6 +509,11 @@ class Decoder:
         elif isinstance(kernels, str):
             kernels = Kernels.parse(kernels)
         self.kernels = kernels if self.compile_scope == "layer" else Kernels()
+        # The persistent kernel's barrier counter, split counters and error flag: one per decoder (its graphs and
+        # eager steps run one at a time on one stream, so they share it).
+        self.persistent: decode_layer.PersistentState | None = None
+        if self.kernels.persistent:
+            self.persistent = decode_layer.PersistentState(dev)
         self._zero = torch.zeros(1, dtype=torch.long, device=dev)
         out_w = model.output_weight
         self._head_w = out_w if out_w.is_floating_point() and out_w.dim() == 2 else None
@@ -718,7 +728,14 @@ class Decoder:
         scale, aidx = (rows.scale, rows.aidx) if rows is not None else (self._zero, self._zero)
         x = self.model.model.embed_tokens(ids)[:, None]  # [Bk, 1, C]
         d = torch.zeros_like(x)
+        persistent = self.persistent is not None and rows is None and Bk <= decode_layer.M_PAD
         for li, w in enumerate(self.layer_w):
+            if persistent and all(g.bias is None for g in w[3:]):
+                x, d = decode_layer.decode_layer_persistent(
+                    x, d, w, self.k[li], self.v[li], pos, self.cos, self.sin_pm, self.perm, heads, self.eps,
+                    self.persistent,
+                )  # fmt: skip
+                continue
             sel = _Sel(*(None if rows is None or g.owner is None else rows.select(g.owner) for g in w[3:]))
             x, d = self._layer(
                 x, d, w, sel, scale, aidx, self.k[li], self.v[li], pos, self.cos, self.sin_pm, self.perm,

@@ -556,6 +556,15 @@ class Engine:
             if any(s.req.repetition_penalty != 1.0 for s in seqs):
                 self.seen[torch.arange(tokens.shape[0], device=self.device), tokens] = True
         values = tokens.tolist()  # the step's one host sync
+        if self.decoder.persistent is not None and self.decoder.persistent.error_count():
+            # decode.Kernels.persistent: a program gave up waiting at a grid barrier, so this step's numbers are
+            # wrong (its grid was not all resident). Never hand them out.
+            raise EngineError(
+                "INTERNAL",
+                "decode kernel 'persistent': a grid barrier timed out (the kernel's programs were not all "
+                "resident on the GPU), so the step's tokens are invalid",
+                hint="unset TUNA_DECODE_KERNELS (or drop 'persistent' from it)",
+            )
         out = []
         for s in seqs:
             s.length += 1
