@@ -65,7 +65,9 @@ M_PAD = 16  # batch rows, padded: the M side of every tl.dot
 PHASES = 5  # A qkv, B attention, C o, D gate/up, E down
 BARRIERS = PHASES - 1  # grid barriers per launch: the barrier counter grows by BARRIERS·P per launch
 MAX_TILES = 4096  # arrival counters per phase (column tiles, or (row, KV head) pairs for attention)
-MAX_SPIN = 1 << 22  # barrier polls before a program gives up (each an L2 atomic: ~1–3 s in all)
+MAX_SPIN = (
+    1 << 20
+)  # barrier polls before a program gives up (two L2 atomics each: ~0.5–1 s; a real wait is µs)
 
 
 class Config(NamedTuple):
@@ -158,13 +160,17 @@ if triton is not None:
 
     @triton.jit
     def _grid_barrier(BAR, ERR, target, MAX_SPIN_: tl.constexpr):
-        """Arrive (release), then poll (acquire) until the counter reaches target, at most MAX_SPIN_ polls."""
+        """Arrive (release), then poll (acquire) until the counter reaches target, at most MAX_SPIN_ polls — and
+        not at all once the error flag is set (by any program, in this launch or an earlier one): after the first
+        timeout a broken grid runs through instead of waiting MAX_SPIN_ polls at each of its barriers."""
         tl.debug_barrier()  # every thread's stores issued before the one release below
         tl.atomic_add(BAR, 1, sem="release", scope="gpu")
         cur = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
+        failed = tl.atomic_add(ERR, 0, sem="relaxed", scope="gpu")  # an atomic: never hoisted out of the loop
         spins = tl.full([], 0, tl.int32)
-        while (cur < target) & (spins < MAX_SPIN_):
+        while (cur < target) & (spins < MAX_SPIN_) & (failed == 0):
             cur = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
+            failed = tl.atomic_add(ERR, 0, sem="relaxed", scope="gpu")
             spins += 1
         if cur < target:
             tl.store(ERR, 1)
