@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from floor import copy_bandwidth_gbs  # bench/generate/floor.py (this script's folder)
 
 from tuna_engine import decode
 from tuna_engine.kernels import decode_layer as dl
@@ -40,25 +41,6 @@ BATCH, CAPACITY, POS_LO = 16, 512, 280  # row b at position 280 + b (every repla
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy, bytes read + written per second (GB/s): bench/generate/run.py's measurement."""
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    reps = 10
-    for _ in range(reps):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / reps
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n * 2 / dt / 1e9
 
 
 def make_layers(n: int, C: int, heads: tuple[int, int, int], inter: int) -> list[decode._LayerW]:

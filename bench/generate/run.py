@@ -42,6 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench/train"))
+from floor import copy_bandwidth_gbs  # noqa: E402  (bench/generate/floor.py)
 from run import make_model_dir  # noqa: E402  (the same random model directories as bench/train)
 
 from tuna_engine.decode import bucket_for  # noqa: E402
@@ -51,25 +52,6 @@ from tuna_engine.models import load_model  # noqa: E402
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy, bytes read + written per second (GB/s)."""
-    n = 1 << 30  # 1 Gi bf16 elements = 2 GiB
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    reps = 10
-    for _ in range(reps):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / reps
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n * 2 / dt / 1e9
 
 
 def prompts(batch: int, length: int, vocab: int) -> list[list[int]]:
