@@ -180,8 +180,8 @@ INTERPRETED = textwrap.dedent(
                     same = all(all(torch.equal(a, b) for a, b in zip(r, got)) for r in runs)
                     out.append([i, str(dtype), name, "one_launch", compare(case, runs[1], want), one.error_count(),
                                 same, int(one.barrier.item()), int(one.arrivals.abs().sum().item())])
-            if i == 1:  # the heuristic config
-                got = kernel(case, PersistentState("cpu", programs=5), one_launch=False)
+            if i == 1:  # the heuristic config; a state made for "cpu:0" (as "cuda" for cuda:0) takes cpu tensors
+                got = kernel(case, PersistentState("cpu:0", programs=5), one_launch=False)
                 out.append([i, str(dtype), "default", "phases", compare(case, got, want), 0])
     # two programs in one launch cannot pass a barrier under the interpreter: bounded polls, flag set, no hang
     case = make_case(SHAPES[0], torch.float32, seed=0)
@@ -229,6 +229,15 @@ def test_default_config_uses_every_program():
             items = -(-n // bn) * split
             assert 0.7 * 132 <= items, (C, n, bn, split)
             assert n % bn == 0
+
+
+def test_state_device_is_its_tensors_device():
+    """PersistentState("cuda") must take tensors on cuda:0 (the wrapper compares state.device with x.device, and
+    torch.device("cuda") != torch.device("cuda:0")); "cpu:0" vs "cpu" is the same case on CPU."""
+    from tuna_engine.kernels.decode_layer import PersistentState
+
+    state = PersistentState("cpu:0", programs=1)
+    assert state.device == torch.zeros(1).device == state.barrier.device
 
 
 def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int) -> Any:

@@ -135,13 +135,14 @@ class PersistentState:
     programs (the barrier arithmetic assumes one P per counter)."""
 
     def __init__(self, device: torch.device | str, programs: int | None = None) -> None:
-        device = torch.device(device)
+        self.barrier = torch.zeros(1, dtype=torch.int64, device=device)
+        # the device as tensors report it ("cuda" → "cuda:0"): the wrapper compares it with the inputs' device
+        device = self.barrier.device
         if programs is None:
             programs = (
                 torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
             )
         self.device, self.programs = device, programs
-        self.barrier = torch.zeros(1, dtype=torch.int64, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         self.arrivals = torch.zeros(PHASES * MAX_TILES, dtype=torch.int32, device=device)
 
