@@ -49,7 +49,9 @@ def _interpreted(script: str, *args: str, env: dict[str, str] | None = None) -> 
 def test_kernels_parse():
     assert Kernels.parse(None) == Kernels() and Kernels.parse("") == Kernels()
     assert Kernels.parse("gemm, argmax") == Kernels(gemm=True, argmax=True)
-    assert Kernels.parse("all") == Kernels(True, True, True, True)
+    assert Kernels.parse("all") == Kernels(True, True, True, True, persistent=False)
+    assert Kernels.parse("persistent") == Kernels(persistent=True)
+    assert Kernels.parse("all,persistent") == Kernels(True, True, True, True, persistent=True)
     with pytest.raises(ValueError, match="unknown \\['gem'\\]"):
         Kernels.parse("gem,silu")
     with pytest.raises(ValueError, match="^environment variable TUNA_DECODE_KERNELS: unknown"):

@@ -208,11 +208,12 @@ class Kernels(NamedTuple):
 
     @staticmethod
     def parse(spec: str | None, source: str = "decode kernels") -> Kernels:
-        """ "gemm,silu,norm,argmax" (any subset; "all"; "" or None = none) → Kernels. `source` names where the
-        spec came from in the error (the environment variable, when it came from there)."""
+        """ "gemm,silu,norm,argmax,persistent" (any subset; "all" = the four kernels inside the compiled layer,
+        not persistent, which replaces that layer; "" or None = none) → Kernels. `source` names where the spec came
+        from in the error (the environment variable, when it came from there)."""
         names = {n.strip() for n in (spec or "").split(",") if n.strip()}
         if "all" in names:
-            names = (names - {"all"}) | set(Kernels._fields)
+            names = (names - {"all"}) | (set(Kernels._fields) - {"persistent"})
         unknown = names - set(Kernels._fields)
         if unknown:
             raise ValueError(
