@@ -258,3 +258,15 @@ def test_compiled_decode_with_every_kernel_gives_the_baseline_tokens(models):  #
     # add-norm qkv, o + residual, norm gate/up, SiLU down (base steps); plain skinny base GEMMs (adapter steps)
     for key in ("skinny:2+d", "skinny:0+residual", "skinny:2", "skinny:1", "skinny:0", "argmax"):
         assert calls.get(key, 0) > 0, (key, calls)
+
+
+def test_persistent_kernel_is_refused_where_it_cannot_launch(models, monkeypatch):  # noqa: F811
+    """TUNA_DECODE_KERNELS=persistent on a CPU without Triton's interpreter: refused when the decoder is built,
+    naming the kernel and what it needs, rather than failing at the first decode step."""
+    monkeypatch.setenv("TUNA_DECODE_KERNELS", "persistent")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    p = parse_generate_plan(plan(models["dir"], batch=2))
+    with pytest.raises(
+        ValueError, match="decode kernel 'persistent' needs the triton package and a CUDA device"
+    ):
+        load_for_generation(p, mode="eager", compile=True)

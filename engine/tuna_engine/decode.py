@@ -514,6 +514,14 @@ class Decoder:
         # eager steps run one at a time on one stream, so they share it).
         self.persistent: decode_layer.PersistentState | None = None
         if self.kernels.persistent:
+            if decode_layer.triton is None or (
+                dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+            ):
+                raise ValueError(
+                    "decode kernel 'persistent' needs the triton package and a CUDA device (or TRITON_INTERPRET=1, "
+                    f"for tests); here: triton {'missing' if decode_layer.triton is None else 'present'}, "
+                    f"device {dev}"
+                )
             self.persistent = decode_layer.PersistentState(dev)
         self._zero = torch.zeros(1, dtype=torch.long, device=dev)
         out_w = model.output_weight
