@@ -27,7 +27,9 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     "separate": the product as its own GEMM, added elementwise (compiled layers fuse the add into the next
     elementwise kernel; one more rounding to 16 bits, as peft's own path has). Measured on an H200 (session 9,
     docs/benchmarks.md): "separate" removes 2 of the 7 device-to-device copies a Qwen3-0.6B layer makes per
-    micro-batch and gains 0.4–2.1% a step, within run-to-run spread — so "gemm" stays the default.
+    micro-batch and gains 0.4–2.1% a step, within run-to-run spread — so "gemm" stays the default. Inside
+    compiled layers Inductor folds the separate add back into addmm wherever a user of the sum is not pointwise
+    (all but o and down), which is why (docs/performance.md).
 """
 
 from __future__ import annotations
