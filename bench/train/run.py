@@ -537,6 +537,20 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "elementwise_split2, only the last 14 layers rebuilding rotated q/k",
     ),
+    # TUNA_LORA_ADD=inplace (lora.py): the adapter product added into the base GEMM's own output buffer by an opaque
+    # custom op, so Inductor's addmm (and ATen's copy of the base output into its new out buffer) is gone.
+    "elementwise_split2_inplace": (
+        {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
+        {"TUNA_LORA_ADD": "inplace"},
+        "full",
+        "elementwise_split2 with the LoRA product added in place (no copy of the base output)",
+    ),
+    "default_inplace": (
+        {},
+        {"TUNA_LORA_ADD": "inplace"},
+        "full",
+        "the defaults with the LoRA product added in place",
+    ),
     "elementwise_split2_rot7_loraadd": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_REBUILD_ROTARY_LAYERS": "7", "TUNA_LORA_ADD": "separate"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,9 +78,9 @@ SHAPES = [  # (tokens per row, in_features, out_features of the group, r): sever
 ]
 
 
-@pytest.fixture(params=["gemm", "separate"])
+@pytest.fixture(params=["gemm", "separate", "inplace"])
 def lora_add(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both ways the adapter product reaches the base output (lora.set_lora_add, TUNA_LORA_ADD)."""
+    """Every way the adapter product reaches the base output (lora.set_lora_add, TUNA_LORA_ADD)."""
     lora.set_lora_add(request.param)
     yield request.param
     lora.set_lora_add(None)
@@ -118,18 +119,72 @@ def test_fast_function_16bit_error_no_worse_than_peft(
         assert rel(fast, ref) <= 2 * rel(exact, ref) + 2e-3, (rel(fast, ref), rel(exact, ref))
 
 
-def test_lora_add_separate_runs_no_addmm_and_a_bad_value_names_the_variable(lora_add: str) -> None:
+def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_add: str) -> None:
     """ "gemm" adds the adapter product in addmm (whose C ATen first copies from the base output); "separate" runs
-    plain GEMMs and adds elementwise."""
+    plain GEMMs and adds elementwise; "inplace" adds into the base outputs themselves through tuna::lora_addmm_."""
     lins = make_linears(64, [64, 16, 16], 8, seed=3, dtype=torch.bfloat16)
     for lin in lins:
         lin.lora_compute = "auto"
     x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
     with CountMM() as mm:
         lora_forward(lins, x)
-    assert (mm.addmm == 3) if lora_add == "gemm" else (mm.addmm == 0 and len(mm.shapes) == 3 + 1 + 3)
-    with pytest.raises(EngineError, match="TUNA_LORA_ADD: 'epilogue' is not one of gemm, separate"):
+    assert (mm.addmm, mm.inplace, len(mm.shapes)) == {
+        "gemm": (3, 0, 3 + 1 + 3),
+        "separate": (0, 0, 3 + 1 + 3),
+        "inplace": (0, 3, 3 + 1),
+    }[lora_add]
+    with pytest.raises(EngineError, match="TUNA_LORA_ADD: 'epilogue' is not one of gemm, separate, inplace"):
         lora.set_lora_add("epilogue")
+
+
+def test_lora_add_inplace_runs_on_the_base_gemms_buffer_in_a_compiled_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compiled (CPU Inductor, one Qwen3-0.6B-shaped layer, fp32): with "gemm" the generated code calls addmm into
+    new buffers (on CUDA ATen first copies the base output into each: session 9's device-to-device copies); with
+    "inplace" it calls tuna::lora_addmm_ on the base GEMM's own output buffer and no addmm at all — and the
+    gradients are the same."""
+    from torch._inductor.utils import run_and_get_code
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "bench/train"))
+    from saved_tensors import saved_by_layer
+
+    preset = json.loads((root / "src/model/presets.json").read_text())
+    config = llama.Config.from_hf(dict(preset["qwen3-0.6b"]["config"], num_hidden_layers=1, vocab_size=512))
+    spec = LoraSpec(
+        r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
+    )
+    results = {}
+    for mode in ("gemm", "inplace"):
+        lora.set_lora_add(mode)
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = llama.CausalLM(config, spec, None)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.normal_(0, 0.02)
+                p.requires_grad = "lora_" in name
+        set_lora_compute(model, "auto")
+        model.train()
+        model.recompute = "none"
+        model.model.layers[0].compile()
+        torch.manual_seed(1)
+        _, code = run_and_get_code(lambda m=model: saved_by_layer(m, 1, 32))
+        grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+        results[mode] = (code[0], grads)
+    lora.set_lora_add(None)
+    torch._dynamo.reset()
+    gemm_code, gemm_grads = results["gemm"]
+    inplace_code, inplace_grads = results["inplace"]
+    assert gemm_code.count("extern_kernels.addmm(") == 7 and "lora_addmm_" not in gemm_code
+    assert "extern_kernels.addmm(" not in inplace_code
+    calls = re.findall(r"torch\.ops\.tuna\.lora_addmm_\.default\((buf\d+),", inplace_code)
+    assert len(calls) == 7
+    for buf in calls:  # the buffer it adds into is a base GEMM's output, written by extern_kernels.mm
+        assert re.search(rf"extern_kernels\.mm\([^\n]*out={buf}\)", inplace_code), buf
+    for a, b in zip(inplace_grads, gemm_grads, strict=True):
+        assert rel(a, b) < 1e-6
 
 
 class CountMM(TorchDispatchMode):
@@ -139,12 +194,14 @@ class CountMM(TorchDispatchMode):
         super().__init__()
         self.shapes: list[tuple[int, ...]] = []
         self.addmm = 0
+        self.inplace = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
             self.shapes.append(tuple(out.shape))
         self.addmm += func.overloadpacket is torch.ops.aten.addmm
+        self.inplace += func.overloadpacket is torch.ops.tuna.lora_addmm_
         return out
 
 

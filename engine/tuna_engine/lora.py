@@ -29,7 +29,10 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     docs/benchmarks.md): "separate" removes 2 of the 7 device-to-device copies a Qwen3-0.6B layer makes per
     micro-batch and gains 0.4–2.1% a step, within run-to-run spread — so "gemm" stays the default. Inside
     compiled layers Inductor folds the separate add back into addmm wherever a user of the sum is not pointwise
-    (all but o and down), which is why (docs/performance.md).
+    (all but o and down), which is why (docs/performance.md). "inplace": the product added into the base output's
+    own memory by the custom op tuna::lora_addmm_ (the same cuBLAS call as "gemm": the same numbers), which
+    Inductor runs in place on the base GEMM's buffer — no copy (CPU test on the compiled code; not measured on a
+    GPU yet).
 """
 
 from __future__ import annotations
@@ -201,18 +204,38 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
         args: list[torch.Tensor] = []
         for i in fast:
             args += [ys[i], linears[i].lora_A.weight, linears[i].lora_B.weight]
-        outs = LoraFunction.apply(x, linears[fast[0]].scaling, *args)
+        # "inplace" only into outputs of plain 16-bit GEMMs without bias: those own their memory (a biased
+        # F.linear on 3-D input returns a view, which autograd will not let a Function of several outputs write
+        # into); NF4 / FP8 bases keep "gemm".
+        inplace = _lora_add == "inplace" and all(
+            linears[i].bias is None and linears[i].weight is not None for i in fast
+        )
+        outs = LoraFunction.apply(x, linears[fast[0]].scaling, inplace, *args)
         for i, y in zip(fast, outs, strict=True):
             ys[i] = y
     return ys
 
 
-LORA_ADDS = ("gemm", "separate")
+LORA_ADDS = ("gemm", "separate", "inplace")
 _lora_add = "gemm"
 
 
+@torch.library.custom_op("tuna::lora_addmm_", mutates_args=("y",))
+def lora_addmm_(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha: float) -> None:
+    """y += alpha·(xa @ bt), in y's own memory (TUNA_LORA_ADD=inplace). The same cuBLAS call as addmm with y as
+    C, so the same numbers; but opaque to Inductor, whose reinplace pass then runs it on the base GEMM's output
+    buffer — where Inductor's own addmm gets a new output buffer that ATen first fills with a copy of y."""
+    y.addmm_(xa, bt, alpha=alpha)
+
+
+@lora_addmm_.register_fake
+def _lora_addmm_fake(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha: float) -> None:
+    return None
+
+
 def set_lora_add(mode: str | None) -> None:
-    """TUNA_LORA_ADD (module docstring): "gemm" (None: the default) or "separate"; anything else names the variable."""
+    """TUNA_LORA_ADD (module docstring): "gemm" (None: the default), "separate" or "inplace"; anything else names
+    the variable."""
     global _lora_add
     mode = mode or "gemm"
     if mode not in LORA_ADDS:
@@ -235,7 +258,8 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class LoraFunction(torch.autograd.Function):
     """k ≥ 1 adapters reading the same input: out_i = y_i + s·(x A_iᵀ) B_iᵀ, in x's dtype.
 
-    forward(x [..., in], s, y_1, A_1, B_1, …, y_k, A_k, B_k): y_i [..., out_i] the base outputs (x's dtype),
+    forward(x [..., in], s, inplace, y_1, A_1, B_1, …, y_k, A_k, B_k): y_i [..., out_i] the base outputs (x's dtype,
+    written in place and returned when `inplace`: TUNA_LORA_ADD=inplace),
     A_i [r_i, in] and B_i [out_i, r_i] the fp32 adapter parameters, cast to x's dtype per call.
     Saved for backward: x itself (the tensor the base GEMMs keep anyway: no copy), xa = x·[A_1;…;A_k]ᵀ
     [N, Σr_i], and the parameters (no copy). Backward, with g_i = s·dy_i B_i [N, r_i] and g = [g_1 … g_k]:
@@ -244,12 +268,27 @@ class LoraFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scaling: float, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any, x: torch.Tensor, scaling: float, inplace: bool, *args: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         ys, As, Bs = args[0::3], args[1::3], args[2::3]
         dt = x.dtype
         x2 = x.reshape(-1, x.shape[-1])  # [N, in], a view of x
         a = torch.cat(As).to(dt) if len(As) > 1 else As[0].to(dt)  # [Σr, in]
         xa = x2 @ a.t()  # [N, Σr]: x is read once for all k adapters
+        if inplace:  # TUNA_LORA_ADD=inplace (lora_forward decides where it may)
+            start = 0
+            for y, A, B in zip(ys, As, Bs, strict=True):
+                r = A.shape[0]
+                torch.ops.tuna.lora_addmm_(
+                    y.view(-1, y.shape[-1]), xa[:, start : start + r], B.to(dt).t(), scaling
+                )
+                start += r
+            ctx.mark_dirty(*ys)  # the base outputs, written in place, are this Function's outputs
+            ctx.save_for_backward(x, xa, *As, *Bs)
+            ctx.scaling = scaling
+            ctx.k = len(As)
+            return tuple(ys)
         outs, start = [], 0
         for y, A, B in zip(ys, As, Bs, strict=True):
             r = A.shape[0]
@@ -280,12 +319,12 @@ class LoraFunction(torch.autograd.Function):
             a = torch.cat(As).to(dt) if k > 1 else As[0].to(dt)
             dx = (g @ a).view(x.shape)
         dA_all = _mm_f32(g.t(), x2)  # [Σr, in] fp32
-        grads: list[torch.Tensor | None] = [dx, None]
+        grads: list[torch.Tensor | None] = [dx, None, None]
         start = 0
         for i in range(k):
             r = As[i].shape[0]
             dB = _mm_f32(dy2[i].t(), xa[:, start : start + r]).mul_(s)  # [out_i, r]
-            grads += [dys[i] if ctx.needs_input_grad[2 + 3 * i] else None, dA_all[start : start + r], dB]
+            grads += [dys[i] if ctx.needs_input_grad[3 + 3 * i] else None, dA_all[start : start + r], dB]
             start += r
         return tuple(grads)
 
