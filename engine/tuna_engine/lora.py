@@ -208,8 +208,8 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
         # F.linear on 3-D input returns a view, which autograd will not let a Function of several outputs write
         # into); NF4 / FP8 bases keep "gemm".
         inplace = _lora_add == "inplace" and all(
-            linears[i].bias is None and linears[i].weight is not None for i in fast
-        )
+            linears[i].bias is None and linears[i].weight is not None and ys[i].is_contiguous() for i in fast
+        )  # contiguous: the reshape in LoraFunction must be a view of y, or the add would land in a copy
         outs = LoraFunction.apply(x, linears[fast[0]].scaling, inplace, *args)
         for i, y in zip(fast, outs, strict=True):
             ys[i] = y
@@ -276,29 +276,21 @@ class LoraFunction(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])  # [N, in], a view of x
         a = torch.cat(As).to(dt) if len(As) > 1 else As[0].to(dt)  # [Σr, in]
         xa = x2 @ a.t()  # [N, Σr]: x is read once for all k adapters
-        if inplace:  # TUNA_LORA_ADD=inplace (lora_forward decides where it may)
-            start = 0
-            for y, A, B in zip(ys, As, Bs, strict=True):
-                r = A.shape[0]
-                torch.ops.tuna.lora_addmm_(
-                    y.view(-1, y.shape[-1]), xa[:, start : start + r], B.to(dt).t(), scaling
-                )
-                start += r
-            ctx.mark_dirty(*ys)  # the base outputs, written in place, are this Function's outputs
-            ctx.save_for_backward(x, xa, *As, *Bs)
-            ctx.scaling = scaling
-            ctx.k = len(As)
-            return tuple(ys)
         outs, start = [], 0
         for y, A, B in zip(ys, As, Bs, strict=True):
             r = A.shape[0]
             y2 = y.reshape(-1, y.shape[-1])
-            if _lora_add == "gemm":
-                out = torch.addmm(y2, xa[:, start : start + r], B.to(dt).t(), alpha=scaling)
+            if inplace:  # TUNA_LORA_ADD=inplace, where lora_forward allows it: y itself becomes the output
+                torch.ops.tuna.lora_addmm_(y2, xa[:, start : start + r], B.to(dt).t(), scaling)
+                out = y
+            elif _lora_add == "gemm":
+                out = torch.addmm(y2, xa[:, start : start + r], B.to(dt).t(), alpha=scaling).view(y.shape)
             else:
-                out = torch.add(y2, xa[:, start : start + r] @ B.to(dt).t(), alpha=scaling)
-            outs.append(out.view(y.shape))
+                out = torch.add(y2, xa[:, start : start + r] @ B.to(dt).t(), alpha=scaling).view(y.shape)
+            outs.append(out)
             start += r
+        if inplace:
+            ctx.mark_dirty(*ys)  # the base outputs, written in place, are this Function's outputs
         ctx.save_for_backward(x, xa, *As, *Bs)
         ctx.scaling = scaling
         ctx.k = len(As)
