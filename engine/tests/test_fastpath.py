@@ -137,6 +137,30 @@ def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_ad
         lora.set_lora_add("epilogue")
 
 
+def one_layer_06b(dtype: torch.dtype, rebuild_rotary: bool = True) -> llama.CausalLM:
+    """A Qwen3-0.6B-shaped model of one decoder layer (vocab 512), LoRA r=16 on all linear projections (the
+    adapters alone trainable, fast path, nothing recomputed), random weights, its layer compiled: what the
+    compiled-layer tests below inspect. Seeded, so each call builds the same model."""
+    root = Path(__file__).resolve().parents[2]
+    preset = json.loads((root / "src/model/presets.json").read_text())
+    config = llama.Config.from_hf(dict(preset["qwen3-0.6b"]["config"], num_hidden_layers=1, vocab_size=512))
+    spec = LoraSpec(
+        r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
+    )
+    torch.manual_seed(0)
+    model = llama.CausalLM(config, spec, None).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.02)
+            p.requires_grad = "lora_" in name
+    set_lora_compute(model, "auto")
+    model.train()
+    model.recompute = "none"
+    model.model.layers[0].self_attn.rebuild_rotary = rebuild_rotary
+    model.model.layers[0].compile()
+    return model
+
+
 def test_lora_add_inplace_runs_on_the_base_gemms_buffer_in_a_compiled_layer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -150,25 +174,11 @@ def test_lora_add_inplace_runs_on_the_base_gemms_buffer_in_a_compiled_layer(
     monkeypatch.syspath_prepend(str(root / "bench/train"))
     from saved_tensors import saved_by_layer
 
-    preset = json.loads((root / "src/model/presets.json").read_text())
-    config = llama.Config.from_hf(dict(preset["qwen3-0.6b"]["config"], num_hidden_layers=1, vocab_size=512))
-    spec = LoraSpec(
-        r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
-    )
     results = {}
     for mode in ("gemm", "inplace"):
         lora.set_lora_add(mode)
         torch._dynamo.reset()
-        torch.manual_seed(0)
-        model = llama.CausalLM(config, spec, None)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.normal_(0, 0.02)
-                p.requires_grad = "lora_" in name
-        set_lora_compute(model, "auto")
-        model.train()
-        model.recompute = "none"
-        model.model.layers[0].compile()
+        model = one_layer_06b(torch.float32)
         torch.manual_seed(1)
         _, code = run_and_get_code(lambda m=model: saved_by_layer(m, 1, 32))
         grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
@@ -598,11 +608,6 @@ def test_elementwise_recompute_saves_less_with_the_same_gradients(monkeypatch: p
     monkeypatch.syspath_prepend(str(root / "bench/train"))
     from saved_tensors import saved_by_layer
 
-    preset = json.loads((root / "src/model/presets.json").read_text())
-    config = llama.Config.from_hf(dict(preset["qwen3-0.6b"]["config"], num_hidden_layers=1, vocab_size=512))
-    spec = LoraSpec(
-        r=16, alpha=32, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False
-    )
     flags = (
         "ban_recompute_materialized_backward",
         "ban_recompute_used_far_apart",
@@ -614,17 +619,7 @@ def test_elementwise_recompute_saves_less_with_the_same_gradients(monkeypatch: p
     with functorch_config.patch(**dict.fromkeys(flags, True)):
         for elementwise, rebuild in ((False, True), (True, True), (True, False)):
             set_compiled_recompute(None, elementwise)  # resets compiled code when the settings change
-            torch.manual_seed(0)
-            model = llama.CausalLM(config, spec, None).to(torch.bfloat16)
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.normal_(0, 0.02)
-                    p.requires_grad = "lora_" in name
-            set_lora_compute(model, "auto")
-            model.train()
-            model.recompute = "none"
-            model.model.layers[0].self_attn.rebuild_rotary = rebuild
-            model.model.layers[0].compile()
+            model = one_layer_06b(torch.bfloat16, rebuild_rotary=rebuild)
             torch.manual_seed(1)
             saved, _ = saved_by_layer(model, 1, 64)
             grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
