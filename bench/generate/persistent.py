@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from floor import copy_bandwidth_gbs  # bench/generate/floor.py (this script's folder)
+from measure import copy_bandwidth_gbs, rel_err, us_per_call  # bench/generate/measure.py (this folder)
 
 from tuna_engine import decode
 from tuna_engine.kernels import decode_layer as dl
@@ -81,29 +81,6 @@ def rotary(capacity: int, D: int, theta: float = 1e6) -> tuple[torch.Tensor, tor
     return cos, sin_pm, perm
 
 
-def time_graph(fn, reps: int = 20) -> float:
-    """ms per replay of fn captured in a CUDA graph (after warm-up runs on a side stream)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(reps):
-        g.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / reps
-
-
 def sweep_configs(base: dl.Config) -> list[dl.Config]:
     """A few variations of the heuristic config: warps, K block, pipeline stages, key splits."""
     return [
@@ -115,10 +92,6 @@ def sweep_configs(base: dl.Config) -> list[dl.Config]:
         base._replace(attn=(4, 32)),
         base._replace(attn=(2, 64)),
     ]
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
 
 
 def bench_model(name: str, bw: float, configs: bool) -> dict:
@@ -179,11 +152,11 @@ def bench_model(name: str, bw: float, configs: bool) -> dict:
     got = dl.decode_layer_persistent(x0, d0, w0, *caches[0], pos, cos, sin_pm, perm, heads, eps, state)
     res["err_x2"], res["err_out"] = rel_err(got[0], want[0]), rel_err(got[1], want[1])
     t0 = time.perf_counter()
-    res["compiled_us_per_layer"] = time_graph(run_compiled) * 1000 / L
+    res["compiled_us_per_layer"] = us_per_call(run_compiled, calls=1) / L
     log(f"  {name}: compiled {res['compiled_us_per_layer']:.2f} µs/layer ({time.perf_counter() - t0:.0f} s)")
     cfg0 = dl.default_config(BATCH, C, heads, inter, state.programs)
     res["persistent_config"] = cfg0._asdict()
-    res["persistent_us_per_layer"] = time_graph(run_persistent(None)) * 1000 / L
+    res["persistent_us_per_layer"] = us_per_call(run_persistent(None), calls=1) / L
     # a set flag means a barrier timed out (grid not resident): that timing is meaningless, and a set flag makes
     # every later barrier run through — so it is read and cleared after each measurement
     res["error_flag"] = state.error_count()
@@ -193,7 +166,7 @@ def bench_model(name: str, bw: float, configs: bool) -> dict:
         res["sweep"] = []
         for cfg in sweep_configs(cfg0):
             try:
-                us = time_graph(run_persistent(cfg)) * 1000 / L
+                us = us_per_call(run_persistent(cfg), calls=1) / L
             except Exception as e:  # a config the compiler or the card rejects (shared memory, registers)
                 log(f"  {name}: {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
                 continue

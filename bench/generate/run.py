@@ -42,7 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench/train"))
-from floor import copy_bandwidth_gbs  # noqa: E402  (bench/generate/floor.py)
+from measure import copy_bandwidth_gbs  # noqa: E402  (bench/generate/measure.py)
 from run import make_model_dir  # noqa: E402  (the same random model directories as bench/train)
 
 from tuna_engine.decode import bucket_for  # noqa: E402

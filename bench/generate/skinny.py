@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measure import rel_err, us_per_call  # bench/generate/measure.py (this folder)
 
 from tuna_engine.kernels import argmax as am  # noqa: F401  (tuna::argmax_rows)
 from tuna_engine.kernels import skinny_gemm as sg
@@ -40,33 +41,6 @@ SWEEP = [
     sg.Config(bn, bk, split, 4, stages)
     for bn, bk, split, stages in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4,))
 ]
-
-
-def us_per_call(fn, calls: int = 50, reps: int = 20) -> float:
-    """µs per call of fn() replayed in a CUDA graph of `calls` calls (launch gaps as in the decode graph)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(reps):
-        g.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) * 1000 / (reps * calls)
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
 
 
 def main() -> None:

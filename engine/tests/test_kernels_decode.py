@@ -24,6 +24,7 @@ from helpers import ENGINE_DIR
 from test_generate import PROMPTS, _adapters, models, plan, req  # noqa: F401  (models: the module fixture)
 
 from tuna_engine.decode import Kernels
+from tuna_engine.errors import EngineError
 from tuna_engine.generate import load_for_generation
 from tuna_engine.kernels import skinny_gemm as sg
 from tuna_engine.protocol import parse_generate_plan
@@ -267,6 +268,18 @@ def test_persistent_kernel_is_refused_where_it_cannot_launch(models, monkeypatch
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     p = parse_generate_plan(plan(models["dir"], batch=2))
     with pytest.raises(
-        ValueError, match="decode kernel 'persistent' needs the triton package and a CUDA device"
+        EngineError, match="decode kernel 'persistent' needs the triton package and a CUDA device"
     ):
         load_for_generation(p, mode="eager", compile=True)
+
+
+def test_a_bad_decode_kernels_variable_is_refused_before_the_model_loads(models, monkeypatch):  # noqa: F811
+    """TUNA_DECODE_KERNELS with an unknown name: PLAN_INVALID naming the variable, raised before any weight is read
+    (the plan points at a directory that does not exist, which would be another error had loading begun)."""
+    monkeypatch.setenv("TUNA_DECODE_KERNELS", "persistant")
+    p = parse_generate_plan(plan(models["dir"].parent / "no-such-model", batch=2))
+    with pytest.raises(
+        EngineError, match=r"environment variable TUNA_DECODE_KERNELS: unknown \['persistant'\]"
+    ) as e:
+        load_for_generation(p, mode="eager", compile=True)
+    assert e.value.code == "PLAN_INVALID"

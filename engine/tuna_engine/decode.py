@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import EngineError
 from .kernels import argmax as _argmax_op  # noqa: F401  (defines tuna::argmax_rows)
 from .kernels import decode_layer, skinny_gemm
 from .kernels.decode_attn import decode_attention as _register_op  # noqa: F401  (defines tuna::decode_attention)
@@ -224,6 +225,19 @@ class Kernels(NamedTuple):
 
 
 NO_KERNELS = Kernels()
+
+
+def kernels_from_env() -> Kernels:
+    """TUNA_DECODE_KERNELS as Kernels; a bad value is a PLAN_INVALID naming the variable (read before the model
+    loads, by load_for_generation, and again when the decoder is built)."""
+    try:
+        return Kernels.parse(
+            os.environ.get("TUNA_DECODE_KERNELS"), "environment variable TUNA_DECODE_KERNELS"
+        )
+    except ValueError as e:
+        raise EngineError(
+            "PLAN_INVALID", str(e), hint="unset TUNA_DECODE_KERNELS for the default (none)"
+        ) from e
 
 
 def _fnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -504,9 +518,7 @@ class Decoder:
         self.compiled = self.compile_scope is not None
         # Hand-written kernels for the scope-"layer" step (Kernels; default TUNA_DECODE_KERNELS, else none).
         if kernels is None:
-            kernels = Kernels.parse(
-                os.environ.get("TUNA_DECODE_KERNELS"), "environment variable TUNA_DECODE_KERNELS"
-            )
+            kernels = kernels_from_env()
         elif isinstance(kernels, str):
             kernels = Kernels.parse(kernels)
         self.kernels = kernels if self.compile_scope == "layer" else Kernels()
@@ -517,10 +529,12 @@ class Decoder:
             if decode_layer.triton is None or (
                 dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
             ):
-                raise ValueError(
+                raise EngineError(
+                    "PLAN_INVALID",
                     "decode kernel 'persistent' needs the triton package and a CUDA device (or TRITON_INTERPRET=1, "
                     f"for tests); here: triton {'missing' if decode_layer.triton is None else 'present'}, "
-                    f"device {dev}"
+                    f"device {dev}",
+                    hint="drop 'persistent' from TUNA_DECODE_KERNELS",
                 )
             self.persistent = decode_layer.PersistentState(dev)
         self._zero = torch.zeros(1, dtype=torch.long, device=dev)

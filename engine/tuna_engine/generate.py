@@ -43,7 +43,7 @@ from safetensors import safe_open
 from torch import nn
 
 from . import lora as lora_mod
-from .decode import Decoder
+from .decode import Decoder, kernels_from_env
 from .errors import EngineError
 from .models import build_model, load_model, model_config
 from .models.llama import CausalLM, rotate_half
@@ -642,6 +642,7 @@ def load_for_generation(
     fused = _plan_or_env(fused, "TUNA_GENERATE_FUSED", plan.fused)
     compile = _plan_or_env(compile, "TUNA_GENERATE_COMPILE", plan.compile)
     device = pick_device(plan.device)
+    kernels_from_env()  # a bad TUNA_DECODE_KERNELS fails here, before the model loads
     from .quant import read_quantization_config
     from .quant.convert import load_prequantized
 
