@@ -22,17 +22,16 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     saves) and xA [N, r]. Projections that read the same x (q/k/v; gate/up) share one x·[A_q; A_k; A_v]ᵀ GEMM
     and one dx GEMM (`lora_forward`). DoRA and dropout > 0 in training take the exact path. In fp32 it is the
     same math as "exact" up to summation order.
-    How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD, an experiment): "gemm" (default) as
-    addmm's C — but cuBLAS writes C in place, so ATen may first copy the base output into a new tensor;
-    "separate": the product as its own GEMM, added elementwise (compiled layers fuse the add into the next
-    elementwise kernel; one more rounding to 16 bits, as peft's own path has). Measured on an H200 (session 9,
-    docs/benchmarks.md): "separate" removes 2 of the 7 device-to-device copies a Qwen3-0.6B layer makes per
-    micro-batch and gains 0.4–2.1% a step, within run-to-run spread — so "gemm" stays the default. Inside
-    compiled layers Inductor folds the separate add back into addmm wherever a user of the sum is not pointwise
-    (all but o and down), which is why (docs/performance.md). "inplace": the product added into the base output's
-    own memory by the custom op tuna::lora_addmm_ (the same cuBLAS call as "gemm": the same numbers), which
-    Inductor runs in place on the base GEMM's buffer — no copy (CPU test on the compiled code; not measured on a
-    GPU yet).
+    How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD, an experiment):
+      "gemm" (default): as addmm's C. cuBLAS writes C in place, so an addmm into a new tensor (Inductor's, in
+        compiled layers) makes ATen copy the base output first: 7 device-to-device copies a Qwen3 layer and pass.
+      "separate": the product as its own GEMM, added elementwise (one more rounding to 16 bits, as peft's own path
+        has). In compiled layers Inductor folds the add back into addmm wherever a user of the sum is not
+        pointwise, so only o and down lose their copy: measured on an H200 (session 9, docs/benchmarks.md) 394 →
+        282 copies a 0.6B step, +0.4–2.1%, within run-to-run spread.
+      "inplace": the product added into the base output's own memory by the custom op tuna::lora_addmm_ (the same
+        cuBLAS call as "gemm": the same numbers), which Inductor runs in place on the base GEMM's buffer — no copy
+        (CPU test on the generated code; not measured on a GPU yet). Plain 16-bit bases without bias only.
 """
 
 from __future__ import annotations
@@ -392,10 +391,8 @@ def _projection_targets(targets: list[str]) -> tuple[list[str], list[int] | None
     has the same projections (anything else stays as given and is reported as unsupported)."""
     paths = [t for t in targets if "." in t]
     if not paths or len(paths) != len(targets):
-        return (
-            targets,
-            None,
-        )  # no paths; or names (every layer) mixed with paths (some layers): not expressible
+        # no paths; or names (every layer) mixed with paths (some layers): not expressible
+        return targets, None
     per_layer: dict[int, set[str]] = {}
     for t in paths:
         parts = t.split(".")
