@@ -11,7 +11,10 @@ measured in this run (read + write bytes per second, as bench/generate/run.py co
 same with the K/V the attention reads added. Also the persistent outputs' error against the compiled ones after
 one step (bf16: ~1e-2 expected) and the error flag (must be 0: every program passed every barrier).
 
-    PYTHONPATH=engine python bench/generate/persistent.py [--models qwen3-0.6b,qwen3-8b] [--configs]
+With --phases, where the persistent kernel's time goes (heuristic config): an empty launch, the four grid
+barriers alone, each phase alone as its own launch (no barriers), the five phase launches, the one launch.
+
+    PYTHONPATH=engine python bench/generate/persistent.py [--models qwen3-0.6b,qwen3-8b] [--configs] [--phases]
         [--out /tmp/persistent.json]
 """
 
@@ -82,19 +85,23 @@ def rotary(capacity: int, D: int, theta: float = 1e6) -> tuple[torch.Tensor, tor
 
 
 def sweep_configs(base: dl.Config) -> list[dl.Config]:
-    """A few variations of the heuristic config: warps, K block, pipeline stages, key splits."""
+    """A few variations of the heuristic config: warps, K block, pipeline stages, key splits, L2 prefetch."""
     return [
         base._replace(num_warps=4),
         base._replace(block_k=64),
         base._replace(block_k=256, num_stages=2),
-        base._replace(num_stages=4),
+        base._replace(num_stages=3),
+        base._replace(prefetch=True),
         base._replace(attn=(2, 32)),
         base._replace(attn=(4, 32)),
         base._replace(attn=(2, 64)),
+        base._replace(attn=(1, 64)),
+        base._replace(num_stages=5),
+        base._replace(block_k=64, num_stages=6),
     ]
 
 
-def bench_model(name: str, bw: float, configs: bool) -> dict:
+def bench_model(name: str, bw: float, configs: bool, phases: bool) -> dict:
     L, C, H, KV, D, inter = MODELS[name]
     heads = (H, KV, D)
     torch.manual_seed(0)
@@ -124,12 +131,12 @@ def bench_model(name: str, bw: float, configs: bool) -> dict:
 
     state = dl.PersistentState("cuda")
 
-    def run_persistent(cfg: dl.Config | None):
+    def run_persistent(cfg: dl.Config | None, part: tuple[int, int, bool] | None = None):
         def run():
             x, d = x0, d0
             for w, (ck, cv) in zip(layers, caches, strict=True):
                 x, d = dl.decode_layer_persistent(
-                    x, d, w, ck, cv, pos, cos, sin_pm, perm, heads, eps, state, config=cfg
+                    x, d, w, ck, cv, pos, cos, sin_pm, perm, heads, eps, state, config=cfg, part=part
                 )
             return x, d
 
@@ -162,6 +169,21 @@ def bench_model(name: str, bw: float, configs: bool) -> dict:
     res["error_flag"] = state.error_count()
     state.clear_error()
     log(f"  {name}: persistent {res['persistent_us_per_layer']:.2f} µs/layer {cfg0} flag {res['error_flag']}")
+    if phases:
+        parts = {"empty launch": (5, 4, False), "4 barriers": (5, 4, True)}
+        parts.update({f"phase {'ABCDE'[p]} alone": (p, p, False) for p in range(dl.PHASES)})
+        parts["5 phase launches"] = None
+        res["phases_us_per_layer"] = {}
+        for label, part in parts.items():
+            if part is None:
+                fn = lambda: [run_persistent(None, (p, p, False))() for p in range(dl.PHASES)]  # noqa: E731
+            else:
+                fn = run_persistent(None, part)
+            us = us_per_call(fn, calls=1) / L
+            res["phases_us_per_layer"][label] = us
+            log(f"  {name}: {label}: {us:.2f} µs/layer")
+        res["phases_error_flag"] = state.error_count()
+        state.clear_error()
     if configs:
         res["sweep"] = []
         for cfg in sweep_configs(cfg0):
@@ -184,6 +206,7 @@ def main() -> None:
     ap.add_argument(
         "--configs", action="store_true", help="also time a small sweep of persistent-kernel configs"
     )
+    ap.add_argument("--phases", action="store_true", help="also time each part of the kernel on its own")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -205,7 +228,7 @@ def main() -> None:
     }
     log(f"{res['card']} ({res['sms']} SMs): copy bandwidth {bw:.0f} GB/s")
     for name in names:
-        res["models"][name] = bench_model(name, bw, args.configs)
+        res["models"][name] = bench_model(name, bw, args.configs, args.phases)
         torch.cuda.empty_cache()
         if args.out:  # after each model: a call cut short keeps what it measured
             Path(args.out).write_text(json.dumps(res, indent=2))

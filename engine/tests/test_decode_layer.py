@@ -240,9 +240,10 @@ def test_state_device_is_its_tensors_device():
     assert state.device == torch.zeros(1).device == state.barrier.device
 
 
-def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int) -> Any:
-    """The one-launch bf16 kernel compiled ahead of time for an H100/H200 (sm_90) with the default config, the
-    arguments specialised as a launch specialises them (pointers and multiples of 16 marked divisible by 16)."""
+def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int, prefetch: bool = False) -> Any:
+    """The one-launch bf16 kernel compiled ahead of time for an H100/H200 (sm_90) with the default config (and
+    `prefetch`), the arguments specialised as a launch specialises them (pointers and multiples of 16 marked
+    divisible by 16)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -255,7 +256,7 @@ def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int) -> Any:
         H=H, KV=KV, D=D, G_PAD=16, D_PAD=D, HAS_QKN=True, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0],
         SPLIT_O=cfg.o[1], BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1], BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1],
         ATT_SPLIT=cfg.attn[0], ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, PHASE_LO=0, PHASE_HI=dl.PHASES - 1,
-        BARRIER=True, MAX_SPIN_=dl.MAX_SPIN, MAX_TILES_=dl.MAX_TILES, IEEE=False, INTERP=False,
+        BARRIER=True, PREFETCH=prefetch, MAX_SPIN_=dl.MAX_SPIN, MAX_TILES_=dl.MAX_TILES, IEEE=False, INTERP=False,
     )  # fmt: skip
     fn = dl._decode_layer_kernel
     sig: dict[str, str] = {}
@@ -285,12 +286,14 @@ def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int) -> Any:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("model", ["qwen3-0.6b", "qwen3-8b"])
-def test_one_launch_kernel_compiles_for_sm90(model):
+def test_one_launch_kernel_compiles_for_sm90(model, prefetch):
     """No GPU needed: the one-launch kernel lowers to sm_90 code for the real shapes (what the interpreter cannot
     show: a non-constexpr global or an op the GPU backend rejects fails here), the barrier is the cooperative-groups
     sequence (one thread's release add, its acquire polls: one at start and two per barrier in the code), the
-    weights stream through cp.async, and the default config does not spill registers."""
+    weights stream through cp.async, and the default config does not spill registers. With `prefetch` the L2 hints
+    are there (C's weights from B, D's two row blocks from C, E's from D: 4 sites), and none without."""
     import re
     import shutil
 
@@ -299,8 +302,9 @@ def test_one_launch_kernel_compiles_for_sm90(model):
     C, heads, inter = {"qwen3-0.6b": (1024, (16, 8, 128), 3072), "qwen3-8b": (4096, (32, 8, 128), 12288)}[
         model
     ]
-    k = _compile_sm90(C, heads, inter)
+    k = _compile_sm90(C, heads, inter, prefetch)
     ptx = k.asm["ptx"]
+    assert len(re.findall(r"prefetch\.global\.L2", ptx)) == (4 if prefetch else 0)
     from tuna_engine.kernels.decode_layer import BARRIERS
 
     assert len(re.findall(r"red\.global\.gpu\.release\.add\.u64", ptx)) == BARRIERS

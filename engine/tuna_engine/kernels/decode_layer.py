@@ -44,6 +44,11 @@ What is notable:
     rounded), each projection's output, q/k norm, q·cos and q[perm]·sin± and their sum, silu(gate), silu·up, each
     rounded to the dtype. Attention as decode_attn.py (probabilities rounded to the cache dtype for p·v).
   - fp32 runs IEEE dots (no TF32), for the tests.
+  - Measured on an H200 (session 10, docs/benchmarks.md): correct, but no faster than the compiled layer — every
+    phase is latency-bound (Qwen3-0.6B: 6.5–12 µs a phase for 1–4.5 µs of bytes, 1.6 µs a barrier). L2 prefetch
+    hints for all of a layer's weights and K/V issued at the launch's start made it slower (the hints queue ahead
+    of phase A's own loads) and were removed; `Config.prefetch` now hints only the NEXT phase's weights at each
+    phase's start (B → C, C → D, D → E), an experiment not yet measured.
 """
 
 from __future__ import annotations
@@ -81,7 +86,10 @@ class Config(NamedTuple):
     attn: tuple[int, int]
     block_k: int = 128
     num_warps: int = 8  # 4 spills registers in the norm-prologue phases (A, D: 255 regs + stack, sm_90)
-    num_stages: int = 3
+    num_stages: int = 4  # 3: 47.5 → 45.3 µs a 0.6B layer, 217 → 194 for 8B (H200, docs/benchmarks.md)
+    prefetch: bool = (
+        False  # L2 prefetch hints one phase ahead: an experiment, not measured yet (see the module doc)
+    )
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -176,6 +184,41 @@ if triton is not None:
         if cur < target:
             tl.store(ERR, 1)
         tl.debug_barrier()
+
+    @triton.jit
+    def _prefetch_lines(PTR, sr, r0, r1, c0, c1):
+        """L2 prefetch hints for PTR[r, c], r in [r0, r1), c in [c0, c1) (row stride sr): one per 64 elements (a
+        128-byte line of a 16-bit tensor), spread over 256 lanes. Fire and forget: nothing waits for them."""
+        per_row = tl.cdiv(c1 - c0, 64)
+        total = (r1 - r0) * per_row
+        for i0 in range(0, total, 256):
+            i = tl.minimum(i0 + tl.arange(0, 256), total - 1)
+            ptr = PTR + (r0 + i // per_row).to(tl.int64) * sr + c0 + (i % per_row) * 64
+            tl.inline_asm_elementwise(
+                "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
+                "=r,l",
+                [ptr],
+                dtype=tl.int32,
+                is_pure=False,
+                pack=1,
+            )
+
+    @triton.jit
+    def _prefetch_gemm(
+        W, N, K, pid, P, BN: tl.constexpr, SPLIT: tl.constexpr, BLOCK_K: tl.constexpr, GU: tl.constexpr
+    ):
+        """Prefetch the weight slabs of this program's work items of a GEMM phase, as its loop hands them out (GU:
+        gate/up, whose tile reads rows n and N + n)."""
+        tiles = tl.cdiv(N, BN)
+        chunk = tl.cdiv(tl.cdiv(K, SPLIT), BLOCK_K) * BLOCK_K
+        for item in range(pid, tiles * SPLIT, P):
+            k_lo = (item % SPLIT) * chunk
+            k_hi = tl.minimum(k_lo + chunk, K)
+            r0 = (item // SPLIT) * BN
+            r1 = tl.minimum(r0 + BN, N)
+            _prefetch_lines(W, K, r0, r1, k_lo, k_hi)
+            if GU:
+                _prefetch_lines(W, K, N + r0, N + r1, k_lo, k_hi)
 
     @triton.jit
     def _rnd(x, dt: tl.constexpr, INTERP: tl.constexpr):
@@ -374,6 +417,7 @@ if triton is not None:
         PHASE_LO: tl.constexpr,
         PHASE_HI: tl.constexpr,
         BARRIER: tl.constexpr,  # one launch of all phases with grid barriers between them
+        PREFETCH: tl.constexpr,  # L2 prefetch hints one phase ahead (not under the interpreter: no inline asm)
         MAX_SPIN_: tl.constexpr,
         MAX_TILES_: tl.constexpr,
         IEEE: tl.constexpr,
@@ -390,6 +434,8 @@ if triton is not None:
         if BARRIER:
             start = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
             base = (start // (_BARRIERS * P)) * (_BARRIERS * P)
+
+        PF: tl.constexpr = PREFETCH and not INTERP
 
         # ---- A: qkv = ln1·rmsnorm(x + d) · Wqkvᵀ ----------------------------------------------------------
         if PHASE_LO <= 0 and 0 <= PHASE_HI:
@@ -416,6 +462,8 @@ if triton is not None:
 
         # ---- B: q/k norm, rotary, cache write, attention per (row, KV head, key split) -------------------
         if PHASE_LO <= 1 and 1 <= PHASE_HI:
+            if PF and 2 <= PHASE_HI:  # the next phase's weights into L2 while this one runs
+                _prefetch_gemm(WO, C, HD, pid, P, BN_O, SPLIT_O, BLOCK_K, False)
             g = tl.arange(0, G_PAD)
             dd = tl.arange(0, D_PAD)
             g_ok = g < G
@@ -558,6 +606,8 @@ if triton is not None:
 
         # ---- C: x2 = (x + d) + y·Woᵀ -------------------------------------------------------------------
         if PHASE_LO <= 2 and 2 <= PHASE_HI:
+            if PF and 3 <= PHASE_HI:  # the next phase's weights into L2 while this one runs
+                _prefetch_gemm(WGU, NI, C, pid, P, BN_GU, SPLIT_GU, BLOCK_K, True)
             tiles = tl.cdiv(C, BN_O)
             for item in range(pid, tiles * SPLIT_O, P):
                 tile = item // SPLIT_O
@@ -581,6 +631,8 @@ if triton is not None:
 
         # ---- D: a = silu(gate)·up, [gate | up] = ln2·rmsnorm(x2)·Wguᵀ ----------------------------------
         if PHASE_LO <= 3 and 3 <= PHASE_HI:
+            if PF and 4 <= PHASE_HI:  # the next phase's weights into L2 while this one runs
+                _prefetch_gemm(WDN, C, NI, pid, P, BN_DN, SPLIT_DN, BLOCK_K, False)
             rstd2 = _rstd(X2, X2, C, B, C, eps, False, True, BLOCK_K, INTERP)
             tiles = tl.cdiv(NI, BN_GU)
             # tile column j (of 2·BN_GU): gate row n0 + j/2 for even j, up row NI + n0 + j/2 for odd j
@@ -662,11 +714,14 @@ def decode_layer_persistent(
     config: Config | None = None,
     one_launch: bool | None = None,
     max_spin: int = MAX_SPIN,
+    part: tuple[int, int, bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """decode._decode_layer (no adapter rows, no bias) as one persistent kernel launch → (x + d + attention
     [B, 1, C], MLP output [B, 1, C]). `w`: a decode._LayerW (or anything with its fields; a group may be a bare
     weight tensor). `one_launch`: all phases in one launch with grid barriers (default on CUDA), else one launch
-    per phase (default under TRITON_INTERPRET=1). Runs on CUDA, or on CPU tensors under TRITON_INTERPRET=1."""
+    per phase (default under TRITON_INTERPRET=1). Runs on CUDA, or on CPU tensors under TRITON_INTERPRET=1.
+    `part`: (first phase, last phase, barriers) of ONE launch, for timing parts of the kernel
+    (bench/generate/persistent.py --phases); the outputs are then incomplete. (5, 4, True): the barriers alone."""
     if triton is None:
         raise RuntimeError("decode_layer_persistent needs the triton package")
     H, KV, D = heads
@@ -765,10 +820,13 @@ def decode_layer_persistent(
         H=H, KV=KV, D=D, G_PAD=max(16, triton.next_power_of_2(H // KV)), D_PAD=max(16, triton.next_power_of_2(D)),
         HAS_QKN=qkn is not None, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0], SPLIT_O=cfg.o[1],
         BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1], BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1],
-        ATT_SPLIT=s_att, ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
+        ATT_SPLIT=s_att, ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, PREFETCH=cfg.prefetch, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
         IEEE=dt == torch.float32, INTERP=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
-    if one_launch:
+    if part is not None:
+        lo, hi, barrier = part
+        _decode_layer_kernel[(P,)](*args, PHASE_LO=lo, PHASE_HI=hi, BARRIER=barrier, **consts)
+    elif one_launch:
         _decode_layer_kernel[(P,)](*args, PHASE_LO=0, PHASE_HI=PHASES - 1, BARRIER=True, **consts)
     else:
         for phase in range(PHASES):
