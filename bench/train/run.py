@@ -537,19 +537,19 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "elementwise_split2, only the last 14 layers rebuilding rotated q/k",
     ),
-    # TUNA_LORA_ADD=inplace (lora.py): the adapter product added into the base GEMM's own output buffer by an opaque
-    # custom op, so Inductor's addmm (and ATen's copy of the base output into its new out buffer) is gone.
-    "elementwise_split2_inplace": (
+    # TUNA_LORA_ADD=gemm (lora.py): the default before session 10 — the adapter product as addmm's C, which in compiled
+    # layers makes ATen copy the base output into Inductor's new buffer first ("inplace", now the default, does not).
+    "elementwise_split2_gemm": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
-        {"TUNA_LORA_ADD": "inplace"},
+        {"TUNA_LORA_ADD": "gemm"},
         "full",
-        "elementwise_split2 with the LoRA product added in place (no copy of the base output)",
+        "elementwise_split2 with the LoRA product as addmm's C (a copy of the base output first)",
     ),
-    "default_inplace": (
+    "default_gemm": (
         {},
-        {"TUNA_LORA_ADD": "inplace"},
+        {"TUNA_LORA_ADD": "gemm"},
         "full",
-        "the defaults with the LoRA product added in place",
+        "the defaults with the LoRA product as addmm's C",
     ),
     "elementwise_split2_rot7_loraadd": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},

@@ -133,7 +133,7 @@ def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_ad
         "separate": (0, 0, 3 + 1 + 3),
         "inplace": (0, 3, 3 + 1),
     }[lora_add]
-    with pytest.raises(EngineError, match="TUNA_LORA_ADD: 'epilogue' is not one of gemm, separate, inplace"):
+    with pytest.raises(EngineError, match="TUNA_LORA_ADD: 'epilogue' is not one of inplace, gemm, separate"):
         lora.set_lora_add("epilogue")
 
 

@@ -22,16 +22,19 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     saves) and xA [N, r]. Projections that read the same x (q/k/v; gate/up) share one x·[A_q; A_k; A_v]ᵀ GEMM
     and one dx GEMM (`lora_forward`). DoRA and dropout > 0 in training take the exact path. In fp32 it is the
     same math as "exact" up to summation order.
-    How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD, an experiment):
-      "gemm" (default): as addmm's C. cuBLAS writes C in place, so an addmm into a new tensor (Inductor's, in
-        compiled layers) makes ATen copy the base output first: 7 device-to-device copies a Qwen3 layer and pass.
+    How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD):
+      "inplace" (default): added into the base output's own memory by the custom op tuna::lora_addmm_ (the same
+        cuBLAS call as "gemm": the same numbers), which Inductor runs in place on the base GEMM's buffer — no copy
+        (CPU test on the generated code). Measured on an H200 (session 10, docs/benchmarks.md) against "gemm" in
+        the same runs: +2.9% and +4.0% tokens/s for Qwen3-0.6B (defaults; elementwise speed setting), +2.4% and
+        +3.0% for 8B; the 200-step fast-path loss curve passed with it. Plain 16-bit bases without bias only;
+        the others (NF4, FP8, biased) keep "gemm".
+      "gemm": as addmm's C. cuBLAS writes C in place, so an addmm into a new tensor (Inductor's, in compiled
+        layers) makes ATen copy the base output first: 7 device-to-device copies a Qwen3 layer and pass.
       "separate": the product as its own GEMM, added elementwise (one more rounding to 16 bits, as peft's own path
         has). In compiled layers Inductor folds the add back into addmm wherever a user of the sum is not
         pointwise, so only o and down lose their copy: measured on an H200 (session 9, docs/benchmarks.md) 394 →
         282 copies a 0.6B step, +0.4–2.1%, within run-to-run spread.
-      "inplace": the product added into the base output's own memory by the custom op tuna::lora_addmm_ (the same
-        cuBLAS call as "gemm": the same numbers), which Inductor runs in place on the base GEMM's buffer — no copy
-        (CPU test on the generated code; not measured on a GPU yet). Plain 16-bit bases without bias only.
 """
 
 from __future__ import annotations
@@ -215,13 +218,13 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
     return ys
 
 
-LORA_ADDS = ("gemm", "separate", "inplace")
-_lora_add = "gemm"
+LORA_ADDS = ("inplace", "gemm", "separate")
+_lora_add = "inplace"
 
 
 @torch.library.custom_op("tuna::lora_addmm_", mutates_args=("y",))
 def lora_addmm_(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha: float) -> None:
-    """y += alpha·(xa @ bt), in y's own memory (TUNA_LORA_ADD=inplace). The same cuBLAS call as addmm with y as
+    """y += alpha·(xa @ bt), in y's own memory (TUNA_LORA_ADD=inplace, the default). The same cuBLAS call as addmm with y as
     C, so the same numbers; but opaque to Inductor, whose reinplace pass then runs it on the base GEMM's output
     buffer — where Inductor's own addmm gets a new output buffer that ATen first fills with a copy of y."""
     y.addmm_(xa, bt, alpha=alpha)
@@ -233,15 +236,15 @@ def _lora_addmm_fake(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha:
 
 
 def set_lora_add(mode: str | None) -> None:
-    """TUNA_LORA_ADD (module docstring): "gemm" (None: the default), "separate" or "inplace"; anything else names
+    """TUNA_LORA_ADD (module docstring): "inplace" (None: the default), "gemm" or "separate"; anything else names
     the variable."""
     global _lora_add
-    mode = mode or "gemm"
+    mode = mode or "inplace"
     if mode not in LORA_ADDS:
         raise EngineError(
             "PLAN_INVALID",
             f"environment variable TUNA_LORA_ADD: {mode!r} is not one of {', '.join(LORA_ADDS)}",
-            hint="unset it for the default (gemm)",
+            hint="unset it for the default (inplace)",
         )
     _lora_add = mode
 

@@ -362,7 +362,7 @@ def train(plan: TrainPlan) -> None:
     t0 = time.time()
     t = plan.train
     attention_mode()  # a bad TUNA_ATTENTION fails here, before the model loads, not at the first forward
-    set_lora_add(os.environ.get("TUNA_LORA_ADD"))  # an experiment (lora.py); likewise
+    set_lora_add(os.environ.get("TUNA_LORA_ADD"))  # lora.py; a bad value fails here too
     graph_keys_mode()  # TUNA_GRAPH_KEYS (graphs.py), likewise, whether or not this run graphs
     lora = plan.method.lora if plan.method.type in ("lora", "qlora") else None
     quant = Quant4bit(keep_16bit=plan.method.keep_16bit or ()) if plan.method.type == "qlora" else None
