@@ -134,9 +134,24 @@ def bench_model(name: str, bw: float, configs: bool, phases: bool) -> dict:
     def run_persistent(cfg: dl.Config | None, part: tuple[int, int, bool] | None = None):
         def run():
             x, d = x0, d0
-            for w, (ck, cv) in zip(layers, caches, strict=True):
+            for i, (w, (ck, cv)) in enumerate(zip(layers, caches, strict=True)):
+                nxt = layers[i + 1].qkv.weight if i + 1 < len(layers) else None  # config.prefetch hints it
                 x, d = dl.decode_layer_persistent(
-                    x, d, w, ck, cv, pos, cos, sin_pm, perm, heads, eps, state, config=cfg, part=part
+                    x,
+                    d,
+                    w,
+                    ck,
+                    cv,
+                    pos,
+                    cos,
+                    sin_pm,
+                    perm,
+                    heads,
+                    eps,
+                    state,
+                    config=cfg,
+                    part=part,
+                    next_qkv=nxt,
                 )
             return x, d
 

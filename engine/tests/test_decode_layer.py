@@ -218,6 +218,19 @@ def test_persistent_layer_interpreted_equals_decode_layer():
     assert tag == "not_resident" and flag == 1 and barrier == 4 * 2, (tag, flag, barrier)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_next_layer_weight_must_be_like_this_layers():
+    """`next_qkv` (prefetched into L2 by the kernel, which reads it as an [N, C] row-major weight) is checked before
+    any launch: another shape, dtype or a non-contiguous view is a ValueError naming it."""
+    from tuna_engine.kernels.decode_layer import PersistentState
+
+    case = make_case(SHAPES[0], torch.float32, seed=0)
+    w_qkv = case["w"].qkv.weight
+    for bad in (w_qkv[:-1], w_qkv.to(torch.bfloat16), w_qkv.t().contiguous().t()):
+        with pytest.raises(ValueError, match="next_qkv"):
+            kernel(case, PersistentState("cpu", programs=1), next_qkv=bad)
+
+
 def test_default_config_uses_every_program():
     """The heuristic's splits give the small-N phases about one work item per program on an H200 (132 SMs)."""
     from tuna_engine.kernels.decode_layer import default_config
@@ -253,7 +266,7 @@ def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int, prefetch: boo
     H, KV, D = heads
     cfg = dl.default_config(16, C, heads, inter, 132)
     consts = dict(
-        H=H, KV=KV, D=D, G_PAD=16, D_PAD=D, HAS_QKN=True, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0],
+        H=H, KV=KV, D=D, G_PAD=16, D_PAD=D, HAS_QKN=True, HAS_NEXT=prefetch, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0],
         SPLIT_O=cfg.o[1], BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1], BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1],
         ATT_SPLIT=cfg.attn[0], ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, PHASE_LO=0, PHASE_HI=dl.PHASES - 1,
         BARRIER=True, PREFETCH=prefetch, MAX_SPIN_=dl.MAX_SPIN, MAX_TILES_=dl.MAX_TILES, IEEE=False, INTERP=False,
@@ -293,7 +306,8 @@ def test_one_launch_kernel_compiles_for_sm90(model, prefetch):
     show: a non-constexpr global or an op the GPU backend rejects fails here), the barrier is the cooperative-groups
     sequence (one thread's release add, its acquire polls: one at start and two per barrier in the code), the
     weights stream through cp.async, and the default config does not spill registers. With `prefetch` the L2 hints
-    are there (C's weights from B, D's two row blocks from C, E's from D: 4 sites), and none without."""
+    are there (C's weights from B, D's two row blocks from C, E's from D, the next layer's qkv from E: 5 sites),
+    and none without."""
     import re
     import shutil
 
@@ -304,7 +318,7 @@ def test_one_launch_kernel_compiles_for_sm90(model, prefetch):
     ]
     k = _compile_sm90(C, heads, inter, prefetch)
     ptx = k.asm["ptx"]
-    assert len(re.findall(r"prefetch\.global\.L2", ptx)) == (4 if prefetch else 0)
+    assert len(re.findall(r"prefetch\.global\.L2", ptx)) == (5 if prefetch else 0)
     from tuna_engine.kernels.decode_layer import BARRIERS
 
     assert len(re.findall(r"red\.global\.gpu\.release\.add\.u64", ptx)) == BARRIERS

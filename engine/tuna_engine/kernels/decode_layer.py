@@ -48,7 +48,8 @@ What is notable:
     phase is latency-bound (Qwen3-0.6B: 6.5–12 µs a phase for 1–4.5 µs of bytes, 1.6 µs a barrier). L2 prefetch
     hints for all of a layer's weights and K/V issued at the launch's start made it slower (the hints queue ahead
     of phase A's own loads) and were removed; `Config.prefetch` now hints only the NEXT phase's weights at each
-    phase's start (B → C, C → D, D → E), an experiment not yet measured.
+    phase's start (B → C, C → D, D → E, and E → the next layer's qkv when `next_qkv` is given), an experiment not
+    yet measured.
 """
 
 from __future__ import annotations
@@ -364,6 +365,7 @@ if triton is not None:
         LN2,  # [C]
         WGU,  # [2I, C] gate rows then up rows
         WDN,  # [C, NI]
+        NEXT_QKV,  # the next layer's WQKV (HAS_NEXT): prefetched into L2 during phase E
         CK,  # [slots, KV, capacity, D]
         CV,
         POS,  # [B] int64
@@ -403,6 +405,7 @@ if triton is not None:
         G_PAD: tl.constexpr,
         D_PAD: tl.constexpr,
         HAS_QKN: tl.constexpr,
+        HAS_NEXT: tl.constexpr,
         BN_QKV: tl.constexpr,
         SPLIT_QKV: tl.constexpr,
         BN_O: tl.constexpr,
@@ -665,6 +668,8 @@ if triton is not None:
 
         # ---- E: out = a·Wdownᵀ ------------------------------------------------------------------------
         if PHASE_LO <= 4 and 4 <= PHASE_HI:
+            if PF and HAS_NEXT and BARRIER:  # the next layer's first weights, while this layer ends
+                _prefetch_gemm(NEXT_QKV, NQKV, C, pid, P, BN_QKV, SPLIT_QKV, BLOCK_K, False)
             tiles = tl.cdiv(C, BN_DN)
             for item in range(pid, tiles * SPLIT_DN, P):
                 tile = item // SPLIT_DN
@@ -715,13 +720,15 @@ def decode_layer_persistent(
     one_launch: bool | None = None,
     max_spin: int = MAX_SPIN,
     part: tuple[int, int, bool] | None = None,
+    next_qkv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """decode._decode_layer (no adapter rows, no bias) as one persistent kernel launch → (x + d + attention
     [B, 1, C], MLP output [B, 1, C]). `w`: a decode._LayerW (or anything with its fields; a group may be a bare
     weight tensor). `one_launch`: all phases in one launch with grid barriers (default on CUDA), else one launch
     per phase (default under TRITON_INTERPRET=1). Runs on CUDA, or on CPU tensors under TRITON_INTERPRET=1.
     `part`: (first phase, last phase, barriers) of ONE launch, for timing parts of the kernel
-    (bench/generate/persistent.py --phases); the outputs are then incomplete. (5, 4, True): the barriers alone."""
+    (bench/generate/persistent.py --phases); the outputs are then incomplete. (5, 4, True): the barriers alone.
+    `next_qkv`: the next layer's qkv weight, which `config.prefetch` hints into L2 during phase E."""
     if triton is None:
         raise RuntimeError("decode_layer_persistent needs the triton package")
     H, KV, D = heads
@@ -753,6 +760,16 @@ def decode_layer_persistent(
                 f"decode_layer_persistent: {name} weight {tuple(t.shape)} {t.dtype} (contiguous: "
                 f"{t.is_contiguous()}); expected contiguous {shape} {x.dtype}"
             )
+    if next_qkv is not None and (
+        next_qkv.shape != w_qkv.shape
+        or next_qkv.dtype != w_qkv.dtype
+        or next_qkv.device != w_qkv.device
+        or not next_qkv.is_contiguous()
+    ):
+        raise ValueError(
+            f"decode_layer_persistent: next_qkv {tuple(next_qkv.shape)} {next_qkv.dtype} on {next_qkv.device}; "
+            f"expected the next layer's qkv weight, like this one's {tuple(w_qkv.shape)} {w_qkv.dtype}"
+        )
     if (
         ck.dtype != x.dtype
         or ck.stride(-1) != 1
@@ -810,7 +827,8 @@ def decode_layer_persistent(
         ws_acc = ws_m = ws_l = state.error
     qkn = w.qk_norm
     args = (
-        x2d, d2d, w.ln1, w_qkv, qkn if qkn is not None else w.ln1, w_o, w.ln2, w_gu, w_dn, ck, cv, pos, cos_t,
+        x2d, d2d, w.ln1, w_qkv, qkn if qkn is not None else w.ln1, w_o, w.ln2, w_gu, w_dn,
+        next_qkv if next_qkv is not None else w_qkv, ck, cv, pos, cos_t,
         sin_t, perm, qkv, y, a, x2, out, ws(cfg.qkv[1], nqkv), ws(cfg.o[1], C), ws(cfg.gate_up[1], 2 * inter),
         ws(cfg.down[1], C), ws_acc, ws_m, ws_l, state.arrivals, state.barrier, state.error,
         B, C, inter, ck.stride(0), ck.stride(1), ck.stride(2), cv.stride(0), cv.stride(1), cv.stride(2),
@@ -818,7 +836,7 @@ def decode_layer_persistent(
     )  # fmt: skip
     consts = dict(
         H=H, KV=KV, D=D, G_PAD=max(16, triton.next_power_of_2(H // KV)), D_PAD=max(16, triton.next_power_of_2(D)),
-        HAS_QKN=qkn is not None, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0], SPLIT_O=cfg.o[1],
+        HAS_QKN=qkn is not None, HAS_NEXT=next_qkv is not None and cfg.prefetch, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0], SPLIT_O=cfg.o[1],
         BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1], BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1],
         ATT_SPLIT=s_att, ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, PREFETCH=cfg.prefetch, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
         IEEE=dt == torch.float32, INTERP=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
