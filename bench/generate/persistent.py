@@ -137,22 +137,9 @@ def bench_model(name: str, bw: float, configs: bool, phases: bool) -> dict:
             for i, (w, (ck, cv)) in enumerate(zip(layers, caches, strict=True)):
                 nxt = layers[i + 1].qkv.weight if i + 1 < len(layers) else None  # config.prefetch hints it
                 x, d = dl.decode_layer_persistent(
-                    x,
-                    d,
-                    w,
-                    ck,
-                    cv,
-                    pos,
-                    cos,
-                    sin_pm,
-                    perm,
-                    heads,
-                    eps,
-                    state,
-                    config=cfg,
-                    part=part,
+                    x, d, w, ck, cv, pos, cos, sin_pm, perm, heads, eps, state, config=cfg, part=part,
                     next_qkv=nxt,
-                )
+                )  # fmt: skip
             return x, d
 
         return run

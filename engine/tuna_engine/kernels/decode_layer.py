@@ -88,9 +88,7 @@ class Config(NamedTuple):
     block_k: int = 128
     num_warps: int = 8  # 4 spills registers in the norm-prologue phases (A, D: 255 regs + stack, sm_90)
     num_stages: int = 4  # 3: 47.5 → 45.3 µs a 0.6B layer, 217 → 194 for 8B (H200, docs/benchmarks.md)
-    prefetch: bool = (
-        False  # L2 prefetch hints one phase ahead: an experiment, not measured yet (see the module doc)
-    )
+    prefetch: bool = False  # L2 hints one phase ahead: an experiment, not measured yet (module doc)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -836,9 +834,10 @@ def decode_layer_persistent(
     )  # fmt: skip
     consts = dict(
         H=H, KV=KV, D=D, G_PAD=max(16, triton.next_power_of_2(H // KV)), D_PAD=max(16, triton.next_power_of_2(D)),
-        HAS_QKN=qkn is not None, HAS_NEXT=next_qkv is not None and cfg.prefetch, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0], SPLIT_O=cfg.o[1],
-        BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1], BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1],
-        ATT_SPLIT=s_att, ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, PREFETCH=cfg.prefetch, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
+        HAS_QKN=qkn is not None, HAS_NEXT=next_qkv is not None and cfg.prefetch, BN_QKV=cfg.qkv[0],
+        SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0], SPLIT_O=cfg.o[1], BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1],
+        BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1], ATT_SPLIT=s_att, ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k,
+        PREFETCH=cfg.prefetch, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
         IEEE=dt == torch.float32, INTERP=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if part is not None:
