@@ -85,8 +85,27 @@ def rotary(capacity: int, D: int, theta: float = 1e6) -> tuple[torch.Tensor, tor
 
 
 def sweep_configs(base: dl.Config) -> list[dl.Config]:
-    """A few variations of the heuristic config: warps, K block, pipeline stages, key splits, L2 prefetch."""
-    return [
+    """A few variations of the heuristic config: warps, K block, pipeline stages, key splits, L2 prefetch, and the
+    latency options (decode_layer.Config; what the sm_90 code showed is in the kernel's comments): the rms
+    statistic pipelined or in wider chunks, no split-K for o and down (no serial reduction tail), phase C's
+    residual loaded early, relaxed counter resets, and their combinations. Duplicates of the base are left out."""
+    nosplit = base._replace(o=(base.o[0], 1), down=(base.down[0], 1))
+    rstd = dict(rstd_block=256, rstd_stages=4)  # 3 chunks of 16×256 in flight: C = 1024 in two round trips
+    tail = dict(early_residual=True, relaxed_reset=True)
+    latency = [
+        base._replace(rstd_stages=4),
+        base._replace(rstd_stages=8),
+        base._replace(**rstd),
+        base._replace(rstd_block=512, rstd_stages=3),
+        base._replace(rstd_block=1024),
+        nosplit,
+        base._replace(early_residual=True),
+        base._replace(relaxed_reset=True),
+        base._replace(**tail),
+        base._replace(**rstd, **tail),
+        nosplit._replace(**rstd, **tail),
+    ]
+    others = [
         base._replace(num_warps=4),
         base._replace(block_k=64),
         base._replace(block_k=256, num_stages=2),
@@ -99,6 +118,11 @@ def sweep_configs(base: dl.Config) -> list[dl.Config]:
         base._replace(num_stages=5),
         base._replace(block_k=64, num_stages=6),
     ]
+    out: list[dl.Config] = []
+    for c in latency + others:  # for 8B (o, down not split) nosplit is the base
+        if c != base and c not in out:
+            out.append(c)
+    return out
 
 
 def bench_model(name: str, bw: float, configs: bool, phases: bool) -> dict:

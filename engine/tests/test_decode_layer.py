@@ -151,18 +151,36 @@ def limits(dtype: str) -> float:
 
 
 # Configs that exercise split-K (qkv 3 splits, o 2, gate/up 2, down 3), column tiles that do not divide N, key
-# splits (1 and 3) with 16-key blocks; and the heuristic default.
+# splits (1 and 3) with 16-key blocks; and the heuristic default. "latency": the latency options on the split
+# config (the statistic in 16-column chunks through tl.range's pipeline, x + d of phase C loaded early, relaxed
+# counter resets); "wide_rstd": the statistic in one chunk wider than C (masked).
 TEST_CONFIGS = {
     "split": dict(qkv=(16, 3), o=(16, 2), gate_up=(16, 2), down=(32, 3), attn=(3, 16), block_k=32),
     "nosplit": dict(qkv=(32, 1), o=(16, 1), gate_up=(16, 1), down=(16, 1), attn=(1, 16), block_k=16),
+    "latency": dict(
+        qkv=(16, 3),
+        o=(16, 2),
+        gate_up=(16, 2),
+        down=(32, 3),
+        attn=(3, 16),
+        block_k=32,
+        rstd_block=16,
+        rstd_stages=3,
+        early_residual=True,
+        relaxed_reset=True,
+    ),  # fmt: skip
+    "wide_rstd": dict(
+        qkv=(32, 1), o=(16, 1), gate_up=(16, 1), down=(16, 1), attn=(1, 16), block_k=16, rstd_block=128
+    ),
 }
+ONE_LAUNCH = ("split", "latency")  # also run as one launch (barriers, counters back to 0)
 
 INTERPRETED = textwrap.dedent(
     """
     import json, sys
     import torch
     sys.path.insert(0, sys.argv[1])
-    from test_decode_layer import SHAPES, TEST_CONFIGS, compare, kernel, make_case, reference
+    from test_decode_layer import ONE_LAUNCH, SHAPES, TEST_CONFIGS, compare, kernel, make_case, reference
     from tuna_engine.kernels.decode_layer import Config, PersistentState
 
     out = []
@@ -174,7 +192,7 @@ INTERPRETED = textwrap.dedent(
                 state = PersistentState("cpu", programs=3)
                 got = kernel(case, state, Config(**cfg), one_launch=False)
                 out.append([i, str(dtype), name, "phases", compare(case, got, want), state.error_count()])
-                if name == "split" and dtype == torch.float32:
+                if name in ONE_LAUNCH and dtype == torch.float32:
                     one = PersistentState("cpu", programs=1)
                     runs = [kernel(case, one, Config(**cfg), one_launch=True) for _ in range(2)]
                     same = all(all(torch.equal(a, b) for a, b in zip(r, got)) for r in runs)
@@ -203,7 +221,7 @@ def test_persistent_layer_interpreted_equals_decode_layer():
     assert p.returncode == 0, p.stderr[-3000:]
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     *cases, (tag, flag, barrier) = rows
-    assert len(cases) == len(SHAPES) * (2 * 2 + 1) + 2
+    assert len(cases) == len(SHAPES) * (2 * len(TEST_CONFIGS) + len(ONE_LAUNCH)) + 2
     for i, dtype, name, mode, err, error_flag, *one in cases:
         where = (SHAPES[i], dtype, name, mode, err)
         assert error_flag == 0, where
@@ -231,6 +249,21 @@ def test_next_layer_weight_must_be_like_this_layers():
             kernel(case, PersistentState("cpu", programs=1), next_qkv=bad)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_rstd_options_are_checked():
+    """rstd_block must be 0 or a power of 2 ≥ 16 (tl.arange's width), rstd_stages ≥ 0: a ValueError naming it."""
+    from tuna_engine.kernels.decode_layer import Config, PersistentState
+
+    case = make_case(SHAPES[0], torch.float32, seed=0)
+    base = Config(**TEST_CONFIGS["split"])
+    for bad, name in (
+        (base._replace(rstd_block=48), "rstd_block"),
+        (base._replace(rstd_stages=-1), "rstd_stages"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            kernel(case, PersistentState("cpu", programs=1), bad)
+
+
 def test_default_config_uses_every_program():
     """The heuristic's splits give the small-N phases about one work item per program on an H200 (132 SMs)."""
     from tuna_engine.kernels.decode_layer import default_config
@@ -253,10 +286,12 @@ def test_state_device_is_its_tensors_device():
     assert state.device == torch.zeros(1).device == state.barrier.device
 
 
-def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int, prefetch: bool = False) -> Any:
+def _compile_sm90(
+    C: int, heads: tuple[int, int, int], inter: int, prefetch: bool = False, **options: Any
+) -> Any:
     """The one-launch bf16 kernel compiled ahead of time for an H100/H200 (sm_90) with the default config (and
-    `prefetch`), the arguments specialised as a launch specialises them (pointers and multiples of 16 marked
-    divisible by 16)."""
+    `prefetch`, and any other Config `options`), the arguments specialised as a launch specialises them (pointers
+    and multiples of 16 marked divisible by 16)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -264,12 +299,13 @@ def _compile_sm90(C: int, heads: tuple[int, int, int], inter: int, prefetch: boo
     from tuna_engine.kernels import decode_layer as dl
 
     H, KV, D = heads
-    cfg = dl.default_config(16, C, heads, inter, 132)
+    cfg = dl.default_config(16, C, heads, inter, 132)._replace(**options)
     consts = dict(
         H=H, KV=KV, D=D, G_PAD=16, D_PAD=D, HAS_QKN=True, HAS_NEXT=prefetch, BN_QKV=cfg.qkv[0], SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0],
         SPLIT_O=cfg.o[1], BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1], BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1],
         ATT_SPLIT=cfg.attn[0], ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k, PHASE_LO=0, PHASE_HI=dl.PHASES - 1,
-        BARRIER=True, PREFETCH=prefetch, MAX_SPIN_=dl.MAX_SPIN, MAX_TILES_=dl.MAX_TILES, IEEE=False, INTERP=False,
+        BARRIER=True, RSTD_BLOCK=cfg.rstd_block or cfg.block_k, RSTD_STAGES=cfg.rstd_stages,
+        EARLY_RESIDUAL=cfg.early_residual, RELAXED_RESET=cfg.relaxed_reset, PREFETCH=prefetch, MAX_SPIN_=dl.MAX_SPIN, MAX_TILES_=dl.MAX_TILES, IEEE=False, INTERP=False,
     )  # fmt: skip
     fn = dl._decode_layer_kernel
     sig: dict[str, str] = {}
@@ -309,9 +345,6 @@ def test_one_launch_kernel_compiles_for_sm90(model, prefetch):
     are there (C's weights from B, D's two row blocks from C, E's from D, the next layer's qkv from E: 5 sites),
     and none without."""
     import re
-    import shutil
-
-    import triton
 
     C, heads, inter = {"qwen3-0.6b": (1024, (16, 8, 128), 3072), "qwen3-8b": (4096, (32, 8, 128), 12288)}[
         model
@@ -324,11 +357,21 @@ def test_one_launch_kernel_compiles_for_sm90(model, prefetch):
     assert len(re.findall(r"red\.global\.gpu\.release\.add\.u64", ptx)) == BARRIERS
     assert len(re.findall(r"ld\.global\.gpu\.acquire\.b64", ptx)) == 1 + 2 * BARRIERS
     assert "cp.async" in ptx
+    _assert_fits(k)
+
+
+def _assert_fits(k: Any) -> None:
+    """Shared memory within an H200's 227 KB with room to spare, and no register spills (STACK:0, when the
+    cuobjdump that ships with Triton is there)."""
+    import re
+    import shutil
+    import tempfile
+
+    import triton
+
     assert k.metadata.shared < 200 * 1024
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump")
     if shutil.which(cuobjdump):
-        import tempfile
-
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(k.asm["cubin"])
             f.flush()
@@ -336,6 +379,49 @@ def test_one_launch_kernel_compiles_for_sm90(model, prefetch):
                 [cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True
             )
         assert re.search(r"STACK:0\b", usage.stdout), usage.stdout
+
+
+# Config options that shorten memory waits (decode_layer.Config), as the bench's sweep tries them. "tail" splits
+# o and down in two for both models, so that there is a split tail to make leaner.
+LATENCY_OPTIONS = {
+    "rstd_pipelined": dict(rstd_block=256, rstd_stages=4),
+    "rstd_wide": dict(rstd_block=1024),
+    "tail": dict(o=(16, 2), down=(16, 2), early_residual=True, relaxed_reset=True),
+}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("option", list(LATENCY_OPTIONS))
+@pytest.mark.parametrize("model", ["qwen3-0.6b", "qwen3-8b"])
+def test_latency_options_lower_as_intended_for_sm90(model, option):
+    """Each option changes the sm_90 code as it means to, without spills. By default the rms statistic's loads
+    are plain loads of [16, block_k] tiles, one memory round trip per chunk (sm_90 SASS: two LDG.128 a thread per
+    iteration, not unrolled). rstd_stages: its [16, rstd_block] tiles (x and d in A, x2 in D) become cp.async
+    copies (tl.range's software pipeline). rstd_block 1024: one plain load of a [16, 1024] tile per tensor (one
+    round trip for C = 1024). tail: the counter resets are relaxed exchanges (none acq_rel: the epilogue's loads
+    no longer wait for them), and phase C's x and d loads (plain, not .cg: launch inputs) come before its K loop's
+    first cp.async instead of after its reduction."""
+    import re
+
+    C, heads, inter = {"qwen3-0.6b": (1024, (16, 8, 128), 3072), "qwen3-8b": (4096, (32, 8, 128), 12288)}[
+        model
+    ]
+    opts = LATENCY_OPTIONS[option]
+    k = _compile_sm90(C, heads, inter, **opts)
+    ptx, ttgir = k.asm["ptx"], k.asm["ttgir"]
+    tile = rf"tensor<16x{opts.get('rstd_block', 0)}x!tt\.ptr<bf16>"
+    if option == "rstd_pipelined":
+        assert len(re.findall(rf"async_copy_global_to_local .*: {tile}", ttgir)) >= 3
+        assert not re.search(rf"tt\.load .*: {tile}", ttgir)
+    elif option == "rstd_wide":
+        assert len(re.findall(rf"tt\.load .*: {tile}", ttgir)) == 3
+    else:
+        assert not re.search(r"atom\.global\.gpu\.acq_rel\.exch", ptx)
+        assert len(re.findall(r"atom\.global\.gpu\.relaxed\.exch", ptx)) == 2  # o and down
+        phase_c = re.split(r"red\.global\.gpu\.release\.add\.u64", ptx)[2]  # after the second barrier
+        first_load = re.search(r"ld\.global\.(?!cg|gpu)", phase_c)
+        assert first_load and first_load.start() < phase_c.index("cp.async.commit_group")
+    _assert_fits(k)
 
 
 ENGINE_PERSISTENT = textwrap.dedent(

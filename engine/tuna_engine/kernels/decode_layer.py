@@ -50,6 +50,12 @@ What is notable:
     of phase A's own loads) and were removed; `Config.prefetch` now hints only the NEXT phase's weights at each
     phase's start (B → C, C → D, D → E, and E → the next layer's qkv when `next_qkv` is given), an experiment not
     yet measured.
+  - Where the sm_90 code (Triton 3.9: PTX, SASS) waits a memory latency more often than it must, and the Config
+    options that change it (off by default, not measured yet; bench/generate/persistent.py --configs tries them):
+    the rms statistic of phases A and D is a plain loop, two LDG.128 a thread per 16×block_k chunk, one round trip
+    each (rstd_block, rstd_stages); a split tile's last arriver waits for its acq_rel counter reset before the
+    epilogue's loads (relaxed_reset) and phase C's x + d loads follow the reduction (early_residual). The GEMM K
+    loops are pipelined already: weights and activations (.cg included) are cp.async in the same stages.
 """
 
 from __future__ import annotations
@@ -89,6 +95,16 @@ class Config(NamedTuple):
     num_warps: int = 8  # 4 spills registers in the norm-prologue phases (A, D: 255 regs + stack, sm_90)
     num_stages: int = 4  # 3: 47.5 → 45.3 µs a 0.6B layer, 217 → 194 for 8B (H200, docs/benchmarks.md)
     prefetch: bool = False  # L2 hints one phase ahead: an experiment, not measured yet (module doc)
+    # Latency experiments, not measured yet (each off by default: the defaults are what was measured).
+    # The rms statistic (phases A, D) is a plain loop: sm_90 code waits one memory round trip per chunk (8 for
+    # C = 1024 at block_k 128, 32 for 4096). rstd_block: its chunk width (0: block_k); rstd_stages > 0: a cp.async
+    # pipeline (tl.range) with rstd_stages − 1 chunks in flight (0: the plain loop).
+    rstd_block: int = 0
+    rstd_stages: int = 0
+    # phase C loads x + d (launch inputs) before its K loop, not after its split reduction
+    early_residual: bool = False
+    # split counters reset with a relaxed xchg: the last arriver's epilogue loads do not wait for it
+    relaxed_reset: bool = False
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -264,16 +280,23 @@ if triton is not None:
         HAS_D: tl.constexpr,
         CG: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        STAGES: tl.constexpr,
         INTERP: tl.constexpr,
     ):
         """1/rms of each row of X (+ XD) over K columns: [M_PAD] fp32 (F.rms_norm's statistic)."""
         m = tl.arange(0, 16)
         m_ok = m < M
         sq = tl.zeros([16], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            sf = _rows_in(X, XD, sx, m, m_ok, k, k < K, HAS_D, CG, INTERP).to(tl.float32)
-            sq += tl.sum(sf * sf, 1)
+        if STAGES == 0:  # loads not feeding a tl.dot are not pipelined: one round trip per chunk
+            for k0 in range(0, K, BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                sf = _rows_in(X, XD, sx, m, m_ok, k, k < K, HAS_D, CG, INTERP).to(tl.float32)
+                sq += tl.sum(sf * sf, 1)
+        else:  # cp.async (.cg: L2, so phase D's x2 is read coherently) with STAGES − 1 chunks in flight
+            for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+                k = k0 + tl.arange(0, BLOCK_K)
+                sf = _rows_in(X, XD, sx, m, m_ok, k, k < K, HAS_D, CG, INTERP).to(tl.float32)
+                sq += tl.sum(sf * sf, 1)
         return tl.rsqrt(sq / K + eps)
 
     @triton.jit
@@ -330,9 +353,21 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _split_sum(acc, WS, ws_split, ws_row, col, col_ok, ARR, tile, split, SPLIT: tl.constexpr):
+    def _reset(CTR, RELAXED: tl.constexpr):
+        """A split counter back to 0. Nothing in this launch reads it again (the next launch sees it through the
+        kernel boundary), so it needs no ordering; the default acq_rel xchg makes every later load of the
+        epilogue wait for its L2 round trip, a relaxed one does not."""
+        if RELAXED:
+            tl.atomic_xchg(CTR, 0, sem="relaxed")
+        else:
+            tl.atomic_xchg(CTR, 0)
+
+    @triton.jit
+    def _split_sum(
+        acc, WS, ws_split, ws_row, col, col_ok, ARR, tile, split, SPLIT: tl.constexpr, RELAXED: tl.constexpr
+    ):
         """Deterministic split-K: (is_last, Σ partials in split order) for this tile; acc itself if SPLIT == 1.
-        The last arriving split gets the sum and puts the tile's counter back to 0."""
+        The last arriving split gets the sum and puts the tile's counter back to 0 (RELAXED: see _reset)."""
         if SPLIT == 1:
             last = tl.full([], 1, tl.int1)
             total = acc
@@ -349,7 +384,7 @@ if triton is not None:
                     total += tl.load(
                         ptrs + s * ws_split, mask=col_ok[None, :], other=0.0, cache_modifier=".cg"
                     )
-                tl.atomic_xchg(ARR + tile, 0)
+                _reset(ARR + tile, RELAXED)
         return last, total
 
     @triton.jit
@@ -415,6 +450,10 @@ if triton is not None:
         ATT_SPLIT: tl.constexpr,
         ATT_BLOCK: tl.constexpr,
         BLOCK_K: tl.constexpr,
+        RSTD_BLOCK: tl.constexpr,
+        RSTD_STAGES: tl.constexpr,
+        EARLY_RESIDUAL: tl.constexpr,
+        RELAXED_RESET: tl.constexpr,
         PHASE_LO: tl.constexpr,
         PHASE_HI: tl.constexpr,
         BARRIER: tl.constexpr,  # one launch of all phases with grid barriers between them
@@ -440,7 +479,7 @@ if triton is not None:
 
         # ---- A: qkv = ln1·rmsnorm(x + d) · Wqkvᵀ ----------------------------------------------------------
         if PHASE_LO <= 0 and 0 <= PHASE_HI:
-            rstd1 = _rstd(X, XD, C, B, C, eps, True, False, BLOCK_K, INTERP)
+            rstd1 = _rstd(X, XD, C, B, C, eps, True, False, RSTD_BLOCK, RSTD_STAGES, INTERP)
             tiles = tl.cdiv(NQKV, BN_QKV)
             for item in range(pid, tiles * SPLIT_QKV, P):
                 tile = item // SPLIT_QKV
@@ -451,7 +490,9 @@ if triton is not None:
                     X, XD, LN1, rstd1, WQKV, C, C, B, C, n, n_ok, split, SPLIT_QKV, True, True, False,
                     BN_QKV, BLOCK_K, IEEE, INTERP,
                 )  # fmt: skip
-                last, total = _split_sum(acc, WS_QKV, 16 * NQKV, NQKV, n, n_ok, ARR, tile, split, SPLIT_QKV)
+                last, total = _split_sum(
+                    acc, WS_QKV, 16 * NQKV, NQKV, n, n_ok, ARR, tile, split, SPLIT_QKV, RELAXED_RESET
+                )
                 if last:
                     tl.store(
                         QKV + m[:, None] * NQKV + n[None, :],
@@ -601,7 +642,7 @@ if triton is not None:
                             num += a_s * wgt[:, None]
                             den += ls * wgt
                         tl.store(y_ptrs, _rnd(num / den[:, None], dt, INTERP), mask=gd_ok)
-                        tl.atomic_xchg(ARR + MAX_TILES_ + bh, 0)
+                        _reset(ARR + MAX_TILES_ + bh, RELAXED_RESET)
         if BARRIER:
             _grid_barrier(BAR, ERR, base + 2 * P, MAX_SPIN_)
 
@@ -615,16 +656,22 @@ if triton is not None:
                 split = item % SPLIT_O
                 n = tile * BN_O + tl.arange(0, BN_O)
                 n_ok = n < C
+                # launch inputs: their loads overlap the K loop (only the last split uses them)
+                if EARLY_RESIDUAL:
+                    xs_early = _rows_in(X, XD, C, m, m_ok, n, n_ok, True, False, INTERP).to(tl.float32)
                 acc = _gemm(
                     Y, Y, LN1, m, WO, HD, HD, B, HD, n, n_ok, split, SPLIT_O, False, False, True,
                     BN_O, BLOCK_K, IEEE, INTERP,
                 )  # fmt: skip
                 last, total = _split_sum(
-                    acc, WS_O, 16 * C, C, n, n_ok, ARR, 2 * MAX_TILES_ + tile, split, SPLIT_O
+                    acc, WS_O, 16 * C, C, n, n_ok, ARR, 2 * MAX_TILES_ + tile, split, SPLIT_O, RELAXED_RESET
                 )
                 if last:
                     mn = m_ok[:, None] & n_ok[None, :]
-                    xs = _rows_in(X, XD, C, m, m_ok, n, n_ok, True, False, INTERP).to(tl.float32)
+                    if EARLY_RESIDUAL:
+                        xs = xs_early
+                    else:
+                        xs = _rows_in(X, XD, C, m, m_ok, n, n_ok, True, False, INTERP).to(tl.float32)
                     x2 = _rnd(xs + _r(total, dt, INTERP), dt, INTERP)
                     tl.store(X2 + m[:, None] * C + n[None, :], x2, mask=mn)
         if BARRIER:
@@ -634,7 +681,7 @@ if triton is not None:
         if PHASE_LO <= 3 and 3 <= PHASE_HI:
             if PF and 4 <= PHASE_HI:  # the next phase's weights into L2 while this one runs
                 _prefetch_gemm(WDN, C, NI, pid, P, BN_DN, SPLIT_DN, BLOCK_K, False)
-            rstd2 = _rstd(X2, X2, C, B, C, eps, False, True, BLOCK_K, INTERP)
+            rstd2 = _rstd(X2, X2, C, B, C, eps, False, True, RSTD_BLOCK, RSTD_STAGES, INTERP)
             tiles = tl.cdiv(NI, BN_GU)
             # tile column j (of 2·BN_GU): gate row n0 + j/2 for even j, up row NI + n0 + j/2 for odd j
             j = tl.arange(0, 2 * BN_GU)
@@ -650,7 +697,7 @@ if triton is not None:
                 )  # fmt: skip
                 last, total = _split_sum(
                     acc, WS_GU, 16 * 2 * NI, 2 * NI, tile * 2 * BN_GU + j, col_ok, ARR, 3 * MAX_TILES_ + tile, split,
-                    SPLIT_GU,
+                    SPLIT_GU, RELAXED_RESET,
                 )  # fmt: skip
                 if last:
                     gate, up = tl.split(tl.reshape(_r(total, dt, INTERP), [16, BN_GU, 2]))
@@ -679,7 +726,7 @@ if triton is not None:
                     BN_DN, BLOCK_K, IEEE, INTERP,
                 )  # fmt: skip
                 last, total = _split_sum(
-                    acc, WS_DN, 16 * C, C, n, n_ok, ARR, 4 * MAX_TILES_ + tile, split, SPLIT_DN
+                    acc, WS_DN, 16 * C, C, n, n_ok, ARR, 4 * MAX_TILES_ + tile, split, SPLIT_DN, RELAXED_RESET
                 )
                 if last:
                     tl.store(
@@ -803,6 +850,14 @@ def decode_layer_persistent(
             raise ValueError(
                 f"decode_layer_persistent: {name}: {_cdiv(n, bn)} tiles of {bn}, more than {MAX_TILES}"
             )
+    if cfg.rstd_block and (cfg.rstd_block < 16 or cfg.rstd_block & (cfg.rstd_block - 1)):
+        raise ValueError(
+            f"decode_layer_persistent: rstd_block {cfg.rstd_block}; expected 0 or a power of 2 ≥ 16"
+        )
+    if cfg.rstd_stages < 0:
+        raise ValueError(
+            f"decode_layer_persistent: rstd_stages {cfg.rstd_stages}; expected 0 (a plain loop) or ≥ 1"
+        )
     if B * KV > MAX_TILES:
         raise ValueError(f"decode_layer_persistent: {B}·{KV} (row, KV head) pairs, more than {MAX_TILES}")
 
@@ -837,7 +892,8 @@ def decode_layer_persistent(
         HAS_QKN=qkn is not None, HAS_NEXT=next_qkv is not None and cfg.prefetch, BN_QKV=cfg.qkv[0],
         SPLIT_QKV=cfg.qkv[1], BN_O=cfg.o[0], SPLIT_O=cfg.o[1], BN_GU=cfg.gate_up[0], SPLIT_GU=cfg.gate_up[1],
         BN_DN=cfg.down[0], SPLIT_DN=cfg.down[1], ATT_SPLIT=s_att, ATT_BLOCK=cfg.attn[1], BLOCK_K=cfg.block_k,
-        PREFETCH=cfg.prefetch, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
+        RSTD_BLOCK=cfg.rstd_block or cfg.block_k, RSTD_STAGES=cfg.rstd_stages, EARLY_RESIDUAL=cfg.early_residual,
+        RELAXED_RESET=cfg.relaxed_reset, PREFETCH=cfg.prefetch, MAX_SPIN_=max_spin, MAX_TILES_=MAX_TILES,
         IEEE=dt == torch.float32, INTERP=interpreted, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if part is not None:
