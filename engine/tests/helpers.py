@@ -211,6 +211,18 @@ def bf16_train(
     return [e for e in events if e["event"] == "step"], err
 
 
+def run_interpreted(script: str, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> Any:
+    """`script` (Python source) in a fresh process with TRITON_INTERPRET=1 — Triton picks its interpreter when
+    triton.jit runs, so a test process that has imported a kernel cannot switch — and the engine on PYTHONPATH;
+    returns the JSON of the last line it prints. A failing script fails the test with its stderr."""
+    full = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR), **(env or {})}
+    p = subprocess.run(
+        [sys.executable, "-c", script, *args], env=full, capture_output=True, text=True, timeout=timeout
+    )
+    assert p.returncode == 0, p.stderr[-4000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def engine_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ENGINE_DIR) + os.pathsep + env.get("PYTHONPATH", "")

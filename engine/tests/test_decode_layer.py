@@ -13,16 +13,14 @@ interpreter) gives up at its barriers, sets the error flag and returns instead o
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
-import sys
 import textwrap
 from typing import Any
 
 import pytest
 import torch
-from helpers import ENGINE_DIR
+from helpers import ENGINE_DIR, run_interpreted
 
 from tuna_engine import decode
 from tuna_engine.models.llama import Config as ModelConfig
@@ -213,13 +211,7 @@ INTERPRETED = textwrap.dedent(
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_persistent_layer_interpreted_equals_decode_layer():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR)}
-    tests_dir = str(ENGINE_DIR / "tests")
-    p = subprocess.run(
-        [sys.executable, "-c", INTERPRETED, tests_dir], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    rows = run_interpreted(INTERPRETED, str(ENGINE_DIR / "tests"))
     *cases, (tag, flag, barrier) = rows
     assert len(cases) == len(SHAPES) * (2 * len(TEST_CONFIGS) + len(ONE_LAUNCH)) + 2
     for i, dtype, name, mode, err, error_flag, *one in cases:
@@ -456,16 +448,7 @@ def test_decoder_with_the_persistent_kernel_generates_the_compiled_layers_tokens
     """decode.Kernels.persistent through the engine (TUNA_DECODE_KERNELS=persistent; interpreted on CPU, a launch
     per phase): a tiny Qwen3 in fp32, three requests of different prompt lengths decoded together, gives the same
     greedy tokens as the compiled whole-layer step."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR)}
-    p = subprocess.run(
-        [sys.executable, "-c", ENGINE_PERSISTENT, str(ENGINE_DIR / "tests"), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out = run_interpreted(ENGINE_PERSISTENT, str(ENGINE_DIR / "tests"), str(tmp_path))
     assert out["persistent"]["persistent"] and not out["compiled"]["persistent"]
     assert out["persistent"]["tokens"] == out["compiled"]["tokens"]
     assert all(len(t) > 0 for t in out["compiled"]["tokens"].values())

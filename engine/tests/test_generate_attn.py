@@ -6,15 +6,11 @@ the G-query-rows layout of the implementations is shared with the reference."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from helpers import ENGINE_DIR
+from helpers import ENGINE_DIR, run_interpreted
 
 import tuna_engine.kernels.decode_attn as da
 
@@ -110,13 +106,7 @@ def test_triton_kernels_interpreted_on_cpu_equal_per_row_attention():
     """The Triton kernels themselves (split-K and merge), interpreted on CPU: every shape, fp32 and bf16, 1, 2, 4
     splits with 32-key blocks and 4 splits with 16-key blocks. Cache entries past each row's position are NaN: a kernel that read one would
     return NaN. (The interpreter is chosen when triton.jit runs, hence a fresh process.)"""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR)}
-    tests_dir = str(ENGINE_DIR / "tests")
-    p = subprocess.run(
-        [sys.executable, "-c", INTERPRETED, tests_dir], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    rows = run_interpreted(INTERPRETED, str(ENGINE_DIR / "tests"), timeout=300)
     assert len(rows) == len(SHAPES) * 2 * 4
     for shape, dtype, n_split, block_n, err, same_dtype in rows:
         limit = 1e-5 if dtype == "torch.float32" else 3e-2

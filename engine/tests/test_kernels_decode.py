@@ -12,15 +12,11 @@ every kernel on, run through the interpreted kernels, must give the baseline ste
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from helpers import ENGINE_DIR
+from helpers import ENGINE_DIR, run_interpreted
 from test_generate import PROMPTS, _adapters, models, plan, req  # noqa: F401  (models: the module fixture)
 
 from tuna_engine.decode import Kernels
@@ -35,16 +31,7 @@ needs_triton = pytest.mark.skipif(
 
 
 def _interpreted(script: str, *args: str, env: dict[str, str] | None = None) -> list:
-    full = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR), **(env or {})}
-    p = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-4000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_interpreted(textwrap.dedent(script), *args, env=env)
 
 
 def test_kernels_parse():

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
-from helpers import ENGINE_DIR
+from helpers import run_interpreted
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -133,16 +130,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ENGINE_DIR), "TUNA_CE": "auto"}
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(SHAPES), json.dumps(EXTRAS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_interpreted(SCRIPT, json.dumps(SHAPES), json.dumps(EXTRAS), env={"TUNA_CE": "auto"})
 
 
 def test_every_case_ran(interpreted: dict) -> None:
