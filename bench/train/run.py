@@ -545,6 +545,39 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "elementwise_split2 with the LoRA product as addmm's C (a copy of the base output first)",
     ),
+    # TUNA_LAYER_CHECKPOINT=outside (models/llama.py): recompute "full"'s checkpoint around each compiled layer, as
+    # before session 11 — the whole forward rerun in backward ("inside", the default, reruns only what backward
+    # reads and keeps attention's outputs: TUNA_RECOMPUTE_KEEP).
+    "default_outside": (
+        {},
+        {"TUNA_LAYER_CHECKPOINT": "outside"},
+        "full",
+        "the defaults with each layer's checkpoint around the compiled layer (its whole forward recomputed)",
+    ),
+    "default_keep_none": (
+        {},
+        {"TUNA_RECOMPUTE_KEEP": "none"},
+        "full",
+        "the defaults, the checkpoint inside the layer keeping nothing but its input",
+    ),
+    "default_keep_qkv": (
+        {},
+        {"TUNA_RECOMPUTE_KEEP": "attention,qkv"},
+        "full",
+        "the defaults keeping attention's and the q/k/v projections' outputs through the recompute",
+    ),
+    "default_keep_o": (
+        {},
+        {"TUNA_RECOMPUTE_KEEP": "attention,o"},
+        "full",
+        "the defaults keeping attention's and o_proj's outputs through the recompute",
+    ),
+    "default_keep_qkv_o": (
+        {},
+        {"TUNA_RECOMPUTE_KEEP": "attention,qkv,o"},
+        "full",
+        "the defaults keeping attention's and the q/k/v and o projections' outputs through the recompute",
+    ),
     "default_gemm": (
         {},
         {"TUNA_LORA_ADD": "gemm"},

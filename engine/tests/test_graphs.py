@@ -21,7 +21,7 @@ from tuna_engine.graphs import (
     graph_keys_mode,
     host_batch,
 )
-from tuna_engine.models import load_model
+from tuna_engine.models import llama, load_model
 from tuna_engine.models.llama import segments
 from tuna_engine.protocol import LoraSpec, parse_train_plan
 from tuna_engine.train import graph_policy, static_ce_sum, weighted_ce_sum
@@ -173,3 +173,25 @@ def test_prepare_judges_the_lengthened_shape(tmp_path: Path, coarse: bool) -> No
     graphs.graphable = lambda rows, length: length < 40  # type: ignore[method-assign]
     h = graphs.prepare(batch)
     assert (h is None) if coarse else (h is not None and h.batch is batch)
+
+
+def test_captured_micro_batches_take_the_outside_layer_checkpoint() -> None:
+    """A graphed micro-batch (its capture and the eager run that warms it) runs recompute "full" with each layer's
+    checkpoint around the layer, the path the CUDA-graph GPU tests proved; the setting is put back after, on error
+    too, and a bad mode is refused."""
+    seen: list[str] = []
+
+    class Steps:
+        def _loss_and_backward(self, g: object) -> torch.Tensor:
+            seen.append(llama._layer_checkpoint)
+            if g == "fail":
+                raise RuntimeError("capture failed")
+            return torch.zeros(())
+
+    StepGraphs._forward_backward(Steps(), "ok")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        StepGraphs._forward_backward(Steps(), "fail")  # type: ignore[arg-type]
+    assert seen == ["outside", "outside"]
+    assert llama._layer_checkpoint == "inside"
+    with pytest.raises(ValueError, match="expected one of"), llama.layer_checkpoint("around"):
+        pass

@@ -46,7 +46,7 @@ import torch
 
 from .data import Batch, pad_length
 from .errors import EngineError
-from .models.llama import Segments, cu_seqlens, offload_this_pass
+from .models.llama import Segments, cu_seqlens, layer_checkpoint, offload_this_pass
 from .protocol import log
 
 MAX_GRAPHS = 8
@@ -275,6 +275,10 @@ class StepGraphs:
         return ce
 
     def _forward_backward(self, g: _Graph) -> torch.Tensor:
+        with layer_checkpoint("outside"):  # recompute "full": the path the graph tests proved (llama.py)
+            return self._loss_and_backward(g)
+
+    def _loss_and_backward(self, g: _Graph) -> torch.Tensor:
         ce = self.graph_loss(
             self.model,
             g.input_ids,

@@ -29,7 +29,7 @@ from .graphs import AUTO_MAX_TOKEN_PARAMS, HostBatch, StepGraphs, graph_keys_mod
 from .lora import Linear, set_lora_add, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
-from .models.llama import CausalLM, Segments, attention_mode
+from .models.llama import CausalLM, Segments, attention_mode, set_layer_checkpoint, set_recompute_keep
 from .protocol import TrainPlan, emit, log
 
 
@@ -363,6 +363,8 @@ def train(plan: TrainPlan) -> None:
     t = plan.train
     attention_mode()  # a bad TUNA_ATTENTION fails here, before the model loads, not at the first forward
     set_lora_add(os.environ.get("TUNA_LORA_ADD"))  # lora.py; a bad value fails here too
+    set_layer_checkpoint(os.environ.get("TUNA_LAYER_CHECKPOINT"))  # models/llama.py; likewise
+    set_recompute_keep(os.environ.get("TUNA_RECOMPUTE_KEEP"))  # models/llama.py; likewise
     graph_keys_mode()  # TUNA_GRAPH_KEYS (graphs.py), likewise, whether or not this run graphs
     lora = plan.method.lora if plan.method.type in ("lora", "qlora") else None
     quant = Quant4bit(keep_16bit=plan.method.keep_16bit or ()) if plan.method.type == "qlora" else None
@@ -390,6 +392,10 @@ def train(plan: TrainPlan) -> None:
     if dist is not None:
         distributed.check_plan(plan, dist)
         dist.clear_error(plan.run_dir)
+        if os.environ.get("TUNA_LAYER_CHECKPOINT") is None:
+            # recompute "full" under DDP (compiled layers, dynamo's DDP graph splitting) keeps the checkpoint around
+            # each layer, the path the multi-GPU tests proved; the inside one has not run on several GPUs yet.
+            set_layer_checkpoint("outside")
     device = pick_device(plan)
     torch.manual_seed(t.seed)
     random.seed(t.seed)

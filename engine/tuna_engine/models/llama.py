@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..errors import EngineError
 from ..lora import Linear, lora_forward, resolve_targets
@@ -349,10 +349,20 @@ class Attention(nn.Module):
         # Qwen3-0.6B, ~0.13 ms a layer and micro-batch of 4 × 2048 on an H200) or keeps them saved.
         self.rebuild_rotary = True
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        seg: Segments,
+        keep: frozenset[str] = frozenset(),
+    ) -> torch.Tensor:
+        """keep: what recompute "full" keeps through the recomputation (TUNA_RECOMPUTE_KEEP; DecoderLayer.forward)."""
         B, T, _ = x.shape
         D = self.c.head_dim
         q, k, v = lora_forward((self.q_proj, self.k_proj, self.v_proj), x)  # one x·Aᵀ GEMM for the three
+        if "qkv" in keep:  # the projections as the norms and rotary read them: their GEMMs are not rerun
+            q, k, v = kept(q), kept(k), kept(v)
         q, k, v = q.view(B, T, -1, D), k.view(B, T, -1, D), v.view(B, T, -1, D)
         if self.c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -368,7 +378,8 @@ class Attention(nn.Module):
             y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), seg.sample_ids).transpose(
                 1, 2
             )
-        return self.o_proj(y.reshape(B, T, -1))
+        out = self.o_proj(y.reshape(B, T, -1))
+        return kept(out) if "o" in keep else out  # "o": the residual's operand; o_proj's GEMM is not rerun
 
 
 # Training micro-batches longer than 2 × this many tokens run the MLP block in tiles (DecoderLayer.tiled_mlp_block).
@@ -391,14 +402,54 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(gate) * up)
 
 
-def recomputed(fn: Any, *args: Any) -> Any:
-    """fn(*args), its activations recomputed in backward. Under CUDA graph capture (graphs.py) the RNG state
-    cannot be read, and graphs.py captures only models that draw no random numbers, so there is none to keep.
-    Inside a compiled region the compiler handles the RNG itself."""
-    if torch.compiler.is_compiling():
-        return checkpoint(fn, *args, use_reentrant=False)
-    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=not capturing)
+@torch.library.custom_op("tuna::kept", mutates_args=())
+def kept(x: torch.Tensor) -> torch.Tensor:
+    """A copy of x that recompute "full"'s selective checkpoint saves (TUNA_RECOMPUTE_KEEP "qkv", "o"): marks a
+    tensor to keep by the operation that made it, which the checkpoint's policy sees (the projections' own GEMMs
+    cannot be told apart by shape: Qwen3-8B's q and o are both 4096 × 4096). One copy of the tensor a layer."""
+    return x.clone()
+
+
+@kept.register_fake
+def _kept_fake(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _kept_backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    return grad
+
+
+kept.register_autograd(_kept_backward)
+
+
+def _is_attention_forward(op: Any) -> bool:
+    name = str(op)
+    return ("attention" in name or "varlen_attn" in name) and "backward" not in name
+
+
+def _keep_policy(keep: frozenset[str]) -> Callable[..., CheckpointPolicy]:
+    """The selective-checkpoint policy of TUNA_RECOMPUTE_KEEP: save what `kept` marked, and with "attention" the
+    attention kernel's forward outputs (its output and log-sum-exp, which its backward reads); recompute the rest."""
+
+    def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+        if op is torch.ops.tuna.kept.default or ("attention" in keep and _is_attention_forward(op)):
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def recomputed(fn: Any, *args: Any, keep: frozenset[str] = frozenset()) -> Any:
+    """fn(*args), its activations recomputed in backward except what `keep` names (_keep_policy). Under CUDA graph
+    capture (graphs.py) the RNG state cannot be read, and graphs.py captures only models that draw no random
+    numbers, so there is none to keep. Inside a compiled region the compiler handles the RNG itself."""
+    kw: dict[str, Any] = {"use_reentrant": False}
+    if keep:
+        kw["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_policy(keep))
+    if not torch.compiler.is_compiling():
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        kw["preserve_rng_state"] = not capturing
+    return checkpoint(fn, *args, **kw)
 
 
 class DecoderLayer(nn.Module):
@@ -422,9 +473,42 @@ class DecoderLayer(nn.Module):
         tiles = x.reshape(B * T, C).split(MLP_TILE_TOKENS)
         return torch.cat([recomputed(self.mlp_block, t) for t in tiles]).view(B, T, C)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg)
-        if self.training and torch.is_grad_enabled() and x.shape[0] * x.shape[1] > 2 * MLP_TILE_TOKENS:
+    def tiles_mlp(self, x: torch.Tensor) -> bool:
+        """Whether a training forward over x runs the MLP in tiles (tiled_mlp_block)."""
+        return self.training and torch.is_grad_enabled() and x.shape[0] * x.shape[1] > 2 * MLP_TILE_TOKENS
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        seg: Segments,
+        recompute_keeping: frozenset[str] | None = None,
+    ) -> torch.Tensor:
+        """recompute_keeping (recompute "full"; None: no recomputation): the layer's input and what this names
+        (RECOMPUTE_KEEPS) are kept, the rest recomputed in backward — by a checkpoint taken here, inside the layer,
+        so that a compiled layer's backward graph holds the recomputation and the compiler recomputes only what the
+        backward reads: not down_proj's GEMM, whose output nothing in backward needs, nor what is kept (a checkpoint
+        around the compiled layer reruns its whole forward). Same math. Eager layers keep nothing but the input:
+        selective checkpointing in eager holds kept tensors in its own cache, on the device, out of the offload's
+        reach (compiled, they are the compiled graph's saved tensors and move with the input)."""
+        keep = recompute_keeping
+        if keep is not None and self.training and torch.is_grad_enabled():
+            if not torch.compiler.is_compiling():
+                keep = frozenset()
+            return recomputed(functools.partial(self.body, keep=keep), x, cos, sin, seg, keep=keep)
+        return self.body(x, cos, sin, seg)
+
+    def body(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        seg: Segments,
+        keep: frozenset[str] = frozenset(),
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, seg, keep)
+        if self.tiles_mlp(x):
             return x + self.tiled_mlp_block(x)
         if self.checkpoint_mlp and self.training and torch.is_grad_enabled():
             # Only x [B, T, C] is kept; gate, up, silu(gate) and their product (4 × [B, T, intermediate],
@@ -434,6 +518,80 @@ class DecoderLayer(nn.Module):
 
 
 RECOMPUTE = ("full", "mlp", "none")
+
+# Where recompute "full" takes each layer's checkpoint (TUNA_LAYER_CHECKPOINT): "inside" the layer (the default,
+# DecoderLayer.forward) or "outside", around the (compiled) layer as before — kept for A/B runs.
+LAYER_CHECKPOINTS = ("inside", "outside")
+_layer_checkpoint = "inside"
+
+
+def set_layer_checkpoint(mode: str | None) -> None:
+    """TUNA_LAYER_CHECKPOINT: "inside" (None: the default) or "outside"; anything else names the variable."""
+    global _layer_checkpoint
+    mode = mode or "inside"
+    if mode not in LAYER_CHECKPOINTS:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_LAYER_CHECKPOINT: {mode!r} is not one of {', '.join(LAYER_CHECKPOINTS)}",
+            hint="unset it for the default (inside)",
+        )
+    _layer_checkpoint = mode
+
+
+@contextlib.contextmanager
+def layer_checkpoint(mode: str) -> Iterator[None]:
+    """TUNA_LAYER_CHECKPOINT set to `mode` for a stretch of code, then put back. graphs.py runs its captured
+    micro-batches (and the eager run that warms each capture) with "outside": the path the CUDA-graph GPU tests
+    proved; the inside checkpoint under capture has not run on a GPU yet."""
+    global _layer_checkpoint
+    if mode not in LAYER_CHECKPOINTS:
+        raise ValueError(f"layer checkpoint: expected one of {LAYER_CHECKPOINTS}, got {mode!r}")
+    before, _layer_checkpoint = _layer_checkpoint, mode
+    try:
+        yield
+    finally:
+        _layer_checkpoint = before
+
+
+# What recompute "full" keeps of each layer besides its input (TUNA_RECOMPUTE_KEEP: a comma list, "none", or unset for
+# "auto"), saved so that the backward does not recompute it — per layer of Qwen3-8B at 4 × 2048 tokens:
+#   attention: attention's output and log-sum-exp, 64 MiB: its forward is not rerun;
+#   qkv: the q/k/v projections' outputs, 96 MiB: their GEMMs are not rerun (q/k norms and rotary are);
+#   o: o_proj's output, 64 MiB: its GEMM is not rerun.
+# "auto" keeps all three in passes whose saved tensors go to host memory (offload_activations: there they cost PCIe
+# time on the side stream, not GPU memory; Qwen3-8B, H200, 2026-11-29: 1.93× HF with the checkpoint outside the
+# layer, 2.14× keeping attention, 2.26× keeping all three, 0.55–0.56× HF memory), and attention alone in the others
+# (Qwen3-0.6B, 8 × 2048, not offloaded: 3.1 GiB outside, 4.7 GiB keeping attention, 9.0 keeping all three).
+# Only in compiled layers (DecoderLayer.forward says why) with the checkpoint inside (TUNA_LAYER_CHECKPOINT=inside,
+# untiled MLP).
+RECOMPUTE_KEEPS = ("attention", "qkv", "o")
+_recompute_keep: frozenset[str] | None = None  # None: "auto"
+
+
+def set_recompute_keep(value: str | None) -> None:
+    """TUNA_RECOMPUTE_KEEP: a comma list of RECOMPUTE_KEEPS, "none", or unset/"auto" for the default; anything else
+    names the variable."""
+    global _recompute_keep
+    names = [n.strip() for n in (value or "auto").split(",") if n.strip()]
+    if names in (["auto"], ["none"]):
+        _recompute_keep = None if names == ["auto"] else frozenset()
+        return
+    bad = [n for n in names if n not in RECOMPUTE_KEEPS]
+    if bad or not names:
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_RECOMPUTE_KEEP: {value!r} is not auto, none or a comma list of "
+            + ", ".join(RECOMPUTE_KEEPS),
+            hint="unset it for the default (auto)",
+        )
+    _recompute_keep = frozenset(names)
+
+
+def recompute_keep(offloading: bool) -> frozenset[str]:
+    """What recompute "full" keeps in a forward pass that offloads (or not): TUNA_RECOMPUTE_KEEP resolved."""
+    if _recompute_keep is not None:
+        return _recompute_keep
+    return frozenset(RECOMPUTE_KEEPS) if offloading else frozenset({"attention"})
 
 
 # "auto" offloads a forward pass only when its layer inputs (what full recompute keeps: tokens × hidden × layers)
@@ -1054,8 +1212,16 @@ class CausalLM(nn.Module):
                 if offload is not None:
                     offload.enter_layer(i)  # saved tensors are grouped by layer for the backward prefetch
                 if self._recompute == "full" and training:
-                    # Saved: the layer's inputs only (offloaded too when offload_activations is on).
-                    x = recomputed(layer, x, cos, sin, seg)
+                    # Saved: the layer's inputs and what recompute_keep names (offloaded too when the offload is
+                    # on). The checkpoint goes inside the layer (DecoderLayer.forward) except around tiled MLPs,
+                    # whose own checkpoints stay out of a compiled graph; for 4-bit bases (Qwen3-32B QLoRA at 2 ×
+                    # 2048, H200: 21.6 GiB outside, 22.1–22.3 inside, over issue 5's 22 GiB); and under
+                    # TUNA_LAYER_CHECKPOINT=outside (the A/B switch; graphs.py's captures and DDP/FSDP runs set it).
+                    # Outside, the layer's input alone is kept.
+                    if _layer_checkpoint == "inside" and self.quantization is None and not layer.tiles_mlp(x):
+                        x = layer(x, cos, sin, seg, recompute_keeping=recompute_keep(on))
+                    else:
+                        x = recomputed(layer, x, cos, sin, seg)
                 else:
                     x = layer(x, cos, sin, seg)
             if offload is not None:
