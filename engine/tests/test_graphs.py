@@ -175,10 +175,11 @@ def test_prepare_judges_the_lengthened_shape(tmp_path: Path, coarse: bool) -> No
     assert (h is None) if coarse else (h is not None and h.batch is batch)
 
 
-def test_captured_micro_batches_take_the_outside_layer_checkpoint() -> None:
+def test_captured_micro_batches_take_the_outside_layer_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """A graphed micro-batch (its capture and the eager run that warms it) runs recompute "full" with each layer's
-    checkpoint around the layer, the path the CUDA-graph GPU tests proved; the setting is put back after, on error
-    too, and a bad mode is refused."""
+    checkpoint around the layer, the path the CUDA-graph GPU tests proved, unless TUNA_LAYER_CHECKPOINT says
+    otherwise; the setting is put back after, on error too, and a bad mode is refused."""
+    monkeypatch.delenv("TUNA_LAYER_CHECKPOINT", raising=False)
     seen: list[str] = []
 
     class Steps:
@@ -193,5 +194,8 @@ def test_captured_micro_batches_take_the_outside_layer_checkpoint() -> None:
         StepGraphs._forward_backward(Steps(), "fail")  # type: ignore[arg-type]
     assert seen == ["outside", "outside"]
     assert llama._layer_checkpoint == "inside"
+    monkeypatch.setenv("TUNA_LAYER_CHECKPOINT", "inside")
+    StepGraphs._forward_backward(Steps(), "ok")  # type: ignore[arg-type]
+    assert seen[-1] == "inside"
     with pytest.raises(ValueError, match="expected one of"), llama.layer_checkpoint("around"):
         pass
