@@ -406,7 +406,7 @@ def test_compiled_layer_runs_the_fast_path_and_mlp_recompute(tiny_dir: Path) -> 
 
 
 def full_recompute_backward(
-    checkpoint: str, keep: str, monkeypatch: pytest.MonkeyPatch
+    checkpoint: str, keep: str
 ) -> tuple[list[tuple[str, list]], list[torch.Tensor], list[torch.Tensor]]:
     """One compiled Qwen3-0.6B-shaped layer (CPU Inductor, fp32) under recompute "full" with TUNA_LAYER_CHECKPOINT /
     TUNA_RECOMPUTE_KEEP as given: the operations its backward ran (profiler: name, input shapes), the tensors its
@@ -438,9 +438,7 @@ def full_recompute_backward(
     return ops, kept, [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
 
 
-def test_full_recompute_inside_the_compiled_layer_reruns_only_what_backward_reads(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_full_recompute_inside_the_compiled_layer_reruns_only_what_backward_reads() -> None:
     """recompute "full" takes each layer's checkpoint inside the compiled layer (TUNA_LAYER_CHECKPOINT=inside, the
     default), so the backward graph recomputes only what it reads: down_proj's forward GEMM ([64, 3072] × [3072,
     1024]; its output feeds only the residual) runs once fewer than with the checkpoint around the compiled layer
@@ -458,7 +456,7 @@ def test_full_recompute_inside_the_compiled_layer_reruns_only_what_backward_read
         return [name for name, _ in ops if "attention" in name and "backward" not in name]
 
     runs = {
-        (checkpoint, keep): full_recompute_backward(checkpoint, keep, monkeypatch)
+        (checkpoint, keep): full_recompute_backward(checkpoint, keep)
         for checkpoint, keep in (
             ("outside", "none"),
             ("inside", "none"),
@@ -544,7 +542,7 @@ def test_where_full_recompute_takes_its_checkpoint(
 ) -> None:
     """recompute "full" checkpoints each layer from inside (DecoderLayer.forward with what to keep) — except for 4-bit
     bases, whose layers are checkpointed from outside as before (Qwen3-32B QLoRA measured 22.1–22.3 GiB inside
-    against 21.6 outside, over issue 5's 22 GiB)."""
+    against 21.5 outside, over issue 5's 22 GiB)."""
     inside: list[frozenset[str] | None] = []
     real = llama.DecoderLayer.forward
 
