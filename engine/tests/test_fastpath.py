@@ -347,11 +347,8 @@ def test_memory_order_none_mlp_full(tiny_dir: Path) -> None:
     assert none > mlp > full, (none, mlp, full)
 
 
-def test_offload_with_full_recompute_moves_only_layer_inputs(
-    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With full recompute, what goes to CPU is each layer's input [B, T, C] (plus the rotary tables and
-    the final norm's inputs), never the layers' internals; parameters are never copied."""
+def record_offloaded(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The tensors the activation offload will copy to host memory (every size: min_bytes 0), as they are saved."""
     copied: list[torch.Tensor] = []
     real_hooks = llama.offload_saved_tensors
 
@@ -369,6 +366,15 @@ def test_offload_with_full_recompute_moves_only_layer_inputs(
         return hooks
 
     monkeypatch.setattr(llama, "offload_saved_tensors", recording)
+    return copied
+
+
+def test_offload_with_full_recompute_moves_only_layer_inputs(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With full recompute in eager layers, what goes to CPU is each layer's input [B, T, C] (plus the rotary tables
+    and the final norm's inputs), never the layers' internals; parameters are never copied."""
+    copied = record_offloaded(monkeypatch)
     model_step(tiny_dir, "float32", "auto", "full", offload=True)
     C = 64
     assert not any(isinstance(t, torch.nn.Parameter) for t in copied)
@@ -494,6 +500,25 @@ def test_full_recompute_inside_the_compiled_layer_reruns_only_what_backward_read
     for run in (plain, attention, projections):
         for a, b in zip(outside[2], run[2], strict=True):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_layers_offload_what_full_recompute_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In an offloaded pass of compiled layers, what recompute "full" keeps ("auto": attention's output and
+    log-sum-exp, the q/k/v and o projections' outputs) is among the compiled graph's saved tensors, so it goes to
+    host memory with the layer's input — the 8B default's 0.56× HF memory rests on this (it would stay on the GPU in
+    eager selective checkpointing, which the layers therefore do not use)."""
+    copied = record_offloaded(monkeypatch)
+    torch._dynamo.reset()
+    model = one_layer_06b(torch.float32)
+    model.recompute, model.offload_activations = "full", True
+    ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(0))
+    hidden = model(ids, torch.arange(64)[None], torch.zeros(1, 64, dtype=torch.long))
+    hidden.pow(2).sum().backward()
+    shapes = sorted(tuple(t.shape) for t in copied)
+    for kept in ((1, 16, 64, 128), (1, 16, 64), (1, 64, 2048)):  # attention's output, log-sum-exp; q
+        assert kept in shapes, shapes
+    assert shapes.count((1, 64, 1024)) >= 4, shapes  # the layer input; k, v, o
+    assert not any(isinstance(t, torch.nn.Parameter) for t in copied)
 
 
 def test_recompute_keep_resolves_auto_and_rejects_unknown_names() -> None:
