@@ -175,27 +175,30 @@ def test_prepare_judges_the_lengthened_shape(tmp_path: Path, coarse: bool) -> No
     assert (h is None) if coarse else (h is not None and h.batch is batch)
 
 
-def test_captured_micro_batches_take_the_outside_layer_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_captured_micro_batches_take_the_outside_layer_checkpoint() -> None:
     """A graphed micro-batch (its capture and the eager run that warms it) runs recompute "full" with each layer's
     checkpoint around the layer, the path the CUDA-graph GPU tests proved, unless TUNA_LAYER_CHECKPOINT says
-    otherwise; the setting is put back after, on error too, and a bad mode is refused."""
-    monkeypatch.delenv("TUNA_LAYER_CHECKPOINT", raising=False)
+    otherwise; the default is put back after, on error too, and a bad mode is refused."""
     seen: list[str] = []
 
     class Steps:
         def _loss_and_backward(self, g: object) -> torch.Tensor:
-            seen.append(llama._layer_checkpoint)
+            seen.append(llama.layer_checkpoint())
             if g == "fail":
                 raise RuntimeError("capture failed")
             return torch.zeros(())
 
+    assert llama.layer_checkpoint() == "inside"
     StepGraphs._forward_backward(Steps(), "ok")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
         StepGraphs._forward_backward(Steps(), "fail")  # type: ignore[arg-type]
     assert seen == ["outside", "outside"]
-    assert llama._layer_checkpoint == "inside"
-    monkeypatch.setenv("TUNA_LAYER_CHECKPOINT", "inside")
-    StepGraphs._forward_backward(Steps(), "ok")  # type: ignore[arg-type]
-    assert seen[-1] == "inside"
-    with pytest.raises(ValueError, match="expected one of"), llama.layer_checkpoint("around"):
+    assert llama.layer_checkpoint() == "inside"
+    try:
+        llama.set_layer_checkpoint("inside")  # what TUNA_LAYER_CHECKPOINT=inside sets (train.py)
+        StepGraphs._forward_backward(Steps(), "ok")  # type: ignore[arg-type]
+        assert seen[-1] == "inside"
+    finally:
+        llama.set_layer_checkpoint(None)
+    with pytest.raises(ValueError, match="expected one of"), llama.layer_checkpoint_default("around"):
         pass

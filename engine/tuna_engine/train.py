@@ -29,7 +29,14 @@ from .graphs import AUTO_MAX_TOKEN_PARAMS, HostBatch, StepGraphs, graph_keys_mod
 from .lora import Linear, set_lora_add, set_lora_compute
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
-from .models.llama import CausalLM, Segments, attention_mode, set_layer_checkpoint, set_recompute_keep
+from .models.llama import (
+    CausalLM,
+    Segments,
+    attention_mode,
+    set_layer_checkpoint,
+    set_layer_checkpoint_default,
+    set_recompute_keep,
+)
 from .protocol import TrainPlan, emit, log
 
 
@@ -392,10 +399,9 @@ def train(plan: TrainPlan) -> None:
     if dist is not None:
         distributed.check_plan(plan, dist)
         dist.clear_error(plan.run_dir)
-        if os.environ.get("TUNA_LAYER_CHECKPOINT") is None:
-            # recompute "full" under DDP (compiled layers, dynamo's DDP graph splitting) keeps the checkpoint around
-            # each layer, the path the multi-GPU tests proved; the inside one has not run on several GPUs yet.
-            set_layer_checkpoint("outside")
+        # recompute "full" under DDP/FSDP (compiled layers, dynamo's DDP graph splitting) keeps the checkpoint around
+        # each layer unless TUNA_LAYER_CHECKPOINT says otherwise: the path the multi-GPU tests proved.
+        set_layer_checkpoint_default("outside")
     device = pick_device(plan)
     torch.manual_seed(t.seed)
     random.seed(t.seed)

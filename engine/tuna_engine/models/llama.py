@@ -519,38 +519,49 @@ class DecoderLayer(nn.Module):
 
 RECOMPUTE = ("full", "mlp", "none")
 
-# Where recompute "full" takes each layer's checkpoint (TUNA_LAYER_CHECKPOINT): "inside" the layer (the default,
-# DecoderLayer.forward) or "outside", around the (compiled) layer as before — kept for A/B runs.
+# Where recompute "full" takes each layer's checkpoint: "inside" the layer (DecoderLayer.forward) or "outside",
+# around the (compiled) layer as before session 11. TUNA_LAYER_CHECKPOINT sets it; unset, it is "inside" except where
+# the inside checkpoint has not run on a GPU yet — graphs.py's captured micro-batches and DDP/FSDP runs — which
+# lower the default to "outside" (layer_checkpoint_default).
 LAYER_CHECKPOINTS = ("inside", "outside")
-_layer_checkpoint = "inside"
+_layer_checkpoint: str | None = None  # TUNA_LAYER_CHECKPOINT; None: unset
+_layer_checkpoint_default = "inside"
 
 
 def set_layer_checkpoint(mode: str | None) -> None:
-    """TUNA_LAYER_CHECKPOINT: "inside" (None: the default) or "outside"; anything else names the variable."""
+    """TUNA_LAYER_CHECKPOINT: "inside", "outside" or None (unset); anything else names the variable."""
     global _layer_checkpoint
-    mode = mode or "inside"
-    if mode not in LAYER_CHECKPOINTS:
+    if mode and mode not in LAYER_CHECKPOINTS:
         raise EngineError(
             "PLAN_INVALID",
             f"environment variable TUNA_LAYER_CHECKPOINT: {mode!r} is not one of {', '.join(LAYER_CHECKPOINTS)}",
-            hint="unset it for the default (inside)",
+            hint="unset it for the default (inside, where proved)",
         )
-    _layer_checkpoint = mode
+    _layer_checkpoint = mode or None
+
+
+def layer_checkpoint() -> str:
+    """Where recompute "full" takes each layer's checkpoint now: TUNA_LAYER_CHECKPOINT, else the default."""
+    return _layer_checkpoint or _layer_checkpoint_default
+
+
+def set_layer_checkpoint_default(mode: str) -> str:
+    """Sets the default of layer_checkpoint() (TUNA_LAYER_CHECKPOINT still wins); returns the one it replaces."""
+    global _layer_checkpoint_default
+    if mode not in LAYER_CHECKPOINTS:
+        raise ValueError(f"layer checkpoint: expected one of {LAYER_CHECKPOINTS}, got {mode!r}")
+    before, _layer_checkpoint_default = _layer_checkpoint_default, mode
+    return before
 
 
 @contextlib.contextmanager
-def layer_checkpoint(mode: str) -> Iterator[None]:
-    """TUNA_LAYER_CHECKPOINT set to `mode` for a stretch of code, then put back. graphs.py runs its captured
-    micro-batches (and the eager run that warms each capture) with "outside": the path the CUDA-graph GPU tests
-    proved; the inside checkpoint under capture has not run on a GPU yet."""
-    global _layer_checkpoint
-    if mode not in LAYER_CHECKPOINTS:
-        raise ValueError(f"layer checkpoint: expected one of {LAYER_CHECKPOINTS}, got {mode!r}")
-    before, _layer_checkpoint = _layer_checkpoint, mode
+def layer_checkpoint_default(mode: str) -> Iterator[None]:
+    """set_layer_checkpoint_default for a stretch of code, then put back, on error too."""
+    before = set_layer_checkpoint_default(mode)
     try:
         yield
     finally:
-        _layer_checkpoint = before
+        set_layer_checkpoint_default(before)
 
 
 # What recompute "full" keeps of each layer besides its input (TUNA_RECOMPUTE_KEEP: a comma list, "none", or unset for
@@ -1216,9 +1227,14 @@ class CausalLM(nn.Module):
                     # on). The checkpoint goes inside the layer (DecoderLayer.forward) except around tiled MLPs,
                     # whose own checkpoints stay out of a compiled graph; for 4-bit bases (Qwen3-32B QLoRA at 2 ×
                     # 2048, H200: 21.6 GiB outside, 22.1–22.3 inside, over issue 5's 22 GiB); and under
-                    # TUNA_LAYER_CHECKPOINT=outside (the A/B switch; graphs.py's captures and DDP/FSDP runs set it).
+                    # layer_checkpoint() "outside" (TUNA_LAYER_CHECKPOINT, the A/B switch; the default in graphs.py's
+                    # captures and DDP/FSDP runs).
                     # Outside, the layer's input alone is kept.
-                    if _layer_checkpoint == "inside" and self.quantization is None and not layer.tiles_mlp(x):
+                    if (
+                        layer_checkpoint() == "inside"
+                        and self.quantization is None
+                        and not layer.tiles_mlp(x)
+                    ):
                         x = layer(x, cos, sin, seg, recompute_keeping=recompute_keep(on))
                     else:
                         x = recomputed(layer, x, cos, sin, seg)
