@@ -578,6 +578,26 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "the defaults keeping attention's and the q/k/v and o projections' outputs through the recompute",
     ),
+    # TUNA_OFFLOAD_DEVICE_LAYERS (models/llama.py): the last k layers' saved tensors are not copied to the host (the
+    # default, 1, is the layer the forward pass never releases; 0 copies it too, as before session 12).
+    "default_device0": (
+        {},
+        {"TUNA_OFFLOAD_DEVICE_LAYERS": "0"},
+        "full",
+        "the defaults copying every layer's saved tensors to the host, the last one too",
+    ),
+    "default_device4": (
+        {},
+        {"TUNA_OFFLOAD_DEVICE_LAYERS": "4"},
+        "full",
+        "the defaults keeping the last 4 layers' saved tensors on the GPU, uncopied",
+    ),
+    "no_offload_keep_all": (
+        {"offload_activations": False},
+        {"TUNA_RECOMPUTE_KEEP": "attention,qkv,o"},
+        "full",
+        "the defaults' keeps (attention, q/k/v, o) with nothing offloaded: what the offload costs in time",
+    ),
     "default_gemm": (
         {},
         {"TUNA_LORA_ADD": "gemm"},

@@ -348,7 +348,9 @@ def test_memory_order_none_mlp_full(tiny_dir: Path) -> None:
 
 
 def record_offloaded(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
-    """The tensors the activation offload will copy to host memory (every size: min_bytes 0), as they are saved."""
+    """The tensors the activation offload will copy to host memory (every size: min_bytes 0; every layer, the last one
+    too: TUNA_OFFLOAD_DEVICE_LAYERS=0), as they are saved."""
+    monkeypatch.setattr(llama, "_offload_device_layers", 0)
     copied: list[torch.Tensor] = []
     real_hooks = llama.offload_saved_tensors
 
@@ -870,3 +872,29 @@ def test_trace_ops_names_the_operations_that_launched_a_kernel(monkeypatch: pyte
         ("aten::linear", 2, 9.0),
         ("<no launch found>", 1, 1.0),
     ]
+
+
+def test_trace_streams_splits_the_compute_streams_idle_time_by_what_else_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bench/train/trace_streams.py on a hand-made trace: the compute stream (most kernel time) idles 50 µs while a
+    DtoH copy runs on the side stream and 50 µs with nothing on the GPU; the copy's rate is its bytes over its time."""
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "bench/train"))
+    from trace_streams import analyse
+
+    def ev(cat: str, name: str, ts: float, dur: float, stream: int, **args: object) -> dict:
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"stream": stream, **args}}
+
+    events = [
+        ev("kernel", "gemm", 0, 100, 7),
+        ev("kernel", "gemm", 150, 100, 7),
+        ev("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 50, 150, 20, bytes=7.5e6),
+        ev("kernel", "gemm", 300, 10, 7),
+        ev("cpu_op", "aten::mm", 0, 400, 7),  # not GPU work
+    ]
+    out = analyse(events)
+    assert "compute stream = 7" in out
+    assert "DtoH: 1 copies, 0.01 GiB in 0.1 ms (50.0 GB/s while copying)" in out
+    assert "idle 0.1 ms: 0.1 ms of it while another stream copied or ran, 0.1 ms with nothing else" in out
+    assert "longest gaps (ms): 0.05, 0.05" in out

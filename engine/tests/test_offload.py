@@ -29,6 +29,7 @@ import torch
 from helpers import make_hf_model, random_samples
 from test_lora import packed_batch
 
+from tuna_engine.errors import EngineError
 from tuna_engine.lora import set_lora_compute
 from tuna_engine.models import llama, load_model
 from tuna_engine.protocol import LoraSpec
@@ -404,13 +405,45 @@ def test_model_offload_on_off_identical(
     state = hooks.state
     assert state.stats["offloaded_bytes"] > 0
     layers = 4
-    # groups: one per layer + the final norm; all but the last OFFLOAD_LAG went to the host and came back
-    assert set(state.groups) == set(range(layers + 1))
+    # groups: one per layer + the final norm; those the forward pass releases (all but the last OFFLOAD_LAG) went to
+    # the host and came back; the others were never copied (the final norm's input: no group at all)
+    assert set(state.groups) <= set(range(layers)) and state.stats["kept_bytes"] > 0
     assert state.stats["h2d"] >= layers + 1 - llama.OFFLOAD_LAG
     if dev is not None:
+        assert sorted({g for k, g in dev.log if k == "d2h"}) == list(range(layers + 1 - llama.OFFLOAD_LAG))
         assert sorted({g for k, g in dev.log if k == "h2d"}) == list(range(layers + 1 - llama.OFFLOAD_LAG))
         assert dev.max_resident_groups <= 2
         assert not dev.resident_groups()
+
+
+@pytest.mark.parametrize("device_layers", ["0", "2"])
+def test_model_offload_device_layers(
+    tiny4: Path, monkeypatch: pytest.MonkeyPatch, device_layers: str
+) -> None:
+    """TUNA_OFFLOAD_DEVICE_LAYERS=k: the last k layers' saved tensors (and the final norm's) are never copied, the
+    rest go to the host and come back; loss and grads equal offload off."""
+    ref_loss, ref = step(tiny4, "full", False)
+    llama.set_offload_device_layers(device_layers)
+    try:
+        with capture_offload(monkeypatch, True) as made:
+            loss, got = step(tiny4, "full", True)
+    finally:
+        llama.set_offload_device_layers(None)
+    assert loss == ref_loss
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    [(hooks, dev)] = made
+    # copied: layers 0..3-k; loaded back: those the forward released (it never releases the last OFFLOAD_LAG groups)
+    copied = 4 - int(device_layers)
+    assert sorted({g for k, g in dev.log if k == "d2h"}) == list(range(copied))
+    assert sorted({g for k, g in dev.log if k == "h2d"}) == list(range(min(copied, 5 - llama.OFFLOAD_LAG)))
+    assert not dev.resident_groups()
+
+
+def test_offload_device_layers_bad_value_names_the_variable() -> None:
+    with pytest.raises(EngineError, match="TUNA_OFFLOAD_DEVICE_LAYERS: 'last4' is not a count"):
+        llama.set_offload_device_layers("last4")
+    assert llama.offload_device_layers() == llama.OFFLOAD_LAG - 1
 
 
 def test_compiled_layers_with_mlp_recompute_and_offload(tiny4: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ from .models.llama import (
     attention_mode,
     set_layer_checkpoint,
     set_layer_checkpoint_default,
+    set_offload_device_layers,
     set_recompute_keep,
 )
 from .protocol import TrainPlan, emit, log
@@ -372,6 +373,7 @@ def train(plan: TrainPlan) -> None:
     set_lora_add(os.environ.get("TUNA_LORA_ADD"))  # lora.py; a bad value fails here too
     set_layer_checkpoint(os.environ.get("TUNA_LAYER_CHECKPOINT"))  # models/llama.py; likewise
     set_recompute_keep(os.environ.get("TUNA_RECOMPUTE_KEEP"))  # models/llama.py; likewise
+    set_offload_device_layers(os.environ.get("TUNA_OFFLOAD_DEVICE_LAYERS"))  # models/llama.py; likewise
     graph_keys_mode()  # TUNA_GRAPH_KEYS (graphs.py), likewise, whether or not this run graphs
     lora = plan.method.lora if plan.method.type in ("lora", "qlora") else None
     quant = Quant4bit(keep_16bit=plan.method.keep_16bit or ()) if plan.method.type == "qlora" else None

@@ -631,7 +631,10 @@ def offload_this_pass(mode: bool | str, x: torch.Tensor, n_layers: int) -> bool:
 #   backward: the first unpack of a layer-i tensor loads layer i (if not already there) and starts the
 #     host→device copies of layer i-1 on the side stream; each unpack makes the compute stream wait for the copy
 #     of that one tensor. A tensor's device copy is dropped once autograd has unpacked it as often as it was packed.
-# The last OFFLOAD_LAG layers' tensors never leave the device (backward needs them first).
+# The groups the forward pass never releases (the last OFFLOAD_LAG - 1 layers and the final norm's) are not copied:
+# their device tensors live until backward anyway, and copying them would only put their bytes on the link ahead of
+# the backward's first loads. TUNA_OFFLOAD_DEVICE_LAYERS=k keeps the last k layers so (more device memory, fewer
+# bytes over the link in both directions).
 #
 # The host memory guard (issue 5: a 360k-token step offloaded 36 × 2.95 GB into pinned blocks of 4 GiB each — the
 # host allocator rounds to powers of two — and the kernel's OOM killer ended the engine with no error event).
@@ -642,6 +645,29 @@ def offload_this_pass(mode: bool | str, x: torch.Tensor, n_layers: int) -> bool:
 # a group that would not fit whole (judged by the largest group so far) is kept whole. The step's log line and
 # an OOM error name the layers kept (`OffloadReport`).
 OFFLOAD_LAG = 2
+_offload_device_layers: int | None = None  # TUNA_OFFLOAD_DEVICE_LAYERS; None: OFFLOAD_LAG - 1
+
+
+def set_offload_device_layers(value: str | None) -> None:
+    """TUNA_OFFLOAD_DEVICE_LAYERS: a count of last layers whose saved tensors stay on the device, or unset."""
+    global _offload_device_layers
+    if value is None or value == "":
+        _offload_device_layers = None
+        return
+    if not value.isdigit():
+        raise EngineError(
+            "PLAN_INVALID",
+            f"environment variable TUNA_OFFLOAD_DEVICE_LAYERS: {value!r} is not a count of layers (0, 1, 2, ...)",
+            hint=f"unset it for the default ({OFFLOAD_LAG - 1}: the layers the forward pass never releases)",
+        )
+    _offload_device_layers = int(value)
+
+
+def offload_device_layers() -> int:
+    """How many last decoder layers an offloaded pass keeps on the device, uncopied."""
+    return OFFLOAD_LAG - 1 if _offload_device_layers is None else _offload_device_layers
+
+
 HOST_MARGIN_MIN = 4 << 30
 GIB = float(1 << 30)
 
@@ -894,6 +920,10 @@ class ActivationOffload:
         self.room_group = -1  # the group `room` was read for
         self.group_cost: dict[int, int] = {}  # host bytes each group's copies took
         self.kept_from: int | None = None  # the guard keeps this group and every later one on the device
+        # Groups from this one on are never copied (None: every group is): the forward pass ends before it would
+        # release them, so their device tensors live until backward anyway (CausalLM.forward sets it from
+        # offload_device_layers()).
+        self.device_from: int | None = None
         self.reading: HostMemory | None = None  # the current group's reading
         self.kept_reading: HostMemory | None = None
         self.kept_room = 0
@@ -961,6 +991,9 @@ class ActivationOffload:
         # The same storage only while the tensor first seen (or its base) lives: a freed block can come back.
         if held is not None and (held.owner() is None or held.version != t._version):
             held = None
+        if held is None and self.device_from is not None and self.group >= self.device_from:
+            self.stats["kept_bytes"] += nbytes
+            return t
         if held is None:
             copier = self._copier_for(t, extent * t.element_size())
             if not self._host_takes(copier.host_bytes(extent * t.element_size())):
@@ -1218,6 +1251,7 @@ class CausalLM(nn.Module):
         offload = offload_saved_tensors() if on else None
         if offload is not None:
             offload.state.report = self.offload_report  # this pass's stats add up in the model's step report
+            offload.state.device_from = len(self.model.layers) - offload_device_layers()
         with offload if offload is not None else contextlib.nullcontext():
             for i, layer in enumerate(self.model.layers):
                 if offload is not None:
