@@ -46,7 +46,7 @@ import torch
 
 from .data import Batch, pad_length
 from .errors import EngineError
-from .models.llama import Segments, cu_seqlens, layer_checkpoint_default, offload_this_pass
+from .models.llama import Segments, cu_seqlens, offload_this_pass
 from .protocol import log
 
 MAX_GRAPHS = 8
@@ -275,12 +275,6 @@ class StepGraphs:
         return ce
 
     def _forward_backward(self, g: _Graph) -> torch.Tensor:
-        # recompute "full": the checkpoint around each layer, the path the graph tests proved (llama.py), unless
-        # TUNA_LAYER_CHECKPOINT says otherwise (how a GPU test would prove the inside one under capture).
-        with layer_checkpoint_default("outside"):
-            return self._loss_and_backward(g)
-
-    def _loss_and_backward(self, g: _Graph) -> torch.Tensor:
         ce = self.graph_loss(
             self.model,
             g.input_ids,

@@ -768,6 +768,7 @@ def to_fp8_base(model: torch.nn.Module, plan: TrainPlan, device: torch.device, d
     ):
         raise refuse(f"{plan.model.path} holds 4-bit (bitsandbytes) weights, not a 16-bit base", hint)
     n = convert_to_fp8(model)
+    model.fp8_base = n > 0  # where full recompute checkpoints (CausalLM._checkpoint_inside)
     if device.type == "cuda":
         # The peak counter is not reset: step events' memory_gib includes the 16-bit load, as in every mode.
         torch.cuda.empty_cache()

@@ -27,7 +27,7 @@ from helpers import (
 
 from tuna_engine.data import Batch, collate, read_shards
 from tuna_engine.graphs import StepGraphs
-from tuna_engine.models import load_model
+from tuna_engine.models import llama, load_model
 from tuna_engine.protocol import LoraSpec
 from tuna_engine.train import static_ce_sum, weighted_ce_sum
 
@@ -100,8 +100,22 @@ def _fp32_twin(model: torch.nn.Module, model_dir: Path) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("layout", ["packed", "rows"])
-@pytest.mark.parametrize("recompute", ["none", "full"])
-def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> None:
+@pytest.mark.parametrize(
+    "recompute,checkpoint",
+    [("none", None), ("full", None), ("full", "outside")],
+    ids=["none", "full", "full-outside"],
+)
+def test_replays_equal_eager(tmp_path: Path, layout: str, recompute: str, checkpoint: str | None) -> None:
+    """checkpoint: TUNA_LAYER_CHECKPOINT (None: unset, the default: recompute "full" checkpoints inside each layer).
+    Session 12 (H200) ran the inside checkpoint as "full-inside" while captures still defaulted to outside: passed."""
+    llama.set_layer_checkpoint(checkpoint)
+    try:
+        _replays_equal_eager(tmp_path, layout, recompute)
+    finally:
+        llama.set_layer_checkpoint(None)
+
+
+def _replays_equal_eager(tmp_path: Path, layout: str, recompute: str) -> None:
     model_dir = random_cuda_model_dir(tmp_path / "m", FOUR_LAYERS)
     model = _model(model_dir, recompute)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -520,9 +520,10 @@ class DecoderLayer(nn.Module):
 RECOMPUTE = ("full", "mlp", "none")
 
 # Where recompute "full" takes each layer's checkpoint: "inside" the layer (DecoderLayer.forward) or "outside",
-# around the (compiled) layer as before session 11. TUNA_LAYER_CHECKPOINT sets it; unset, it is "inside" except where
-# the inside checkpoint has not run on a GPU yet — graphs.py's captured micro-batches and DDP/FSDP runs — which
-# lower the default to "outside" (layer_checkpoint_default).
+# around the (compiled) layer as before session 11. TUNA_LAYER_CHECKPOINT sets it; unset, it is "inside" (CUDA-graphed
+# micro-batches too: their replays equal eager within bf16 noise, GPU-tested in session 12) except in DDP/FSDP runs,
+# where it has not run on several GPUs yet: train.py lowers the default to "outside" there
+# (set_layer_checkpoint_default).
 LAYER_CHECKPOINTS = ("inside", "outside")
 _layer_checkpoint: str | None = None  # TUNA_LAYER_CHECKPOINT; None: unset
 _layer_checkpoint_default = "inside"
@@ -552,16 +553,6 @@ def set_layer_checkpoint_default(mode: str) -> str:
         raise ValueError(f"layer checkpoint: expected one of {LAYER_CHECKPOINTS}, got {mode!r}")
     before, _layer_checkpoint_default = _layer_checkpoint_default, mode
     return before
-
-
-@contextlib.contextmanager
-def layer_checkpoint_default(mode: str) -> Iterator[None]:
-    """set_layer_checkpoint_default for a stretch of code, then put back, on error too."""
-    before = set_layer_checkpoint_default(mode)
-    try:
-        yield
-    finally:
-        set_layer_checkpoint_default(before)
 
 
 # What recompute "full" keeps of each layer besides its input (TUNA_RECOMPUTE_KEEP: a comma list, "none", or unset for
@@ -1198,6 +1189,8 @@ class CausalLM(nn.Module):
         self.offload_report = OffloadReport(c.num_layers)
         # Set by the loader for QLoRA: how the 4-bit base was made (saved beside the adapter for merging).
         self.quantization: dict[str, Any] | None = None
+        # Set by train.py after convert_to_fp8 (train.base_precision "fp8"): the projections' bases are FP8.
+        self.fp8_base = False
 
     @property
     def recompute(self) -> str:
@@ -1260,15 +1253,11 @@ class CausalLM(nn.Module):
                     # Saved: the layer's inputs and what recompute_keep names (offloaded too when the offload is
                     # on). The checkpoint goes inside the layer (DecoderLayer.forward) except around tiled MLPs,
                     # whose own checkpoints stay out of a compiled graph; for 4-bit bases (Qwen3-32B QLoRA at 2 ×
-                    # 2048, H200: 21.6 GiB outside, 22.1–22.3 inside, over issue 5's 22 GiB); and under
-                    # layer_checkpoint() "outside" (TUNA_LAYER_CHECKPOINT, the A/B switch; the default in graphs.py's
-                    # captures and DDP/FSDP runs).
+                    # 2048, H200: 21.6 GiB outside, 22.1–22.3 inside, over issue 5's 22 GiB); for FP8 bases in passes
+                    # not offloaded (_checkpoint_inside); and under layer_checkpoint() "outside" (TUNA_LAYER_CHECKPOINT,
+                    # the A/B switch; the default in DDP/FSDP runs).
                     # Outside, the layer's input alone is kept.
-                    if (
-                        layer_checkpoint() == "inside"
-                        and self.quantization is None
-                        and not layer.tiles_mlp(x)
-                    ):
+                    if self._checkpoint_inside(layer, x, on):
                         x = layer(x, cos, sin, seg, recompute_keeping=recompute_keep(on))
                     else:
                         x = recomputed(layer, x, cos, sin, seg)
@@ -1277,6 +1266,16 @@ class CausalLM(nn.Module):
             if offload is not None:
                 offload.enter_layer(len(self.model.layers))  # the final norm's inputs: a group of their own
             return self.model.norm(x)
+
+    def _checkpoint_inside(self, layer: DecoderLayer, x: torch.Tensor, offloading: bool) -> bool:
+        """Whether recompute "full" checkpoints `layer` from inside (see forward) in a pass that offloads or not."""
+        if layer_checkpoint() != "inside" or self.quantization is not None or layer.tiles_mlp(x):
+            return False
+        # FP8 bases: inside only where the pass offloads. Not offloaded, Qwen3-0.6B's FP8 step (2 × 2048, H200,
+        # 2026-11-29) peaked at 1.77 GiB inside against 1.35 outside (bf16: 1.71 either way) with the same saved
+        # tensors listed per layer — cause not found; offloaded, Qwen3-8B's FP8 step ran 2.94× HF inside (2.50×
+        # outside) at the same 0.49× memory.
+        return offloading or not self.fp8_base
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.output_weight)
