@@ -198,3 +198,6 @@ def test_captured_micro_batches_take_the_default_layer_checkpoint() -> None:
     finally:
         llama.set_layer_checkpoint(None)
     assert seen == ["inside", "outside"]
+    with pytest.raises(ValueError, match="expected one of"):  # the default DDP/FSDP lower (train.py)
+        llama.set_layer_checkpoint_default("around")
+    assert llama.layer_checkpoint() == "inside"
