@@ -53,7 +53,11 @@ def torchrun(
     cmd = launch + (program or ["-m", "tuna_engine", "train", "--plan", str(plan_path)])
     p = subprocess.run(cmd, cwd=REPO_ROOT, env=engine_env(), capture_output=True, text=True, timeout=timeout)
     events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    return p.returncode, events, p.stderr
+    err = p.stderr
+    if p.returncode != 0:
+        # How far rank 0 got: a crash after its "done" event is a teardown problem, not training's.
+        err += f"\n[rank 0's last events: {[e.get('event') for e in events[-4:]]}]"
+    return p.returncode, events, err
 
 
 def losses(events: list[dict[str, Any]]) -> list[float]:
