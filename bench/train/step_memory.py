@@ -103,9 +103,12 @@ def main() -> None:
         "--snapshot-dir", type=Path, default=None, help="memory history snapshots of the FP8 steps"
     )
     args = ap.parse_args()
+    settings = [s.split(":") for s in args.settings.split(",")]
+    for parts in settings:
+        if len(parts) != 2 or parts[0] not in ("bf16", "fp8") or parts[1] not in llama.LAYER_CHECKPOINTS:
+            ap.error(f"--settings: {':'.join(parts)!r} is not <bf16|fp8>:<inside|outside>")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for setting in args.settings.split(","):
-        precision, checkpoint = setting.split(":")
+    for precision, checkpoint in settings:
         t0 = time.time()
         torch._dynamo.reset()
         llama.set_layer_checkpoint(checkpoint)

@@ -546,13 +546,12 @@ def layer_checkpoint() -> str:
     return _layer_checkpoint or _layer_checkpoint_default
 
 
-def set_layer_checkpoint_default(mode: str) -> str:
-    """Sets the default of layer_checkpoint() (TUNA_LAYER_CHECKPOINT still wins); returns the one it replaces."""
+def set_layer_checkpoint_default(mode: str) -> None:
+    """Sets the default of layer_checkpoint() (TUNA_LAYER_CHECKPOINT still wins)."""
     global _layer_checkpoint_default
     if mode not in LAYER_CHECKPOINTS:
         raise ValueError(f"layer checkpoint: expected one of {LAYER_CHECKPOINTS}, got {mode!r}")
-    before, _layer_checkpoint_default = _layer_checkpoint_default, mode
-    return before
+    _layer_checkpoint_default = mode
 
 
 # What recompute "full" keeps of each layer besides its input (TUNA_RECOMPUTE_KEEP: a comma list, "none", or unset for
