@@ -28,9 +28,11 @@ from helpers import (
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
+from tuna_engine import lora
 from tuna_engine.data import Batch, micro_batches, read_shards
 from tuna_engine.distributed import Dist, full, setup, shutdown, unwrap
 from tuna_engine.errors import EngineError
+from tuna_engine.lora import set_lora_add, set_lora_compute
 from tuna_engine.models import Quant4bit, load_for_training
 from tuna_engine.protocol import LoraSpec
 from tuna_engine.train import weighted_ce_sum
@@ -242,14 +244,26 @@ def test_grad_accum_must_divide_by_world() -> None:
 # ---- one step on 2 in-process ranks (torch.multiprocessing + gloo) against one process ----------------------
 
 LORA = LoraSpec(r=4, alpha=8, dropout=0.0, target_modules=("all-linear",), use_rslora=False, use_dora=False)
-CASES = (("lora", "fsdp"), ("qlora", "fsdp"), ("lora", "ddp"), ("qlora", "ddp"))
+# "lora_epilogue": LoRA on the fast path with TUNA_LORA_ADD=epilogue (lora.LoraLinearFunction, which takes the frozen
+# weights as arguments: under FSDP2 the unsharded ones of the forward, saved for backward).
+CASES = (
+    ("lora", "fsdp"),
+    ("qlora", "fsdp"),
+    ("lora", "ddp"),
+    ("qlora", "ddp"),
+    ("lora_epilogue", "fsdp"),
+    ("lora_epilogue", "ddp"),
+)
 
 
 def _build(model_dir: str, method: str) -> torch.nn.Module:
     quant = Quant4bit() if method == "qlora" else None
-    model = load_for_training(model_dir, "float32", torch.device("cpu"), method, LORA, None, 1, quant)
+    base_method = "lora" if method == "lora_epilogue" else method
+    model = load_for_training(model_dir, "float32", torch.device("cpu"), base_method, LORA, None, 1, quant)
     for n, p in model.named_parameters():
         p.requires_grad_(".lora_" in n)
+    set_lora_add("epilogue" if method == "lora_epilogue" else None)
+    set_lora_compute(model, "auto" if method == "lora_epilogue" else "exact")
     return model
 
 
@@ -268,7 +282,16 @@ def _rank_worker(rank: int, model_dir: str, shard: str, port: int, out: str) -> 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     results: dict[str, Any] = {}
+    epilogue_calls = [0]  # LoraLinearFunction's forward calls, so that "lora_epilogue" is shown to take it
+    forward = lora.LoraLinearFunction.forward
+
+    def counted(ctx: Any, *args: Any) -> Any:
+        epilogue_calls[0] += 1
+        return forward(ctx, *args)
+
+    lora.LoraLinearFunction.forward = staticmethod(counted)  # type: ignore[method-assign]
     for method, strategy in CASES:
+        epilogue_calls[0] = 0
         d = setup(strategy, "cpu")  # type: ignore[arg-type]
         assert d is not None
         model = _build(model_dir, method)
@@ -290,6 +313,7 @@ def _rank_worker(rank: int, model_dir: str, shard: str, port: int, out: str) -> 
                 "grads": grads,
                 "held": held,
                 "dtypes": {n: str(t) for n, t in names.items()},
+                "epilogue_calls": epilogue_calls[0],
             }
         torch.distributed.barrier()
     if rank == 0:
@@ -315,7 +339,10 @@ def test_one_step_loss_and_gradients_equal_single_process(tmp_path: Path) -> Non
         model = _build(str(model_dir), method)
         batches = micro_batches(read_shards([str(shard)])[:8], 2)
         weight = sum(b.trained_tokens for b in batches)
-        loss = _one_step(model, batches, weight, 1.0) / weight
+        try:
+            loss = _one_step(model, batches, weight, 1.0) / weight
+        finally:
+            set_lora_add(None)  # _build's setting is process-wide
         assert r["loss"] == pytest.approx(loss, abs=1e-5), (method, strategy)
         ref = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
         assert r["grads"].keys() == ref.keys() and len(ref) > 0
@@ -328,3 +355,8 @@ def test_one_step_loss_and_gradients_equal_single_process(tmp_path: Path) -> Non
             assert r["held"] == storage
         if method == "qlora":
             assert r["dtypes"]["model.layers.0.mlp.up_proj.base_layer.weight"] == "torch.uint8"
+        assert (r["epilogue_calls"] > 0) == (method == "lora_epilogue"), (
+            method,
+            strategy,
+            r["epilogue_calls"],
+        )

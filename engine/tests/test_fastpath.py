@@ -22,6 +22,7 @@ from tuna_engine.errors import EngineError
 from tuna_engine.lora import Linear, lora_forward, set_lora_compute
 from tuna_engine.models import llama, load_model
 from tuna_engine.protocol import LoraSpec, parse_train_plan
+from tuna_engine.quant import Linear4bit
 from tuna_engine.train import set_compiled_recompute, weighted_ce_sum
 
 
@@ -78,7 +79,7 @@ SHAPES = [  # (tokens per row, in_features, out_features of the group, r): sever
 ]
 
 
-@pytest.fixture(params=["gemm", "separate", "inplace"])
+@pytest.fixture(params=["gemm", "separate", "inplace", "epilogue"])
 def lora_add(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every way the adapter product reaches the base output (lora.set_lora_add, TUNA_LORA_ADD)."""
     lora.set_lora_add(request.param)
@@ -121,20 +122,92 @@ def test_fast_function_16bit_error_no_worse_than_peft(
 
 def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_add: str) -> None:
     """ "gemm" adds the adapter product in addmm (whose C ATen first copies from the base output); "separate" runs
-    plain GEMMs and adds elementwise; "inplace" adds into the base outputs themselves through tuna::lora_addmm_."""
+    plain GEMMs and adds elementwise; "inplace" adds into the base outputs themselves through tuna::lora_addmm_;
+    "epilogue" computes the adapter products first (x·Aᵀ, then one GEMM of inner size r a projection) and runs each
+    base GEMM as tuna::lora_addmm_ into its product — forward, and in backward for dx (g·A first, then each
+    dy_i·W_i added into it)."""
     lins = make_linears(64, [64, 16, 16], 8, seed=3, dtype=torch.bfloat16)
     for lin in lins:
         lin.lora_compute = "auto"
-    x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16, requires_grad=True)
     with CountMM() as mm:
-        lora_forward(lins, x)
+        ys = lora_forward(lins, x)
     assert (mm.addmm, mm.inplace, len(mm.shapes)) == {
         "gemm": (3, 0, 3 + 1 + 3),
         "separate": (0, 0, 3 + 1 + 3),
         "inplace": (0, 3, 3 + 1),
+        "epilogue": (0, 3, 1 + 3),
     }[lora_add]
-    with pytest.raises(EngineError, match="TUNA_LORA_ADD: 'epilogue' is not one of inplace, gemm, separate"):
-        lora.set_lora_add("epilogue")
+    with CountMM() as mm:
+        sum(y.float().sum() for y in ys).backward()
+    # g_i (3), dx = g·A (1), dA (1), dB (3); "epilogue" adds the base GEMMs' dx into g·A (3 in place), the other
+    # modes run them as plain GEMMs (3) whose results autograd sums
+    assert (mm.addmm, mm.inplace, len(mm.shapes)) == (
+        (0, 3, 3 + 1 + 1 + 3) if lora_add == "epilogue" else (0, 0, 3 + 1 + 1 + 3 + 3)
+    )
+    with pytest.raises(
+        EngineError, match="TUNA_LORA_ADD: 'fused' is not one of auto, epilogue, inplace, gemm, separate"
+    ):
+        lora.set_lora_add("fused")
+
+
+def test_lora_add_auto_takes_epilogue_for_groups_at_least_4096_wide() -> None:
+    """The default ("auto") runs a group through LoraLinearFunction when its input is at least
+    EPILOGUE_MIN_IN_FEATURES (4096) wide — Qwen3-8B's every group — and as "inplace" below (Qwen3-0.6B's)."""
+    lora.set_lora_add(None)
+    assert lora.EPILOGUE_MIN_IN_FEATURES == 4096
+    for width, epilogue in ((4095, False), (4096, True)):
+        lins = make_linears(width, [8, 8], 2, seed=5, dtype=torch.bfloat16)
+        for lin in lins:
+            lin.lora_compute = "auto"
+        x = torch.randn(1, 3, width, dtype=torch.bfloat16)
+        with CountMM() as mm:
+            lora_forward(lins, x)
+        # epilogue: x·Aᵀ [3, 2r], 2 products, then 2 base GEMMs in place; inplace: 2 base GEMMs, x·Aᵀ, then the
+        # 2 products in place
+        assert (mm.shapes, mm.inplace) == (
+            ([(3, 4), (3, 8), (3, 8)], 2) if epilogue else ([(3, 8), (3, 8), (3, 4)], 2)
+        )
+        assert lora._epilogue_group(lins, x) is epilogue
+
+
+@pytest.mark.parametrize("case", ["bias", "nf4", "dora", "exact", "trainable_base"])
+def test_lora_add_epilogue_leaves_groups_it_cannot_take_to_the_other_paths(case: str) -> None:
+    """Under "epilogue" a group with a biased, NF4 or trainable base, a DoRA or an "exact" projection does not go
+    through LoraLinearFunction: it runs the ops "inplace" runs (base GEMMs as plain GEMMs), with the same numbers."""
+    lins = make_linears(64, [64, 16], 8, seed=4, dtype=torch.bfloat16, bias=case == "bias")
+    for lin in lins:
+        lin.lora_compute = "auto"
+    if case == "nf4":
+        for lin in lins:
+            lin.base_layer = Linear4bit.from_linear(lin, compute_dtype=torch.bfloat16)
+            del lin.weight
+            lin.weight = None  # type: ignore[assignment]
+    elif case == "dora":
+        dora = Linear(64, 16, False, spec(8, dora=True))
+        dora.load_state_dict(lins[1].state_dict(), strict=False)
+        with torch.no_grad():
+            dora.weight.data = lins[1].weight.data
+            dora.lora_magnitude_vector.copy_(dora.dora_weight_norm(dora.weight.float()))
+        dora.weight.requires_grad_(False)
+        dora.lora_compute = "auto"
+        lins[1] = dora
+    elif case == "exact":
+        lins[1].lora_compute = "exact"
+    elif case == "trainable_base":
+        lins[0].weight.requires_grad_(True)
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    assert not lora._epilogue_group(lins, x)
+    outs, ops = {}, {}
+    for mode in ("epilogue", "inplace"):
+        lora.set_lora_add(mode)
+        with CountMM() as mm:
+            outs[mode] = lora_forward(lins, x)
+        ops[mode] = (mm.shapes, mm.addmm, mm.inplace)
+    lora.set_lora_add(None)
+    assert ops["epilogue"] == ops["inplace"]
+    for a, b in zip(outs["epilogue"], outs["inplace"], strict=True):
+        assert torch.equal(a, b)
 
 
 def one_layer_06b(dtype: torch.dtype, rebuild_rotary: bool = True) -> llama.CausalLM:
@@ -161,7 +234,7 @@ def one_layer_06b(dtype: torch.dtype, rebuild_rotary: bool = True) -> llama.Caus
     return model
 
 
-def test_lora_add_inplace_runs_on_the_base_gemms_buffer_in_a_compiled_layer(
+def test_lora_add_inplace_and_epilogue_run_in_place_in_a_compiled_layer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Compiled (CPU Inductor, one Qwen3-0.6B-shaped layer, fp32): with "gemm" the generated code calls addmm into
@@ -175,18 +248,18 @@ def test_lora_add_inplace_runs_on_the_base_gemms_buffer_in_a_compiled_layer(
     from saved_tensors import saved_by_layer
 
     results = {}
-    for mode in ("gemm", "inplace"):
+    for mode in ("gemm", "inplace", "epilogue"):
         lora.set_lora_add(mode)
         torch._dynamo.reset()
         model = one_layer_06b(torch.float32)
         torch.manual_seed(1)
         _, code = run_and_get_code(lambda m=model: saved_by_layer(m, 1, 32))
         grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
-        results[mode] = (code[0], grads)
+        results[mode] = (code, grads)
     lora.set_lora_add(None)
     torch._dynamo.reset()
-    gemm_code, gemm_grads = results["gemm"]
-    inplace_code, inplace_grads = results["inplace"]
+    (gemm_code, *_), gemm_grads = results["gemm"]
+    (inplace_code, *_), inplace_grads = results["inplace"]
     assert gemm_code.count("extern_kernels.addmm(") == 7 and "lora_addmm_" not in gemm_code
     assert "extern_kernels.addmm(" not in inplace_code
     calls = re.findall(r"torch\.ops\.tuna\.lora_addmm_\.default\((buf\d+),", inplace_code)
@@ -195,6 +268,21 @@ def test_lora_add_inplace_runs_on_the_base_gemms_buffer_in_a_compiled_layer(
         assert re.search(rf"extern_kernels\.mm\([^\n]*out={buf}\)", inplace_code), buf
     for a, b in zip(inplace_grads, gemm_grads, strict=True):
         assert rel(a, b) < 1e-6
+    # "epilogue": each of the 7 base GEMMs runs as tuna::lora_addmm_ into the adapter product's buffer, written by a
+    # GEMM of inner size r = 16 (its second operand [16, out]); in backward the 7 base dx GEMMs add into the
+    # adapters' dx (q/k/v into one, gate/up into one). Same gradients within fp32 rounding (other summation order).
+    (forward_code, backward_code), epilogue_grads = results["epilogue"]
+    assert "extern_kernels.addmm(" not in forward_code + backward_code
+    calls = re.findall(r"torch\.ops\.tuna\.lora_addmm_\.default\((buf\d+), [^\n]*primals_", forward_code)
+    assert len(calls) == 7
+    for buf in calls:
+        assert re.search(
+            rf"extern_kernels\.mm\([^\n]*\(16, \d+\), \(1, 16\), 0\), out={buf}\)", forward_code
+        ), buf
+    calls = re.findall(r"torch\.ops\.tuna\.lora_addmm_\.default\((buf\d+), [^\n]*primals_", backward_code)
+    assert len(calls) == 7 and len(set(calls)) == 4
+    for a, b in zip(epilogue_grads, inplace_grads, strict=True):
+        assert rel(a, b) < 1e-5
 
 
 class CountMM(TorchDispatchMode):
@@ -456,9 +544,13 @@ def test_full_recompute_inside_the_compiled_layer_reruns_only_what_backward_read
     from collections import Counter
 
     def big_gemms(ops: list[tuple[str, list]]) -> Counter:
-        return Counter(
-            str(shapes[:2]) for name, shapes in ops if name == "aten::mm" and min(shapes[1]) >= 1024
-        )
+        """The base GEMMs' operand shapes: aten::mm's, or tuna::lora_addmm_'s after its C (TUNA_LORA_ADD=epilogue)."""
+        operands = [
+            shapes[:2] if name == "aten::mm" else shapes[1:3]
+            for name, shapes in ops
+            if name in ("aten::mm", "tuna::lora_addmm_")
+        ]
+        return Counter(str(pair) for pair in operands if min(pair[1]) >= 1024)
 
     def attention_forwards(ops: list[tuple[str, list]]) -> list[str]:
         return [name for name, _ in ops if "attention" in name and "backward" not in name]
@@ -731,7 +823,7 @@ def test_attention_mode_rejects_unknown_values_naming_the_variable(monkeypatch: 
     "variable,value",
     [
         ("TUNA_ATTENTION", "flash3"),
-        ("TUNA_LORA_ADD", "fused"),
+        ("TUNA_LORA_ADD", "fusion"),
         ("TUNA_GRAPH_KEYS", "tight"),
         ("TUNA_LAYER_CHECKPOINT", "around"),
         ("TUNA_RECOMPUTE_KEEP", "mlp"),

@@ -23,12 +23,18 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
     and one dx GEMM (`lora_forward`). DoRA and dropout > 0 in training take the exact path. In fp32 it is the
     same math as "exact" up to summation order.
     How the product reaches the base output (`set_lora_add`, TUNA_LORA_ADD):
-      "inplace" (default): added into the base output's own memory by the custom op tuna::lora_addmm_ (the same
+      "auto" (default): "epilogue" for groups reading ≥ EPILOGUE_MIN_IN_FEATURES (4096) input features, "inplace"
+        for narrower ones (measured: the comment at EPILOGUE_MIN_IN_FEATURES).
+      "epilogue": for a group of plain frozen 16-bit projections without bias, `LoraLinearFunction`
+        computes base and adapter together: the adapter product first, then the base GEMM adds it as cuBLAS's C
+        (read in the epilogue of a compute-bound GEMM) through tuna::lora_addmm_, in place; the backward's dx
+        likewise. Other groups (NF4, FP8, biased, DoRA, "exact") take the paths below as "inplace" does.
+      "inplace": added into the base output's own memory by the custom op tuna::lora_addmm_ (the same
         cuBLAS call as "gemm": the same numbers), which Inductor runs in place on the base GEMM's buffer — no copy
         (CPU test on the generated code). Measured on an H200 (session 10, docs/benchmarks.md) against "gemm" in
         the same runs: +2.9% and +4.0% tokens/s for Qwen3-0.6B (defaults; elementwise speed setting), +2.4% and
         +3.0% for 8B; the 200-step fast-path loss curve passed with it. Plain 16-bit bases without bias only;
-        the others (NF4, FP8, biased) keep "gemm".
+        the others (NF4, FP8, biased) take "separate".
       "gemm": as addmm's C. cuBLAS writes C in place, so an addmm into a new tensor (Inductor's, in compiled
         layers) makes ATen copy the base output first: 7 device-to-device copies a Qwen3 layer and pass.
       "separate": the product as its own GEMM, added elementwise (one more rounding to 16 bits, as peft's own path
@@ -193,7 +199,15 @@ class Linear(nn.Module):
 def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of `linears`, which all read the same x [..., in]: base GEMMs, then the adapters. Those on
     the fast path with one scaling go through ONE `LoraFunction` (q/k/v: x·[A_q; A_k; A_v]ᵀ is one GEMM of
-    width 3r, and dx one GEMM); the others (DoRA, dropout, "exact") each take peft's path."""
+    width 3r, and dx one GEMM); the others (DoRA, dropout, "exact") each take peft's path. With
+    TUNA_LORA_ADD=epilogue a group of plain frozen 16-bit projections without bias, all on the fast path, goes
+    through `LoraLinearFunction` instead: base and adapter in one Function ("auto", the default: when x is at
+    least EPILOGUE_MIN_IN_FEATURES wide)."""
+    if _epilogue_group(linears, x):
+        args: list[torch.Tensor] = []
+        for lin in linears:
+            args += [lin.weight, lin.lora_A.weight, lin.lora_B.weight]
+        return list(LoraLinearFunction.apply(x, linears[0].scaling, *args))
     ys = [lin.base_forward(x) for lin in linears]
     fast = [i for i, (lin, y) in enumerate(zip(linears, ys, strict=True)) if lin.fast_path(x, y)]
     if fast and len({linears[i].scaling for i in fast}) > 1:
@@ -208,8 +222,8 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
             args += [ys[i], linears[i].lora_A.weight, linears[i].lora_B.weight]
         # "inplace" only into outputs of plain 16-bit GEMMs without bias: those own their memory (a biased
         # F.linear on 3-D input returns a view, which autograd will not let a Function of several outputs write
-        # into); NF4 / FP8 bases keep "gemm".
-        inplace = _lora_add == "inplace" and all(
+        # into); NF4 / FP8 bases take "separate" (LoraFunction.forward).
+        inplace = _lora_add in ("auto", "inplace", "epilogue") and all(
             linears[i].bias is None and linears[i].weight is not None and ys[i].is_contiguous() for i in fast
         )  # contiguous: the reshape in LoraFunction must be a view of y, or the add would land in a copy
         outs = LoraFunction.apply(x, linears[fast[0]].scaling, inplace, *args)
@@ -218,8 +232,36 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
     return ys
 
 
-LORA_ADDS = ("inplace", "gemm", "separate")
-_lora_add = "inplace"
+LORA_ADDS = ("auto", "epilogue", "inplace", "gemm", "separate")
+_lora_add = "auto"
+# "auto" takes "epilogue" for groups reading at least this many input features, "inplace" below. Measured on an H200
+# (session 13, docs/benchmarks.md; epilogue against inplace in the same runs): Qwen3-8B (every group reads 4096 or
+# 12288) +2.3% tokens/s; Qwen3-0.6B (1024 to 3072) −1.9%: the base GEMM's read of C in its epilogue is not hidden
+# (an 8B gate/up GEMM takes 59 µs more with it, ~5%), and what it saves is worth less on small GEMMs.
+EPILOGUE_MIN_IN_FEATURES = 4096
+
+
+def _epilogue_group(linears: Sequence[Linear], x: torch.Tensor) -> bool:
+    """Whether `linears` (reading x) go through LoraLinearFunction: TUNA_LORA_ADD "epilogue", or "auto" with x at
+    least EPILOGUE_MIN_IN_FEATURES wide; and every one a frozen 16-bit (or fp32) base weight of x's dtype without
+    bias, with a LoRA adapter on the fast path, all of one scaling."""
+    wide = x.shape[-1] >= EPILOGUE_MIN_IN_FEATURES
+    return (
+        (_lora_add == "epilogue" or (_lora_add == "auto" and wide))
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and all(
+            lin.lora is not None
+            and lin.lora_compute == "auto"
+            and not lin.lora.use_dora
+            and (lin.lora.dropout == 0 or not lin.training)
+            and lin.base_layer is None
+            and lin.bias is None
+            and lin.weight.dtype == x.dtype
+            and not lin.weight.requires_grad
+            for lin in linears
+        )
+        and len({lin.scaling for lin in linears}) == 1
+    )
 
 
 @torch.library.custom_op("tuna::lora_addmm_", mutates_args=("y",))
@@ -237,15 +279,15 @@ def _lora_addmm_fake(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha:
 
 
 def set_lora_add(mode: str | None) -> None:
-    """TUNA_LORA_ADD (module docstring): "inplace" (None: the default), "gemm" or "separate"; anything else names
-    the variable."""
+    """TUNA_LORA_ADD (module docstring): "auto" (None: the default), "epilogue", "inplace", "gemm" or "separate";
+    anything else names the variable."""
     global _lora_add
-    mode = mode or "inplace"
+    mode = mode or "auto"
     if mode not in LORA_ADDS:
         raise EngineError(
             "PLAN_INVALID",
             f"environment variable TUNA_LORA_ADD: {mode!r} is not one of {', '.join(LORA_ADDS)}",
-            hint="unset it for the default (inplace)",
+            hint="unset it for the default (auto)",
         )
     _lora_add = mode
 
@@ -320,6 +362,69 @@ class LoraFunction(torch.autograd.Function):
             r = As[i].shape[0]
             dB = _mm_f32(dy2[i].t(), xa[:, start : start + r]).mul_(s)  # [out_i, r]
             grads += [dys[i] if ctx.needs_input_grad[3 + 3 * i] else None, dA_all[start : start + r], dB]
+            start += r
+        return tuple(grads)
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """k ≥ 1 frozen projections with their adapters, all reading the same input (TUNA_LORA_ADD=epilogue):
+    out_i = x W_iᵀ + s·(x A_iᵀ) B_iᵀ, in x's dtype, the adapter product computed FIRST and the base GEMM adding it
+    in its epilogue (cuBLAS's C: on an H200 ~5% more time for an 8B gate/up GEMM, less than "inplace"'s separate
+    kernel, which reads and writes the whole output again to add the product). The backward does the
+    same for dx: dx = g·[A_1;…;A_k] first, then each dy_i W_i added into it by its GEMM, where autograd would write
+    each base GEMM's dx separately and sum them elementwise.
+
+    forward(x [..., in], s, W_1, A_1, B_1, …, W_k, A_k, B_k): W_i [out_i, in] the frozen base weight (x's dtype),
+    A_i [r_i, in] and B_i [out_i, r_i] the fp32 adapter parameters, cast to x's dtype per call (s·B_i rounded
+    once, as LoraFunction's backward does). Saved: x, xa = x·[A_1;…;A_k]ᵀ [N, Σr] and the parameters (no copies):
+    what the base GEMMs and LoraFunction saved between them. Backward, with g_i = s·dy_i B_i and g = [g_1 … g_k]:
+      dx = g·[A_1;…;A_k] + Σ dy_i W_i      dA = gᵀ x (fp32 out)      dB_i = s·dy_iᵀ xa_i (fp32 out)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scaling: float, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        Ws, As, Bs = args[0::3], args[1::3], args[2::3]
+        dt = x.dtype
+        x2 = x.reshape(-1, x.shape[-1])
+        a = torch.cat(As).to(dt) if len(As) > 1 else As[0].to(dt)  # [Σr, in]
+        xa = x2 @ a.t()  # [N, Σr]
+        outs, start = [], 0
+        for W, A, B in zip(Ws, As, Bs, strict=True):
+            r = A.shape[0]
+            # [N, out]: the adapter product, written once; then += x Wᵀ, the product read as the GEMM's C
+            out = xa[:, start : start + r] @ (B * scaling).to(dt).t()
+            torch.ops.tuna.lora_addmm_(out, x2, W.t(), 1.0)
+            outs.append(out.view(*x.shape[:-1], W.shape[0]))
+            start += r
+        ctx.save_for_backward(x, xa, *Ws, *As, *Bs)
+        ctx.scaling = scaling
+        ctx.k = len(As)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *dys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, xa, *params = ctx.saved_tensors
+        k, s = ctx.k, ctx.scaling
+        Ws, As, Bs = params[:k], params[k : 2 * k], params[2 * k :]
+        dt = x.dtype
+        x2 = x.reshape(-1, x.shape[-1])
+        dy2 = [dy.reshape(-1, dy.shape[-1]).to(dt) for dy in dys]
+        gs = [dy @ (B * s).to(dt) for dy, B in zip(dy2, Bs, strict=True)]  # g_i = s·dy_i B_i, [N, r_i]
+        g = torch.cat(gs, dim=1) if k > 1 else gs[0]  # [N, Σr]
+        dx = None
+        if ctx.needs_input_grad[0]:
+            a = torch.cat(As).to(dt) if k > 1 else As[0].to(dt)
+            dx2 = g @ a  # [N, in]
+            for dy, W in zip(dy2, Ws, strict=True):
+                torch.ops.tuna.lora_addmm_(dx2, dy, W, 1.0)  # += dy_i W_i, in the GEMM's epilogue
+            dx = dx2.view(x.shape)
+        dA_all = _mm_f32(g.t(), x2)  # [Σr, in] fp32
+        grads: list[torch.Tensor | None] = [dx, None]
+        start = 0
+        for i in range(k):
+            r = As[i].shape[0]
+            dB = _mm_f32(dy2[i].t(), xa[:, start : start + r]).mul_(s)  # [out_i, r]
+            grads += [None, dA_all[start : start + r], dB]
             start += r
         return tuple(grads)
 
