@@ -598,6 +598,15 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "the defaults' keeps (attention, q/k/v, o) with nothing offloaded: what the offload costs in time",
     ),
+    # TUNA_LORA_ADD=inplace (lora.py): the default before session 13 — the base GEMM writes its output and the adapter
+    # product is added into it by a second GEMM that reads and writes all of it ("epilogue", the default, computes
+    # the product first and lets the base GEMM add it as cuBLAS's C; dx likewise in backward).
+    "default_inplace": (
+        {},
+        {"TUNA_LORA_ADD": "inplace"},
+        "full",
+        "the defaults with the LoRA product added into the base output after its GEMM (before session 13)",
+    ),
     "default_gemm": (
         {},
         {"TUNA_LORA_ADD": "gemm"},
