@@ -300,6 +300,38 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b).float()
 
 
+def _x_times_a(
+    x: torch.Tensor, As: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x2 = x as [N, in] (a view), a = [A_1;…;A_k] in x's dtype [Σr, in], xa = x2·aᵀ [N, Σr]): x read once for all."""
+    x2 = x.reshape(-1, x.shape[-1])
+    a = torch.cat(list(As)).to(x.dtype) if len(As) > 1 else As[0].to(x.dtype)
+    return x2, a, x2 @ a.t()
+
+
+def _g(dy2: Sequence[torch.Tensor], Bs: Sequence[torch.Tensor], s: float) -> torch.Tensor:
+    """g = [s·dy_1 B_1 … s·dy_k B_k] [N, Σr], s·B_i rounded to dy's dtype once."""
+    gs = [dy @ (B * s).to(dy.dtype) for dy, B in zip(dy2, Bs, strict=True)]
+    return torch.cat(gs, dim=1) if len(gs) > 1 else gs[0]
+
+
+def _adapter_grads(
+    g: torch.Tensor,
+    x2: torch.Tensor,
+    xa: torch.Tensor,
+    dy2: Sequence[torch.Tensor],
+    ranks: Sequence[int],
+    s: float,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(dA_i, dB_i) for each adapter: dA = gᵀ x (one GEMM for all, fp32 out), dB_i = s·dy_iᵀ xa_i (fp32 out)."""
+    dA_all = _mm_f32(g.t(), x2)  # [Σr, in]
+    out, col = [], 0
+    for dy, r in zip(dy2, ranks, strict=True):
+        out.append((dA_all[col : col + r], _mm_f32(dy.t(), xa[:, col : col + r]).mul_(s)))
+        col += r
+    return out
+
+
 class LoraFunction(torch.autograd.Function):
     """k ≥ 1 adapters reading the same input: out_i = y_i + s·(x A_iᵀ) B_iᵀ, in x's dtype.
 
@@ -318,9 +350,7 @@ class LoraFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         ys, As, Bs = args[0::3], args[1::3], args[2::3]
         dt = x.dtype
-        x2 = x.reshape(-1, x.shape[-1])  # [N, in], a view of x
-        a = torch.cat(As).to(dt) if len(As) > 1 else As[0].to(dt)  # [Σr, in]
-        xa = x2 @ a.t()  # [N, Σr]: x is read once for all k adapters
+        _, _, xa = _x_times_a(x, As)  # [N, Σr]: x is read once for all k adapters
         outs, start = [], 0
         for y, A, B in zip(ys, As, Bs, strict=True):
             r = A.shape[0]
@@ -346,23 +376,16 @@ class LoraFunction(torch.autograd.Function):
         x, xa, *params = ctx.saved_tensors
         k, s = ctx.k, ctx.scaling
         As, Bs = params[:k], params[k:]
-        dt = x.dtype
         x2 = x.reshape(-1, x.shape[-1])
-        dy2 = [dy.reshape(-1, dy.shape[-1]).to(dt) for dy in dys]
-        gs = [dy @ (B * s).to(dt) for dy, B in zip(dy2, Bs, strict=True)]  # g_i = s·dy_i B_i, [N, r_i]
-        g = torch.cat(gs, dim=1) if k > 1 else gs[0]  # [N, Σr]
+        dy2 = [dy.reshape(-1, dy.shape[-1]).to(x.dtype) for dy in dys]
+        g = _g(dy2, Bs, s)  # [N, Σr]
         dx = None
         if ctx.needs_input_grad[0]:
-            a = torch.cat(As).to(dt) if k > 1 else As[0].to(dt)
+            a = torch.cat(As).to(x.dtype) if k > 1 else As[0].to(x.dtype)
             dx = (g @ a).view(x.shape)
-        dA_all = _mm_f32(g.t(), x2)  # [Σr, in] fp32
         grads: list[torch.Tensor | None] = [dx, None, None]
-        start = 0
-        for i in range(k):
-            r = As[i].shape[0]
-            dB = _mm_f32(dy2[i].t(), xa[:, start : start + r]).mul_(s)  # [out_i, r]
-            grads += [dys[i] if ctx.needs_input_grad[3 + 3 * i] else None, dA_all[start : start + r], dB]
-            start += r
+        for i, (dA, dB) in enumerate(_adapter_grads(g, x2, xa, dy2, [A.shape[0] for A in As], s)):
+            grads += [dys[i] if ctx.needs_input_grad[3 + 3 * i] else None, dA, dB]
         return tuple(grads)
 
 
@@ -385,9 +408,7 @@ class LoraLinearFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, scaling: float, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         Ws, As, Bs = args[0::3], args[1::3], args[2::3]
         dt = x.dtype
-        x2 = x.reshape(-1, x.shape[-1])
-        a = torch.cat(As).to(dt) if len(As) > 1 else As[0].to(dt)  # [Σr, in]
-        xa = x2 @ a.t()  # [N, Σr]
+        x2, _, xa = _x_times_a(x, As)  # [N, in], [N, Σr]
         outs, start = [], 0
         for W, A, B in zip(Ws, As, Bs, strict=True):
             r = A.shape[0]
@@ -406,26 +427,19 @@ class LoraLinearFunction(torch.autograd.Function):
         x, xa, *params = ctx.saved_tensors
         k, s = ctx.k, ctx.scaling
         Ws, As, Bs = params[:k], params[k : 2 * k], params[2 * k :]
-        dt = x.dtype
         x2 = x.reshape(-1, x.shape[-1])
-        dy2 = [dy.reshape(-1, dy.shape[-1]).to(dt) for dy in dys]
-        gs = [dy @ (B * s).to(dt) for dy, B in zip(dy2, Bs, strict=True)]  # g_i = s·dy_i B_i, [N, r_i]
-        g = torch.cat(gs, dim=1) if k > 1 else gs[0]  # [N, Σr]
+        dy2 = [dy.reshape(-1, dy.shape[-1]).to(x.dtype) for dy in dys]
+        g = _g(dy2, Bs, s)  # [N, Σr]
         dx = None
         if ctx.needs_input_grad[0]:
-            a = torch.cat(As).to(dt) if k > 1 else As[0].to(dt)
+            a = torch.cat(As).to(x.dtype) if k > 1 else As[0].to(x.dtype)
             dx2 = g @ a  # [N, in]
             for dy, W in zip(dy2, Ws, strict=True):
                 torch.ops.tuna.lora_addmm_(dx2, dy, W, 1.0)  # += dy_i W_i, in the GEMM's epilogue
             dx = dx2.view(x.shape)
-        dA_all = _mm_f32(g.t(), x2)  # [Σr, in] fp32
         grads: list[torch.Tensor | None] = [dx, None]
-        start = 0
-        for i in range(k):
-            r = As[i].shape[0]
-            dB = _mm_f32(dy2[i].t(), xa[:, start : start + r]).mul_(s)  # [out_i, r]
-            grads += [None, dA_all[start : start + r], dB]
-            start += r
+        for dA, dB in _adapter_grads(g, x2, xa, dy2, [A.shape[0] for A in As], s):
+            grads += [None, dA, dB]
         return tuple(grads)
 
 
