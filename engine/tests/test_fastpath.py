@@ -55,7 +55,13 @@ def make_linears(in_f: int, outs: list[int], r: int, seed: int, dtype: torch.dty
 
 
 def run_group(lins, x: torch.Tensor, mode: str, seed: int = 9):
-    """Outputs and grads (x, every A and B) of `lins` reading x, with a random upstream gradient."""
+    """Outputs and grads (x, every A and B) of `lins` reading x, with a random upstream gradient. Under
+    TUNA_LORA_ADD=augmented, "auto" first stores the group's weights in a FusedGroup (where it can hold them)."""
+    if mode == "auto" and lora.lora_add_mode() == "augmented" and lins[0].fused is None:
+        for lin in lins:
+            lin.lora_compute = "auto"
+        if lora._fusable(lins):
+            lora.FusedGroup(lins)
     for lin in lins:
         lin.lora_compute = mode
         lin.zero_grad(set_to_none=True)
@@ -79,7 +85,7 @@ SHAPES = [  # (tokens per row, in_features, out_features of the group, r): sever
 ]
 
 
-@pytest.fixture(params=["gemm", "separate", "inplace", "epilogue"])
+@pytest.fixture(params=["gemm", "separate", "inplace", "epilogue", "augmented"])
 def lora_add(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every way the adapter product reaches the base output (lora.set_lora_add, TUNA_LORA_ADD)."""
     lora.set_lora_add(request.param)
@@ -130,6 +136,8 @@ def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_ad
     for lin in lins:
         lin.lora_compute = "auto"
     x = torch.randn(2, 5, 64, dtype=torch.bfloat16, requires_grad=True)
+    if lora_add == "augmented":
+        lora.FusedGroup(lins)
     with CountMM() as mm:
         ys = lora_forward(lins, x)
     assert (mm.addmm, mm.inplace, len(mm.shapes)) == {
@@ -137,16 +145,22 @@ def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_ad
         "separate": (0, 0, 3 + 1 + 3),
         "inplace": (0, 3, 3 + 1),
         "epilogue": (0, 3, 1 + 3),
+        "augmented": (0, 0, 1 + 1),  # x·Aᵀ, then [x | xA]·[W | s·B]ᵀ for the three at once
     }[lora_add]
+    if lora_add == "augmented":
+        assert mm.shapes == [(10, 24), (10, 96)]
     with CountMM() as mm:
         sum(y.float().sum() for y in ys).backward()
     # g_i (3), dx = g·A (1), dA (1), dB (3); "epilogue" adds the base GEMMs' dx into g·A (3 in place), the other
-    # modes run them as plain GEMMs (3) whose results autograd sums
-    assert (mm.addmm, mm.inplace, len(mm.shapes)) == (
-        (0, 3, 3 + 1 + 1 + 3) if lora_add == "epilogue" else (0, 0, 3 + 1 + 1 + 3 + 3)
-    )
+    # modes run them as plain GEMMs (3) whose results autograd sums; "augmented": g (1), g·A (1) with the group's
+    # one dy·W added into it (1 in place), dA (1), dB (3)
+    assert (mm.addmm, mm.inplace, len(mm.shapes)) == {
+        "epilogue": (0, 3, 3 + 1 + 1 + 3),
+        "augmented": (0, 1, 1 + 1 + 1 + 3),
+    }.get(lora_add, (0, 0, 3 + 1 + 1 + 3 + 3))
     with pytest.raises(
-        EngineError, match="TUNA_LORA_ADD: 'fused' is not one of auto, epilogue, inplace, gemm, separate"
+        EngineError,
+        match="TUNA_LORA_ADD: 'fused' is not one of auto, epilogue, augmented, inplace, gemm, separate",
     ):
         lora.set_lora_add("fused")
 
@@ -283,6 +297,109 @@ def test_lora_add_inplace_and_epilogue_run_in_place_in_a_compiled_layer(
     assert len(calls) == 7 and len(set(calls)) == 4
     for a, b in zip(epilogue_grads, inplace_grads, strict=True):
         assert rel(a, b) < 1e-5
+
+
+def test_lora_add_augmented_runs_one_gemm_a_group_in_a_compiled_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TUNA_LORA_ADD=augmented on one compiled Qwen3-0.6B-shaped layer (CPU Inductor, fp32): the frozen weights of
+    q/k/v, o, gate/up and down sit in 4 buffers with their adapters, and the generated forward runs 8 GEMMs (x·Aᵀ
+    and [x | xA]·[W | s·B]ᵀ a group: q/k/v in one, gate/up in one) where "inplace" runs 11 and 7 in-place adds;
+    the backward runs one frozen GEMM a group (4, each adding into g·A), reading ONE gradient buffer a group that
+    the producing kernel writes (no copy of it: no `cpp_fused_cat` kernel of its own); the state dict (names,
+    shapes, values) is unchanged; the gradients equal "inplace"'s within fp32 rounding."""
+    from torch._inductor.utils import run_and_get_code
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "bench/train"))
+    from saved_tensors import saved_by_layer
+
+    results = {}
+    try:
+        for mode in ("inplace", "augmented"):
+            lora.set_lora_add(mode)
+            torch._dynamo.reset()
+            model = one_layer_06b(torch.float32)
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            groups = lora.fuse_projection_groups(model) if mode == "augmented" else []
+            after = model.state_dict()
+            assert after.keys() == before.keys()
+            assert all(torch.equal(after[k], v) for k, v in before.items())
+            torch.manual_seed(1)
+            _, code = run_and_get_code(lambda m=model: saved_by_layer(m, 1, 32))
+            grads = [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+            results[mode] = (code, len(groups), grads)
+    finally:
+        lora.set_lora_add(None)
+        torch._dynamo.reset()
+    (inplace_code, _), _, inplace_grads = results["inplace"]
+    (augmented_code, augmented_backward), n_groups, augmented_grads = results["augmented"]
+    assert n_groups == 4
+    assert inplace_code.count("extern_kernels.mm(") == 11 and inplace_code.count("lora_addmm_.default(") == 7
+    assert augmented_code.count("extern_kernels.mm(") == 8 and "lora_addmm_" not in augmented_code
+    assert "extern_kernels.addmm(" not in augmented_code + augmented_backward
+    calls = re.findall(r"torch\.ops\.tuna\.lora_addmm_\.default\(buf\d+, ([^,]+),", augmented_backward)
+    assert len(calls) == 4
+    assert not re.search(r"cpp_fused_cat_\d+\(", augmented_backward)  # a cat only inside its producer kernel
+    for a, b in zip(augmented_grads, inplace_grads, strict=True):
+        assert rel(a, b) < 1e-5
+
+
+def test_augmented_buffer_is_a_weight_to_the_activation_offload() -> None:
+    """LoraFusedFunction saves its group's buffer for backward; the offload must treat it as a weight (kept where
+    it is), not as an activation to copy to the host each step — which it does for a frozen Parameter."""
+    from test_offload import fake_hooks
+
+    group = lora.FusedGroup(make_linears(64, [64, 16], 8, seed=6, dtype=torch.bfloat16))
+    hooks, _ = fake_hooks()
+    assert isinstance(group.weight, torch.nn.Parameter) and not group.weight.requires_grad
+    assert hooks.state.pack(group.weight) is group.weight
+
+
+def test_engine_train_augmented_follows_inplace_and_refreshes_its_adapter_slots(tmp_path: Path) -> None:
+    """`train` on a tiny fp32 Qwen3 with TUNA_LORA_ADD=augmented: the log names the groups it fused, and the step
+    losses equal "inplace"'s — which needs the buffers' adapter slots copied from the parameters after every
+    optimizer step (with stale slots the adapters would stay at their initial B = 0)."""
+    make_hf_model(tmp_path / "m", "qwen3")
+    write_shard(tmp_path / "t.safetensors", random_samples(4, seed=4))
+    losses, logs = {}, {}
+    for mode in ("inplace", "augmented"):
+        plan = make_plan(
+            tmp_path / mode, tmp_path / "m", [tmp_path / "t.safetensors"], learning_rate=1e-2, max_steps=5
+        )
+        plan["train"]["lora_compute"] = "auto"
+        code, events, err = run_engine(
+            "train", write_plan(plan), prelude=f"import os; os.environ['TUNA_LORA_ADD'] = {mode!r}"
+        )
+        assert code == 0, err[-2000:]
+        losses[mode], logs[mode] = [e["loss"] for e in events if e["event"] == "step"], err
+    assert (
+        "TUNA_LORA_ADD=augmented: 8 projection groups share a buffer with their adapters" in logs["augmented"]
+    )
+    assert len(losses["augmented"]) == 5 and losses["augmented"][-1] < losses["augmented"][0]
+    for a, b in zip(losses["augmented"], losses["inplace"], strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b), losses
+
+    # A run of 2 steps (its checkpoint at the end) resumed to 5: the slots are refreshed from the loaded adapters, so steps
+    # 3-5 equal the straight run's.
+    plan = make_plan(
+        tmp_path / "resumed",
+        tmp_path / "m",
+        [tmp_path / "t.safetensors"],
+        learning_rate=1e-2,
+        max_steps=2,
+        save_every=2,
+    )
+    plan["train"]["lora_compute"] = "auto"
+    prelude = "import os; os.environ['TUNA_LORA_ADD'] = 'augmented'"
+    assert run_engine("train", write_plan(plan), prelude=prelude)[0] == 0
+    plan = dict(plan, resume_from=plan["run_dir"], train=dict(plan["train"], max_steps=5))
+    code, events, err = run_engine("train", write_plan(plan), prelude=prelude)
+    assert code == 0, err[-2000:]
+    resumed = [e["loss"] for e in events if e["event"] == "step"]
+    assert len(resumed) == 3
+    for a, b in zip(resumed, losses["augmented"][2:], strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b), (resumed, losses["augmented"])
 
 
 class CountMM(TorchDispatchMode):

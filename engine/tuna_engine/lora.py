@@ -29,6 +29,12 @@ Two ways to compute the adapter branch (`Linear.lora_compute`, the plan's `train
         computes base and adapter together: the adapter product first, then the base GEMM adds it as cuBLAS's C
         (read in the epilogue of a compute-bound GEMM) through tuna::lora_addmm_, in place; the backward's dx
         likewise. Other groups (NF4, FP8, biased, DoRA, "exact") take the paths below as "inplace" does.
+      "augmented": each group's frozen weights stored in one buffer with room for the adapters (`FusedGroup`,
+        set up by the trainer in one-process runs: `fuse_projection_groups`), so that the forward is one GEMM a
+        group with no C to read, [x | x·Aᵀ]·[W | s·B]ᵀ, and dx one frozen GEMM a group adding into g·A
+        (`LoraFusedFunction`). Groups it cannot hold take "inplace". Not the default: a first version (dx as
+        [dy | g]·[W; A], for which the compiler copied each group's whole gradient) ran 2% slower than "auto" on
+        Qwen3-8B with 0.8 GiB more; this one is CPU-tested, not measured (session 13, docs/performance.md).
       "inplace": added into the base output's own memory by the custom op tuna::lora_addmm_ (the same
         cuBLAS call as "gemm": the same numbers), which Inductor runs in place on the base GEMM's buffer — no copy
         (CPU test on the generated code). Measured on an H200 (session 10, docs/benchmarks.md) against "gemm" in
@@ -94,6 +100,8 @@ class Linear(nn.Module):
                 self.lora_magnitude_vector = nn.Parameter(torch.empty(out_features, dtype=torch.float32))
         # "exact" (peft's fp32 adapter math) unless the trainer asks for "auto" (set_lora_compute).
         self.lora_compute = "exact"
+        # TUNA_LORA_ADD=augmented: (the FusedGroup holding this weight, this projection's place in it)
+        self.fused: tuple[FusedGroup, int] | None = None
 
     def to_4bit_base(self, compute_dtype: torch.dtype) -> None:
         """Replace the 16-bit weight (and bias) by an empty NF4 `base_layer` on the same device (the meta
@@ -203,6 +211,16 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
     TUNA_LORA_ADD=epilogue a group of plain frozen 16-bit projections without bias, all on the fast path, goes
     through `LoraLinearFunction` instead: base and adapter in one Function ("auto", the default: when x is at
     least EPILOGUE_MIN_IN_FEATURES wide)."""
+    group = _fused_group(linears, x)
+    if group is not None:  # TUNA_LORA_ADD=augmented
+        params: list[torch.Tensor] = []
+        for lin in linears:
+            params += [lin.lora_A.weight, lin.lora_B.weight]
+        return list(
+            LoraFusedFunction.apply(
+                x, group.weight, tuple(group.outs), tuple(group.ranks), group.scaling, *params
+            )
+        )
     if _epilogue_group(linears, x):
         args: list[torch.Tensor] = []
         for lin in linears:
@@ -223,7 +241,7 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
         # "inplace" only into outputs of plain 16-bit GEMMs without bias: those own their memory (a biased
         # F.linear on 3-D input returns a view, which autograd will not let a Function of several outputs write
         # into); NF4 / FP8 bases take "separate" (LoraFunction.forward).
-        inplace = _lora_add in ("auto", "inplace", "epilogue") and all(
+        inplace = _lora_add in ("auto", "inplace", "epilogue", "augmented") and all(
             linears[i].bias is None and linears[i].weight is not None and ys[i].is_contiguous() for i in fast
         )  # contiguous: the reshape in LoraFunction must be a view of y, or the add would land in a copy
         outs = LoraFunction.apply(x, linears[fast[0]].scaling, inplace, *args)
@@ -232,13 +250,18 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
     return ys
 
 
-LORA_ADDS = ("auto", "epilogue", "inplace", "gemm", "separate")
+LORA_ADDS = ("auto", "epilogue", "augmented", "inplace", "gemm", "separate")
 _lora_add = "auto"
 # "auto" takes "epilogue" for groups reading at least this many input features, "inplace" below. Measured on an H200
 # (session 13, docs/benchmarks.md; epilogue against inplace in the same runs): Qwen3-8B (every group reads 4096 or
 # 12288) +2.3% tokens/s; Qwen3-0.6B (1024 to 3072) −1.9%: the base GEMM's read of C in its epilogue is not hidden
 # (an 8B gate/up GEMM takes 59 µs more with it, ~5%), and what it saves is worth less on small GEMMs.
 EPILOGUE_MIN_IN_FEATURES = 4096
+
+
+def lora_add_mode() -> str:
+    """TUNA_LORA_ADD as set (set_lora_add)."""
+    return _lora_add
 
 
 def _epilogue_group(linears: Sequence[Linear], x: torch.Tensor) -> bool:
@@ -279,8 +302,8 @@ def _lora_addmm_fake(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha:
 
 
 def set_lora_add(mode: str | None) -> None:
-    """TUNA_LORA_ADD (module docstring): "auto" (None: the default), "epilogue", "inplace", "gemm" or "separate";
-    anything else names the variable."""
+    """TUNA_LORA_ADD (module docstring): "auto" (None: the default), "epilogue", "augmented", "inplace", "gemm" or
+    "separate"; anything else names the variable."""
     global _lora_add
     mode = mode or "auto"
     if mode not in LORA_ADDS:
@@ -440,6 +463,172 @@ class LoraLinearFunction(torch.autograd.Function):
         grads: list[torch.Tensor | None] = [dx, None]
         for dA, dB in _adapter_grads(g, x2, xa, dy2, [A.shape[0] for A in As], s):
             grads += [None, dA, dB]
+        return tuple(grads)
+
+
+# ---- TUNA_LORA_ADD=augmented: frozen weights stored with room for their adapters ------------------------------
+
+# The projections read by one input, fused into one buffer each (`fuse_projection_groups`).
+PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+
+
+class FusedGroup:
+    """The frozen weights of projections reading the same input (q/k/v; o; gate/up; down) in ONE buffer with room for
+    their adapters (TUNA_LORA_ADD=augmented), so that each pass through them is one GEMM with no C to read:
+
+        buffer [Σout + Σr, in + Σr], in the weights' dtype:
+          [:Σout, :in]   W_1; …; W_k               each Linear's `weight` is a view of its rows (names, loading and
+                                                   saving unchanged)
+          [:Σout, in:]   blockdiag(s·B_1, …, s·B_k)
+          [Σout:, :in]   A_1; …; A_k
+          [Σout:, in:]   zeros, never read
+      forward   y = [x | x·Aᵀ] · buffer[:Σout]ᵀ            (= x Wᵀ + s·(x Aᵀ) Bᵀ for every projection at once)
+      backward  g = dy · buffer[:Σout, in:]   (= s·dy B)    dx = g · buffer[Σout:, :in] + dy · buffer[:Σout, :in]
+                                                                 (= g A + dy W; the second GEMM adds into the first)
+
+    The adapter slots are 16-bit copies of the fp32 parameters (what LoraFunction casts per call): `refresh_fused`
+    after anything changes them — every optimizer step, a resume, an init."""
+
+    def __init__(self, linears: Sequence[Linear]) -> None:
+        w0 = linears[0].weight
+        self.linears = list(linears)
+        self.in_features = linears[0].in_features
+        self.outs = [lin.out_features for lin in linears]
+        self.ranks = [lin.lora.r for lin in linears]  # type: ignore[union-attr]
+        self.scaling = linears[0].scaling
+        n_out, n_r = sum(self.outs), sum(self.ranks)
+        buffer = torch.zeros(n_out + n_r, self.in_features + n_r, dtype=w0.dtype, device=w0.device)
+        row = 0
+        with torch.no_grad():
+            for i, lin in enumerate(linears):
+                rows = buffer[row : row + lin.out_features, : self.in_features]
+                rows.copy_(lin.weight)
+                lin.weight = nn.Parameter(rows, requires_grad=False)  # the old tensor is freed
+                lin.fused = (self, i)
+                row += lin.out_features
+        # A Parameter (frozen) so that what saves it for backward treats it as a weight (the activation offload
+        # copies plain tensors to the host); held here, not registered: state_dict stays the projections' own.
+        self.weight = nn.Parameter(buffer, requires_grad=False)
+        refresh_fused([self])
+
+    def slots(self) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """(slot, its fp32 parameter, whether it holds s·param) for every adapter slot of the buffer."""
+        buf, n_in, n_out = self.weight, self.in_features, sum(self.outs)
+        out, row, col = [], 0, 0
+        for lin, o, r in zip(self.linears, self.outs, self.ranks, strict=True):
+            out.append((buf[row : row + o, n_in + col : n_in + col + r], lin.lora_B.weight, True))
+            out.append((buf[n_out + col : n_out + col + r, :n_in], lin.lora_A.weight, False))
+            row, col = row + o, col + r
+        return out
+
+
+def _fusable(linears: Sequence[Linear]) -> bool:
+    """Projections whose weights FusedGroup can hold: plain frozen bases without bias, of one dtype and input width,
+    each with a LoRA adapter on the fast path ("auto", no DoRA, no dropout), all of one scaling."""
+    return (
+        all(
+            isinstance(lin, Linear)
+            and lin.lora is not None
+            and lin.lora_compute == "auto"
+            and not lin.lora.use_dora
+            and lin.lora.dropout == 0
+            and lin.base_layer is None
+            and lin.bias is None
+            and not lin.weight.requires_grad
+            and lin.weight.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and lin.fused is None
+            for lin in linears
+        )
+        and len({(lin.in_features, lin.weight.dtype, lin.weight.device, lin.scaling) for lin in linears}) == 1
+    )
+
+
+def fuse_projection_groups(model: nn.Module) -> list[FusedGroup]:
+    """TUNA_LORA_ADD=augmented: store every fusable group of PROJECTION_GROUPS (a module holding all of one group's
+    names) in a FusedGroup; returns them (`refresh_fused(groups)` after the adapters change)."""
+    groups = []
+    for module in model.modules():
+        for names in PROJECTION_GROUPS:
+            linears = [getattr(module, n, None) for n in names]
+            if all(isinstance(lin, Linear) for lin in linears) and _fusable(linears):  # type: ignore[arg-type]
+                groups.append(FusedGroup(linears))  # type: ignore[arg-type]
+    return groups
+
+
+@torch.no_grad()
+def refresh_fused(groups: Sequence[FusedGroup]) -> None:
+    """Copy every group's s·B_i and A_i (fp32 parameters) into their slots, rounded to the weights' dtype: after
+    anything changes the adapters (each optimizer step: a few multi-tensor kernels for the whole model)."""
+    for scaling in {group.scaling for group in groups}:  # one LoraSpec a model: one scaling
+        slots = [slot for group in groups if group.scaling == scaling for slot in group.slots()]
+        scaled = torch._foreach_mul([p for _, p, sc in slots if sc], scaling)
+        torch._foreach_copy_([t for t, _, sc in slots if sc], scaled)
+        torch._foreach_copy_([t for t, _, sc in slots if not sc], [p for _, p, sc in slots if not sc])
+
+
+def _fused_group(linears: Sequence[Linear], x: torch.Tensor) -> FusedGroup | None:
+    """The FusedGroup that `linears` are, in its order, when the fused path applies to this call (x of the weights'
+    dtype; not DoRA/dropout/"exact", which FusedGroup never holds)."""
+    fused = linears[0].fused
+    if fused is None or _lora_add != "augmented":
+        return None
+    group = fused[0]
+    if group.linears != list(linears) or x.dtype != group.weight.dtype:
+        return None
+    return group
+
+
+class LoraFusedFunction(torch.autograd.Function):
+    """A FusedGroup's projections with their adapters, one GEMM a pass (FusedGroup's docstring has the layout).
+
+    forward(x [..., in], group buffer, outs, ranks, s, A_1, B_1, …, A_k, B_k) → (y_1 [..., out_1], …): the outputs
+    are column blocks of one [N, Σout] result (views). The A_i/B_i parameters are taken for their gradients only:
+    their values come from the buffer's slots. Saved: x, xa = x·[A_1;…;A_k]ᵀ [N, Σr] and the buffer (a weight).
+    Backward, with dy = [dy_1 … dy_k] and g = dy·blockdiag(s·B_i) [N, Σr]:
+      dx = g·A + dy·W      dA = gᵀ x (fp32 out)      dB_i = s·dy_iᵀ xa_i (fp32 out)
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        buffer: torch.Tensor,
+        outs: list[int],
+        ranks: list[int],
+        scaling: float,
+        *params: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        n_in, n_out = x.shape[-1], sum(outs)
+        x2 = x.reshape(-1, n_in)
+        xa = x2 @ buffer[n_out:, :n_in].t()  # [N, Σr]
+        y = torch.cat([x2, xa], dim=1) @ buffer[:n_out].t()  # [N, Σout]: base and adapters in one GEMM
+        ctx.save_for_backward(x, xa, buffer)
+        ctx.outs, ctx.ranks, ctx.scaling = outs, ranks, scaling
+        lead = x.shape[:-1]
+        return tuple(part.view(*lead, part.shape[-1]) for part in y.split(outs, dim=1))
+
+    @staticmethod
+    def backward(ctx: Any, *dys: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, xa, buffer = ctx.saved_tensors
+        outs, ranks, s = ctx.outs, ctx.ranks, ctx.scaling
+        n_in, n_out = x.shape[-1], sum(outs)
+        x2 = x.reshape(-1, n_in)
+        # One [N, Σout] gradient, which the compiled backward's producers write in place (each dy_i a block of it);
+        # everything below reads its blocks, so no dy_i is stored twice.
+        blocks = [d.reshape(-1, o) for d, o in zip(dys, outs, strict=True)]
+        dy = (torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]).to(x.dtype)
+        g = dy @ buffer[:n_out, n_in:]  # [N, Σr]: s·dy_i B_i, block by block
+        dx = None
+        if ctx.needs_input_grad[0]:
+            # dx = g·A + dy·W: the small product first, then the group's one frozen GEMM adding into it (its C).
+            # ([dy | g]·[W; A] as ONE GEMM needs g written beside dy, which the compiler does by copying all of
+            # dy into a wider buffer: the first version did, and ran slower, docs/performance.md.)
+            dx2 = g @ buffer[n_out:, :n_in]
+            torch.ops.tuna.lora_addmm_(dx2, dy, buffer[:n_out, :n_in], 1.0)
+            dx = dx2.view(x.shape)
+        grads: list[torch.Tensor | None] = [dx, None, None, None, None]
+        for dA, dB in _adapter_grads(g, x2, xa, dy.split(list(outs), dim=1), ranks, s):
+            grads += [dA, dB]
         return tuple(grads)
 
 

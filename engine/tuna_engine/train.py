@@ -26,7 +26,15 @@ from .errors import EngineError
 from .export import full_state_dict, save_adapter, save_hf_model
 from .fp8 import convert_to_fp8, fp8_unsupported_reason
 from .graphs import AUTO_MAX_TOKEN_PARAMS, HostBatch, StepGraphs, graph_keys_mode
-from .lora import Linear, set_lora_add, set_lora_compute
+from .lora import (
+    FusedGroup,
+    Linear,
+    fuse_projection_groups,
+    lora_add_mode,
+    refresh_fused,
+    set_lora_add,
+    set_lora_compute,
+)
 from .loss import linear_cross_entropy
 from .models import Quant4bit, count_params, load_for_training, prequantized_config
 from .models.llama import (
@@ -133,6 +141,7 @@ def optimizer_step(
     set_to_none: bool,
     skip_on_device: bool,
     before_wait: Callable[[], None] | None = None,
+    after_update: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """Clips the gradients to max_grad_norm (≤ 0: no clipping), steps unless the loss or the gradient norm is
     inf/nan, and zeroes the gradients (set_to_none: frees them) → (loss, gradient norm) as numbers.
@@ -142,7 +151,8 @@ def optimizer_step(
     the CPU launches them while the GPU still runs the backward, instead of waiting for the loss first and
     leaving the GPU idle while it launches them (~12 ms a step for Qwen3-0.6B's 392 adapter tensors, 2026-11-28
     trace). Otherwise: wait, then step. `before_wait`: CPU work to do while the GPU catches up (the next step's
-    batches), on either path before the wait."""
+    batches), on either path before the wait. `after_update`: what must follow the parameters' update on the device
+    (TUNA_LORA_ADD=augmented's adapter slots), queued right after it (also when the step was skipped: it copies)."""
     max_norm = max_grad_norm if max_grad_norm > 0 else math.inf
     # .to: clip_grad_norm_ returns a CPU 0 when no parameter has a gradient.
     norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, max_norm)).to(loss.device)
@@ -153,6 +163,8 @@ def optimizer_step(
             optimizer.step()
         finally:
             del optimizer.found_inf  # type: ignore[attr-defined]  # (a later step without it must not skip)
+        if after_update is not None:
+            after_update()
         optimizer.zero_grad(set_to_none=set_to_none)
         if before_wait is not None:
             before_wait()
@@ -163,6 +175,8 @@ def optimizer_step(
         loss_value, norm_value = numbers.tolist()
         if math.isfinite(loss_value) and math.isfinite(norm_value):
             optimizer.step()
+        if after_update is not None:
+            after_update()
         optimizer.zero_grad(set_to_none=set_to_none)
     return loss_value, norm_value
 
@@ -441,6 +455,18 @@ def train(plan: TrainPlan) -> None:
     if lora is not None:
         set_lora_compute(model, t.lora_compute)
     model.train()
+    # TUNA_LORA_ADD=augmented (lora.py): frozen weights stored with room for their adapters, one process only (FSDP
+    # shards each parameter on its own; DDP not tried). Their adapter slots follow the parameters: refresh_fused
+    # after every optimizer step and after a resume.
+    fused_groups: list[FusedGroup] = []
+    if lora is not None and lora_add_mode() == "augmented":
+        if dist is not None:
+            log("TUNA_LORA_ADD=augmented: one-process runs only; here the projections keep their own weights")
+        else:
+            fused_groups = fuse_projection_groups(model)
+            log(
+                f"TUNA_LORA_ADD=augmented: {len(fused_groups)} projection groups share a buffer with their adapters"
+            )
     n_total = count_params(model)
     n_train = sum(p.numel() for p in trainable)
     if dist is not None and shard is None:
@@ -496,6 +522,7 @@ def train(plan: TrainPlan) -> None:
     if plan.resume_from:
         src = ckpt.latest_checkpoint(plan.resume_from)
         ckpt.load_weights_into(model, src, lora is not None)
+        refresh_fused(fused_groups)
         rng = ckpt.load_optimizer_and_rng(src, optimizer, device)
         state = ckpt.load_trainer_state(src)
         state["last_checkpoint"] = str(src)
@@ -627,6 +654,7 @@ def train(plan: TrainPlan) -> None:
                 set_to_none=graphs is None or not graphs.graphs,
                 skip_on_device=bool(optimizer.defaults.get("fused")) and dist is None,
                 before_wait=look_ahead if step < t.max_steps else None,
+                after_update=(lambda: refresh_fused(fused_groups)) if fused_groups else None,
             )
             # The first step's offload totals; the host memory guard's line at each step it keeps tensors.
             if offload_report is not None and (line := offload_report.end_step()) is not None:
@@ -723,6 +751,7 @@ def train(plan: TrainPlan) -> None:
     if t.early_stopping_patience is not None and state["best_step"] is not None:
         # With early stopping on, the exported weights are the best ones (DESIGN: keep the best of a run).
         ckpt.load_weights_into(model, ckpt_root / "best", lora is not None)
+        refresh_fused(fused_groups)
         log(f"exporting the best weights (step {state['best_step']}, val loss {state['best_val_loss']:.4f})")
     if dist is not None:
         ckpt.save_outputs_distributed(dist, model, lora, plan, lora_layers, out)
