@@ -607,6 +607,14 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "full",
         "the defaults with the LoRA product added into the base output after its GEMM (before session 13)",
     ),
+    # TUNA_LORA_ADD=augmented (lora.py): each group's frozen weights in one buffer with room for the adapters, one GEMM
+    # a group and forward pass with no C to read ([x | xA]·[W | s·B]ᵀ); dx = g·A + dy·W, one frozen GEMM a group.
+    "default_augmented": (
+        {},
+        {"TUNA_LORA_ADD": "augmented"},
+        "full",
+        "the defaults with the frozen weights stored with room for the adapters (one GEMM a projection group)",
+    ),
     "default_gemm": (
         {},
         {"TUNA_LORA_ADD": "gemm"},
