@@ -345,6 +345,27 @@ def test_lora_add_augmented_runs_one_gemm_a_group_in_a_compiled_layer(
         assert rel(a, b) < 1e-5
 
 
+def test_augmented_group_set_back_to_exact_takes_peft_path_on_its_views() -> None:
+    """A fused group whose projections are set to "exact" afterwards computes peft's math (on the weights' views),
+    as the same projections unfused do."""
+    x = torch.randn(2, 5, 64)
+    ref = [
+        y.detach()
+        for y in run_group(make_linears(64, [64, 16], 8, seed=7, dtype=torch.float32), x, "exact")[0]
+    ]
+    lins = make_linears(64, [64, 16], 8, seed=7, dtype=torch.float32)
+    for lin in lins:
+        lin.lora_compute = "auto"
+    lora.FusedGroup(lins)
+    lora.set_lora_add("augmented")
+    try:
+        got = run_group(lins, x, "exact")[0]
+    finally:
+        lora.set_lora_add(None)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_augmented_buffer_is_a_weight_to_the_activation_offload() -> None:
     """LoraFusedFunction saves its group's buffer for backward; the offload must treat it as a weight (kept where
     it is), not as an activation to copy to the host each step — which it does for a frozen Parameter."""
@@ -358,14 +379,22 @@ def test_augmented_buffer_is_a_weight_to_the_activation_offload() -> None:
 
 def test_engine_train_augmented_follows_inplace_and_refreshes_its_adapter_slots(tmp_path: Path) -> None:
     """`train` on a tiny fp32 Qwen3 with TUNA_LORA_ADD=augmented: the log names the groups it fused, and the step
-    losses equal "inplace"'s — which needs the buffers' adapter slots copied from the parameters after every
-    optimizer step (with stale slots the adapters would stay at their initial B = 0)."""
+    losses and the validation losses (the no-grad forward) equal "inplace"'s — which needs the buffers' adapter
+    slots copied from the parameters after every optimizer step (with stale slots the adapters would stay at their
+    initial B = 0)."""
     make_hf_model(tmp_path / "m", "qwen3")
     write_shard(tmp_path / "t.safetensors", random_samples(4, seed=4))
-    losses, logs = {}, {}
+    write_shard(tmp_path / "v.safetensors", random_samples(2, seed=5))
+    losses, val_losses, logs = {}, {}, {}
     for mode in ("inplace", "augmented"):
         plan = make_plan(
-            tmp_path / mode, tmp_path / "m", [tmp_path / "t.safetensors"], learning_rate=1e-2, max_steps=5
+            tmp_path / mode,
+            tmp_path / "m",
+            [tmp_path / "t.safetensors"],
+            [tmp_path / "v.safetensors"],
+            learning_rate=1e-2,
+            max_steps=5,
+            eval_every=2,
         )
         plan["train"]["lora_compute"] = "auto"
         code, events, err = run_engine(
@@ -373,12 +402,16 @@ def test_engine_train_augmented_follows_inplace_and_refreshes_its_adapter_slots(
         )
         assert code == 0, err[-2000:]
         losses[mode], logs[mode] = [e["loss"] for e in events if e["event"] == "step"], err
+        val_losses[mode] = [e["val_loss"] for e in events if "val_loss" in e]
     assert (
         "TUNA_LORA_ADD=augmented: 8 projection groups share a buffer with their adapters" in logs["augmented"]
     )
     assert len(losses["augmented"]) == 5 and losses["augmented"][-1] < losses["augmented"][0]
-    for a, b in zip(losses["augmented"], losses["inplace"], strict=True):
-        assert abs(a - b) <= 1e-5 * abs(b), losses
+    assert len(val_losses["augmented"]) >= 2
+    for a, b in zip(
+        losses["augmented"] + val_losses["augmented"], losses["inplace"] + val_losses["inplace"], strict=True
+    ):
+        assert abs(a - b) <= 1e-5 * abs(b), (losses, val_losses)
 
     # A run of 2 steps (its checkpoint at the end) resumed to 5: the slots are refreshed from the loaded adapters, so steps
     # 3-5 equal the straight run's.

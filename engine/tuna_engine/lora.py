@@ -568,12 +568,15 @@ def refresh_fused(groups: Sequence[FusedGroup]) -> None:
 
 def _fused_group(linears: Sequence[Linear], x: torch.Tensor) -> FusedGroup | None:
     """The FusedGroup that `linears` are, in its order, when the fused path applies to this call (x of the weights'
-    dtype; not DoRA/dropout/"exact", which FusedGroup never holds)."""
+    dtype, the projections still "auto"; FusedGroup never holds DoRA or dropout)."""
     fused = linears[0].fused
     if fused is None or _lora_add != "augmented":
         return None
     group = fused[0]
     if group.linears != list(linears) or x.dtype != group.weight.dtype:
+        return None
+    # "exact" set after fusing: peft's path, on the weights' views
+    if any(lin.lora_compute != "auto" for lin in linears):
         return None
     return group
 
