@@ -538,7 +538,8 @@ VARIANTS: dict[str, tuple[dict, dict, str, str]] = {
         "elementwise_split2, only the last 14 layers rebuilding rotated q/k",
     ),
     # TUNA_LORA_ADD=gemm (lora.py): the default before session 10 — the adapter product as addmm's C, which in compiled
-    # layers makes ATen copy the base output into Inductor's new buffer first ("inplace", now the default, does not).
+    # layers makes ATen copy the base output into Inductor's new buffer first ("inplace", the default from session 10 to 12 and
+    # still auto's choice for groups under 4096 features, does not).
     "elementwise_split2_gemm": (
         {**ELEMENTWISE, "split": 2, "cuda_graphs": True},
         {"TUNA_LORA_ADD": "gemm"},

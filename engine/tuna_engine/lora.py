@@ -289,10 +289,10 @@ def _epilogue_group(linears: Sequence[Linear], x: torch.Tensor) -> bool:
 
 @torch.library.custom_op("tuna::lora_addmm_", mutates_args=("y",))
 def lora_addmm_(y: torch.Tensor, xa: torch.Tensor, bt: torch.Tensor, alpha: float) -> None:
-    """y += alpha·(xa @ bt), in y's own memory (TUNA_LORA_ADD=inplace, the default). The same cuBLAS call as
-    addmm with y as C, so the same numbers; but opaque to Inductor, whose reinplace pass then runs it on the base
-    GEMM's output buffer — where Inductor's own addmm gets a new output buffer that ATen first fills with a copy
-    of y."""
+    """y += alpha·(xa @ bt), in y's own memory (TUNA_LORA_ADD inplace and epilogue; augmented's dx). The same cuBLAS
+    call as addmm with y as C, so the same numbers; but opaque to Inductor, whose reinplace pass then runs it on the
+    buffer of the GEMM that made y — where Inductor's own addmm gets a new output buffer that ATen first fills with
+    a copy of y."""
     y.addmm_(xa, bt, alpha=alpha)
 
 
