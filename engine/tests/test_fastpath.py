@@ -1150,3 +1150,29 @@ def test_trace_streams_splits_the_compute_streams_idle_time_by_what_else_ran(
     assert "DtoH: 1 copies, 0.01 GiB in 0.1 ms (50.0 GB/s while copying)" in out
     assert "idle 0.1 ms: 0.1 ms of it while another stream copied or ran, 0.1 ms with nothing else" in out
     assert "longest gaps (ms): 0.05, 0.05" in out
+
+
+def test_lora_gemms_ways_compute_the_same_numbers_and_a_wrong_slot_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bench/train/lora_gemms.py times each TUNA_LORA_ADD way of a layer's GEMMs alone; its CPU check (fp32) that all
+    ways give the same outputs and dx holds for Qwen3-8B's group shapes (shrunk), and fails when augmented's buffer
+    holds a wrong adapter slot — so its timings compare the same computation."""
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "bench/train"))
+    from lora_gemms import Group, check_same_numbers, groups_of
+
+    config = json.loads((root / "src/model/presets.json").read_text())["qwen3-8b"]["config"]
+    assert groups_of(config) == {
+        "qkv": (4096, [4096, 1024, 1024]),
+        "o": (4096, [4096]),
+        "gate_up": (4096, [12288, 12288]),
+        "down": (12288, [4096]),
+    }
+    for n_in, outs in groups_of(config).values():
+        shrink = n_in // 64
+        group = Group(19, n_in // shrink, [o // shrink for o in outs], 3, torch.float32, torch.device("cpu"))
+        check_same_numbers(group)
+    group.buf[0, group.n_in] += 1.0  # s·B_1's first element, in the buffer only
+    with pytest.raises(AssertionError, match="fwd_augmented"):
+        check_same_numbers(group)
