@@ -167,16 +167,21 @@ def test_lora_add_modes_run_their_ops_and_a_bad_value_names_the_variable(lora_ad
 
 def test_lora_add_auto_takes_epilogue_for_groups_at_least_4096_wide() -> None:
     """The default ("auto") runs a group through LoraLinearFunction when its input is at least
-    EPILOGUE_MIN_IN_FEATURES (4096) wide — Qwen3-8B's every group — and as "inplace" below (Qwen3-0.6B's)."""
+    EPILOGUE_MIN_IN_FEATURES (4096) wide — Qwen3-8B's every group — and as "inplace" below (Qwen3-0.6B's); without
+    autograd (evaluation, generation with adapters) the same path gives the same outputs."""
     lora.set_lora_add(None)
     assert lora.EPILOGUE_MIN_IN_FEATURES == 4096
     for width, epilogue in ((4095, False), (4096, True)):
         lins = make_linears(width, [8, 8], 2, seed=5, dtype=torch.bfloat16)
         for lin in lins:
             lin.lora_compute = "auto"
-        x = torch.randn(1, 3, width, dtype=torch.bfloat16)
+        x = torch.randn(1, 3, width, dtype=torch.bfloat16, requires_grad=True)
         with CountMM() as mm:
-            lora_forward(lins, x)
+            ys = lora_forward(lins, x)
+        with torch.no_grad(), CountMM() as mm_no_grad:
+            ys_no_grad = lora_forward(lins, x)
+        assert mm_no_grad.shapes == mm.shapes
+        assert all(torch.equal(a, b) for a, b in zip(ys, ys_no_grad, strict=True))
         # epilogue: x·Aᵀ [3, 2r], 2 products, then 2 base GEMMs in place; inplace: 2 base GEMMs, x·Aᵀ, then the
         # 2 products in place
         assert (mm.shapes, mm.inplace) == (
