@@ -496,8 +496,8 @@ class FusedGroup:
         self.outs = [lin.out_features for lin in linears]
         self.ranks = [lin.lora.r for lin in linears]  # type: ignore[union-attr]
         self.scaling = linears[0].scaling
-        n_out, n_r = sum(self.outs), sum(self.ranks)
-        buffer = torch.zeros(n_out + n_r, self.in_features + n_r, dtype=w0.dtype, device=w0.device)
+        n_in, n_out, n_r = self.in_features, sum(self.outs), sum(self.ranks)
+        buffer = torch.zeros(n_out + n_r, n_in + n_r, dtype=w0.dtype, device=w0.device)
         row = 0
         with torch.no_grad():
             for i, lin in enumerate(linears):
@@ -509,17 +509,15 @@ class FusedGroup:
         # A Parameter (frozen) so that what saves it for backward treats it as a weight (the activation offload
         # copies plain tensors to the host); held here, not registered: state_dict stays the projections' own.
         self.weight = nn.Parameter(buffer, requires_grad=False)
-        refresh_fused([self])
-
-    def slots(self) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
-        """(slot, its fp32 parameter, whether it holds s·param) for every adapter slot of the buffer."""
-        buf, n_in, n_out = self.weight, self.in_features, sum(self.outs)
-        out, row, col = [], 0, 0
+        # (slot, its fp32 parameter, whether it holds s·parameter) for every adapter slot: views made once (the
+        # optimizer updates the parameters in place, so these stay the ones to copy from)
+        self.slots: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+        row = col = 0
         for lin, o, r in zip(self.linears, self.outs, self.ranks, strict=True):
-            out.append((buf[row : row + o, n_in + col : n_in + col + r], lin.lora_B.weight, True))
-            out.append((buf[n_out + col : n_out + col + r, :n_in], lin.lora_A.weight, False))
+            self.slots.append((buffer[row : row + o, n_in + col : n_in + col + r], lin.lora_B.weight, True))
+            self.slots.append((buffer[n_out + col : n_out + col + r, :n_in], lin.lora_A.weight, False))
             row, col = row + o, col + r
-        return out
+        refresh_fused([self])
 
 
 def _fusable(linears: Sequence[Linear]) -> bool:
@@ -560,7 +558,7 @@ def refresh_fused(groups: Sequence[FusedGroup]) -> None:
     """Copy every group's s·B_i and A_i (fp32 parameters) into their slots, rounded to the weights' dtype: after
     anything changes the adapters (each optimizer step: a few multi-tensor kernels for the whole model)."""
     for scaling in {group.scaling for group in groups}:  # one LoraSpec a model: one scaling
-        slots = [slot for group in groups if group.scaling == scaling for slot in group.slots()]
+        slots = [slot for group in groups if group.scaling == scaling for slot in group.slots]
         scaled = torch._foreach_mul([p for _, p, sc in slots if sc], scaling)
         torch._foreach_copy_([t for t, _, sc in slots if sc], scaled)
         torch._foreach_copy_([t for t, _, sc in slots if not sc], [p for _, p, sc in slots if not sc])
