@@ -256,6 +256,7 @@ _lora_add = "auto"
 # (session 13, docs/benchmarks.md; epilogue against inplace in the same runs): Qwen3-8B (every group reads 4096 or
 # 12288) +2.3% tokens/s; Qwen3-0.6B (1024 to 3072) −1.9%: the base GEMM's read of C in its epilogue is not hidden
 # (an 8B gate/up GEMM takes 59 µs more with it, ~5%), and what it saves is worth less on small GEMMs.
+# Wider models (Qwen3-14B/32B in bf16, 5120) take epilogue by the same rule: not measured.
 EPILOGUE_MIN_IN_FEATURES = 4096
 
 
