@@ -241,7 +241,7 @@ def lora_forward(linears: Sequence[Linear], x: torch.Tensor) -> list[torch.Tenso
         # "inplace" only into outputs of plain 16-bit GEMMs without bias: those own their memory (a biased
         # F.linear on 3-D input returns a view, which autograd will not let a Function of several outputs write
         # into); NF4 / FP8 bases take "separate" (LoraFunction.forward).
-        inplace = _lora_add in ("auto", "inplace", "epilogue", "augmented") and all(
+        inplace = _lora_add not in ("gemm", "separate") and all(
             linears[i].bias is None and linears[i].weight is not None and ys[i].is_contiguous() for i in fast
         )  # contiguous: the reshape in LoraFunction must be a view of y, or the add would land in a copy
         outs = LoraFunction.apply(x, linears[fast[0]].scaling, inplace, *args)
@@ -265,23 +265,31 @@ def lora_add_mode() -> str:
     return _lora_add
 
 
+def _plain_adapted(lin: Linear) -> bool:
+    """A frozen plain base (no NF4/FP8 layer, no bias) in 16 bits or fp32, with a LoRA adapter on the fast path
+    ("auto", not DoRA): what LoraLinearFunction and FusedGroup can compute (dropout: each checks its own case)."""
+    return (
+        lin.lora is not None
+        and lin.lora_compute == "auto"
+        and not lin.lora.use_dora
+        and lin.base_layer is None
+        and lin.bias is None
+        and not lin.weight.requires_grad
+        and lin.weight.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    )
+
+
 def _epilogue_group(linears: Sequence[Linear], x: torch.Tensor) -> bool:
     """Whether `linears` (reading x) go through LoraLinearFunction: TUNA_LORA_ADD "epilogue", or "auto" with x at
-    least EPILOGUE_MIN_IN_FEATURES wide; and every one a frozen 16-bit (or fp32) base weight of x's dtype without
-    bias, with a LoRA adapter on the fast path, all of one scaling."""
+    least EPILOGUE_MIN_IN_FEATURES wide; every one `_plain_adapted` with a weight of x's dtype and no dropout
+    while training, all of one scaling."""
     wide = x.shape[-1] >= EPILOGUE_MIN_IN_FEATURES
     return (
         (_lora_add == "epilogue" or (_lora_add == "auto" and wide))
-        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
         and all(
-            lin.lora is not None
-            and lin.lora_compute == "auto"
-            and not lin.lora.use_dora
-            and (lin.lora.dropout == 0 or not lin.training)
-            and lin.base_layer is None
-            and lin.bias is None
+            _plain_adapted(lin)
             and lin.weight.dtype == x.dtype
-            and not lin.weight.requires_grad
+            and (lin.lora.dropout == 0 or not lin.training)  # type: ignore[union-attr]
             for lin in linears
         )
         and len({lin.scaling for lin in linears}) == 1
@@ -522,20 +530,11 @@ class FusedGroup:
 
 
 def _fusable(linears: Sequence[Linear]) -> bool:
-    """Projections whose weights FusedGroup can hold: plain frozen bases without bias, of one dtype and input width,
-    each with a LoRA adapter on the fast path ("auto", no DoRA, no dropout), all of one scaling."""
+    """Projections whose weights FusedGroup can hold: each `_plain_adapted` without dropout (the buffer serves
+    training and evaluation alike) and not in a group yet, of one dtype, device, input width and scaling."""
     return (
         all(
-            isinstance(lin, Linear)
-            and lin.lora is not None
-            and lin.lora_compute == "auto"
-            and not lin.lora.use_dora
-            and lin.lora.dropout == 0
-            and lin.base_layer is None
-            and lin.bias is None
-            and not lin.weight.requires_grad
-            and lin.weight.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and lin.fused is None
+            isinstance(lin, Linear) and _plain_adapted(lin) and lin.lora.dropout == 0 and lin.fused is None  # type: ignore[union-attr]
             for lin in linears
         )
         and len({(lin.in_features, lin.weight.dtype, lin.weight.device, lin.scaling) for lin in linears}) == 1
